@@ -1,0 +1,14 @@
+//! hanzo-node: a validator node for a network of staked operators.
+//!
+//! Everything the node allows is decided by state on an EVM chain: `chain` reads it,
+//! `acl` answers every permission question from it. See `HACKING.md` for the module
+//! map.
+
+pub mod acl;
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod node;
+pub mod store;

@@ -1,1 +1,195 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a real anvil with the contracts deployed,
+//! nodes started in-process or as the real binary, and signing clients.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use alloy::{
+    node_bindings::{Anvil, AnvilInstance},
+    primitives::{Address, U256},
+    providers::{DynProvider, Provider, ext::AnvilApi},
+    signers::local::PrivateKeySigner,
+};
+use hanzo_node::{
+    chain::{self, Client, DeployParams, Deployment},
+    config::Config,
+    keys::{NODE_KEY_FILE, NodeKey},
+    node::Node,
+};
+
+/// One ether in wei.
+pub fn ether(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(18))
+}
+
+/// `n` thousandths of an ether in wei.
+pub fn milli(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(15))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The anvil binary installed by `scripts/setup`.
+pub fn anvil_bin() -> PathBuf {
+    let bin = repo_root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(bin.exists(), "anvil not found at {}: run scripts/setup", bin.display());
+    bin
+}
+
+/// The `hanzo-node` binary of this build (built on demand).
+pub fn node_bin() -> PathBuf {
+    // target/debug/deps/<test> → target/debug/hanzo-node
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hanzo-node");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "hanzo-node", "--bin", "hanzo-node"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building hanzo-node failed");
+    }
+    bin
+}
+
+/// A local chain with the contracts deployed (min operator stake 1 ETH, min caller
+/// stake 0.1 ETH, unbonding 60 s), and a data dir holding a node key and the
+/// deployment file.
+pub struct Devnet {
+    /// The anvil process.
+    pub anvil: AnvilInstance,
+    /// Where the contracts are.
+    pub deployment: Deployment,
+    /// Unsigned provider for anvil's own API.
+    pub provider: DynProvider,
+    /// A data dir with `node.key`, `deployment.json` and nothing else.
+    pub dir: tempfile::TempDir,
+}
+
+impl Devnet {
+    /// Starts anvil and deploys with dev account 0 as admin.
+    pub async fn start() -> Self {
+        let anvil = Anvil::new().path(anvil_bin()).try_spawn().expect("anvil starts");
+        let admin = Self::dev_key_of(&anvil, 0);
+        let provider = chain::connect(&anvil.endpoint(), Some(admin.clone())).await.expect("connect");
+        let params = DeployParams {
+            min_operator_stake: ether(1),
+            min_caller_stake: milli(100),
+            unbonding_period: 60,
+        };
+        let deployment = chain::deploy(&provider, admin.address(), &params).await.expect("deploy");
+        let dir = tempfile::tempdir().expect("tempdir");
+        NodeKey::generate().save(&dir.path().join(NODE_KEY_FILE)).expect("node key");
+        deployment.save(&dir.path().join("deployment.json")).expect("deployment file");
+        let provider = chain::connect(&anvil.endpoint(), None).await.expect("connect");
+        Self { anvil, deployment, provider, dir }
+    }
+
+    fn dev_key_of(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
+        PrivateKeySigner::from_signing_key(anvil.keys()[i].clone().into())
+    }
+
+    /// Anvil's dev account `i` as a signer.
+    pub fn dev_key(&self, i: usize) -> PrivateKeySigner {
+        Self::dev_key_of(&self.anvil, i)
+    }
+
+    /// Anvil's dev account `i` address.
+    pub fn dev_address(&self, i: usize) -> Address {
+        self.anvil.addresses()[i]
+    }
+
+    /// A client signing as dev account `i`.
+    pub async fn client(&self, i: usize) -> Client {
+        let provider = chain::connect(&self.anvil.endpoint(), Some(self.dev_key(i))).await.expect("connect");
+        Client::new(provider, self.deployment.clone())
+    }
+
+    /// The node key in the data dir.
+    pub fn node_key(&self) -> NodeKey {
+        NodeKey::load(&self.dir.path().join(NODE_KEY_FILE)).expect("node key")
+    }
+
+    /// A node config for the data dir: 2 confirmations, fast polling, any free port.
+    pub fn config(&self) -> Config {
+        let mut config = Config { data_dir: self.dir.path().to_path_buf(), ..Config::default() };
+        config.chain.rpc_url = self.anvil.endpoint();
+        config.chain.confirmations = 2;
+        config.chain.poll_interval = Duration::from_millis(50);
+        config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config
+    }
+
+    /// Starts a node in-process.
+    pub async fn node(&self) -> Node {
+        Node::start(self.config()).await.expect("node starts")
+    }
+
+    /// The current block number.
+    pub async fn head(&self) -> u64 {
+        self.provider.get_block_number().await.expect("block number")
+    }
+
+    /// Mines `n` empty blocks.
+    pub async fn mine(&self, n: u64) {
+        self.provider.anvil_mine(Some(n), None).await.expect("anvil_mine");
+    }
+
+    /// Mines enough blocks for everything so far to be confirmed, and returns the
+    /// block that then holds it all.
+    pub async fn confirm(&self) -> u64 {
+        let head = self.head().await;
+        self.mine(2).await;
+        head
+    }
+
+    /// Runs the `hanzo-node` binary against this devnet's data dir.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(node_bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HANZO_DATA_DIR", self.dir.path())
+            .env("HANZO_CHAIN_RPC_URL", self.anvil.endpoint())
+            .env("HANZO_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run hanzo-node")
+    }
+}
+
+/// Stdout of a successful run, or a panic showing stderr.
+pub fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "command failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Stderr of a failed run, or a panic if it succeeded.
+pub fn fails(out: &Output) -> String {
+    assert!(!out.status.success(), "command succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Waits, at most `limit`, until `probe` returns `Some`.
+pub async fn eventually<T>(limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,340 @@
+//! The chain state the ACL is built from, and how each [`Change`] updates it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use alloy::primitives::{Address, U256};
+
+use crate::keys::{NodeId, SshKey};
+
+/// IdentityToken id.
+pub type IdentityId = u64;
+/// RepoToken id.
+pub type RepoId = u64;
+
+/// A key an identity holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Key {
+    /// An ed25519 SSH key (git push certificates).
+    Ssh(#[serde(with = "ssh_bytes")] SshKey),
+    /// An Ethereum address (RPC sign-in).
+    Eth(Address),
+}
+
+mod ssh_bytes {
+    use crate::keys::SshKey;
+    pub fn serialize<S: serde::Serializer>(k: &SshKey, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&k.0, s)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SshKey, D::Error> {
+        <[u8; 32] as serde::Deserialize>::deserialize(d).map(SshKey)
+    }
+}
+
+impl PartialOrd for SshKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SshKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+/// Which stake an amount belongs to (the contract's `Role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StakeRole {
+    /// Operator stake.
+    Operator,
+    /// Caller stake.
+    Caller,
+}
+
+/// A repo membership kind (the contract's `Member`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Member {
+    /// May push.
+    Committer,
+    /// May read a private repo.
+    Reader,
+}
+
+/// Stake parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Params {
+    /// Minimum active stake of an operator.
+    pub min_operator_stake: U256,
+    /// Minimum active stake of a caller.
+    pub min_caller_stake: U256,
+    /// Seconds between an unstake request and its withdrawal.
+    pub unbonding_period: u64,
+}
+
+/// Active and unbonding stake.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Balance {
+    /// Counts.
+    pub stake: U256,
+    /// Does not count; withdrawable after the unbonding period.
+    pub unbonding: U256,
+}
+
+/// A registered operator.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Operator {
+    /// The node's ed25519 key.
+    pub node_key: NodeId,
+    /// Free-form endpoint hint (bootstrap address).
+    pub endpoint: String,
+    /// Operator stake.
+    pub balance: Balance,
+}
+
+/// An IdentityToken.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// Unique handle.
+    pub handle: String,
+    /// Token holder.
+    pub holder: Address,
+    /// Keys, in the order added.
+    pub keys: Vec<Key>,
+}
+
+/// A RepoToken.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Repo {
+    /// Unique name.
+    pub name: String,
+    /// Token holder (manages the repo).
+    pub holder: Address,
+    /// The identity that may rewrite history.
+    pub owner_identity: IdentityId,
+    /// Readable by members only.
+    pub private: bool,
+    /// May push.
+    pub committers: BTreeSet<IdentityId>,
+    /// May read when private.
+    pub readers: BTreeSet<IdentityId>,
+    /// Preferred replicator nodes.
+    pub replicators: BTreeSet<NodeId>,
+}
+
+/// One state change, decoded from one contract log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Stake parameters set.
+    Params(Params),
+    /// An operator registered.
+    OperatorRegistered { operator: Address, node_key: NodeId, endpoint: String, stake: U256 },
+    /// An operator moved to a new node key.
+    NodeKeyChanged { operator: Address, node_key: NodeId },
+    /// An operator's endpoint changed.
+    EndpointChanged { operator: Address, endpoint: String },
+    /// An account's active stake is now `stake`.
+    Stake { account: Address, role: StakeRole, stake: U256 },
+    /// An account's unbonding stake is now `unbonding`.
+    Unbonding { account: Address, role: StakeRole, unbonding: U256 },
+    /// An identity was minted.
+    IdentityMinted { id: IdentityId, holder: Address, handle: String },
+    /// An identity token moved to `holder` (its keys are cleared by `KeysCleared`).
+    IdentityTransferred { id: IdentityId, holder: Address },
+    /// A key was added to an identity.
+    KeyAdded { id: IdentityId, key: Key },
+    /// A key was revoked.
+    KeyRevoked { id: IdentityId, key: Key },
+    /// All keys of an identity were dropped.
+    KeysCleared { id: IdentityId },
+    /// A repo was created.
+    RepoCreated { id: RepoId, holder: Address, name: String, owner_identity: IdentityId, private: bool },
+    /// A repo token moved to `holder`.
+    RepoTransferred { id: RepoId, holder: Address },
+    /// A repo's owner identity changed.
+    RepoOwnerChanged { id: RepoId, owner_identity: IdentityId },
+    /// A repo became private or public.
+    RepoVisibility { id: RepoId, private: bool },
+    /// An identity became a member of a repo.
+    MemberAdded { repo: RepoId, identity: IdentityId, role: Member },
+    /// An identity stopped being a member of a repo.
+    MemberRemoved { repo: RepoId, identity: IdentityId, role: Member },
+    /// A node became a preferred replicator of a repo.
+    ReplicatorAdded { repo: RepoId, node: NodeId },
+    /// A node stopped being a preferred replicator.
+    ReplicatorRemoved { repo: RepoId, node: NodeId },
+    /// A repo was burned.
+    RepoBurned { id: RepoId },
+}
+
+/// Everything the contracts say that the node needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// Stake parameters.
+    pub params: Params,
+    /// Registered operators by address.
+    pub operators: BTreeMap<Address, Operator>,
+    /// Operator address by node key.
+    pub node_keys: BTreeMap<NodeId, Address>,
+    /// Caller stake by address.
+    pub callers: BTreeMap<Address, Balance>,
+    /// Identities by id.
+    pub identities: BTreeMap<IdentityId, Identity>,
+    /// Identity id by key.
+    pub keys: BTreeMap<Key, IdentityId>,
+    /// Repos by id.
+    pub repos: BTreeMap<RepoId, Repo>,
+    /// Repo id by name.
+    pub repo_names: BTreeMap<String, RepoId>,
+}
+
+impl State {
+    /// The operator whose node key is `node`.
+    pub fn operator_by_node(&self, node: &NodeId) -> Option<(&Address, &Operator)> {
+        let addr = self.node_keys.get(node)?;
+        self.operators.get_key_value(addr)
+    }
+
+    /// The repo named `name`.
+    pub fn repo_by_name(&self, name: &str) -> Option<(RepoId, &Repo)> {
+        let id = *self.repo_names.get(name)?;
+        Some((id, self.repos.get(&id)?))
+    }
+
+    /// The identity with handle `handle`.
+    pub fn identity_by_handle(&self, handle: &str) -> Option<(IdentityId, &Identity)> {
+        self.identities.iter().find(|(_, i)| i.handle == handle).map(|(id, i)| (*id, i))
+    }
+
+    fn balance(&mut self, account: Address, role: StakeRole) -> Option<&mut Balance> {
+        match role {
+            StakeRole::Operator => self.operators.get_mut(&account).map(|op| &mut op.balance),
+            StakeRole::Caller => Some(self.callers.entry(account).or_default()),
+        }
+    }
+
+    /// Applies one change. Changes come from a contract that already enforced its
+    /// rules, so one that refers to something unknown (which only a log out of order
+    /// could cause) is skipped rather than trusted.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Params(p) => self.params = p,
+            Change::OperatorRegistered { operator, node_key, endpoint, stake } => {
+                self.node_keys.insert(node_key, operator);
+                let balance = Balance { stake, unbonding: U256::ZERO };
+                self.operators.insert(operator, Operator { node_key, endpoint, balance });
+            }
+            Change::NodeKeyChanged { operator, node_key } => {
+                if let Some(op) = self.operators.get_mut(&operator) {
+                    self.node_keys.remove(&op.node_key);
+                    op.node_key = node_key;
+                    self.node_keys.insert(node_key, operator);
+                }
+            }
+            Change::EndpointChanged { operator, endpoint } => {
+                if let Some(op) = self.operators.get_mut(&operator) {
+                    op.endpoint = endpoint;
+                }
+            }
+            Change::Stake { account, role, stake } => {
+                if let Some(b) = self.balance(account, role) {
+                    b.stake = stake;
+                }
+            }
+            Change::Unbonding { account, role, unbonding } => {
+                if let Some(b) = self.balance(account, role) {
+                    b.unbonding = unbonding;
+                }
+            }
+            Change::IdentityMinted { id, holder, handle } => {
+                self.identities.insert(id, Identity { handle, holder, keys: Vec::new() });
+            }
+            Change::IdentityTransferred { id, holder } => {
+                if let Some(i) = self.identities.get_mut(&id) {
+                    i.holder = holder;
+                }
+            }
+            Change::KeyAdded { id, key } => {
+                if let Some(i) = self.identities.get_mut(&id) {
+                    i.keys.push(key);
+                    self.keys.insert(key, id);
+                }
+            }
+            Change::KeyRevoked { id, key } => {
+                if let Some(i) = self.identities.get_mut(&id) {
+                    i.keys.retain(|k| *k != key);
+                    self.keys.remove(&key);
+                }
+            }
+            Change::KeysCleared { id } => {
+                if let Some(i) = self.identities.get_mut(&id) {
+                    for key in i.keys.drain(..) {
+                        self.keys.remove(&key);
+                    }
+                }
+            }
+            Change::RepoCreated { id, holder, name, owner_identity, private } => {
+                self.repo_names.insert(name.clone(), id);
+                self.repos.insert(
+                    id,
+                    Repo {
+                        name,
+                        holder,
+                        owner_identity,
+                        private,
+                        committers: BTreeSet::new(),
+                        readers: BTreeSet::new(),
+                        replicators: BTreeSet::new(),
+                    },
+                );
+            }
+            Change::RepoTransferred { id, holder } => {
+                if let Some(r) = self.repos.get_mut(&id) {
+                    r.holder = holder;
+                }
+            }
+            Change::RepoOwnerChanged { id, owner_identity } => {
+                if let Some(r) = self.repos.get_mut(&id) {
+                    r.owner_identity = owner_identity;
+                }
+            }
+            Change::RepoVisibility { id, private } => {
+                if let Some(r) = self.repos.get_mut(&id) {
+                    r.private = private;
+                }
+            }
+            Change::MemberAdded { repo, identity, role } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.members(role).insert(identity);
+                }
+            }
+            Change::MemberRemoved { repo, identity, role } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.members(role).remove(&identity);
+                }
+            }
+            Change::ReplicatorAdded { repo, node } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.replicators.insert(node);
+                }
+            }
+            Change::ReplicatorRemoved { repo, node } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.replicators.remove(&node);
+                }
+            }
+            Change::RepoBurned { id } => {
+                if let Some(r) = self.repos.remove(&id) {
+                    self.repo_names.remove(&r.name);
+                }
+            }
+        }
+    }
+}
+
+impl Repo {
+    fn members(&mut self, role: Member) -> &mut BTreeSet<IdentityId> {
+        match role {
+            Member::Committer => &mut self.committers,
+            Member::Reader => &mut self.readers,
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The chain syncer: reads the contracts' logs in block ranges from the deployment
+//! block, applies those at least `confirmations` deep to the ACL state, checkpoints
+//! the state with its block hash, and publishes it.
+//!
+//! Each step first checks that the checkpointed block is still canonical. If it is
+//! not (a reorg deeper than `confirmations`), the syncer walks back through the stored
+//! checkpoints to the newest one still on the canonical chain, restores it and syncs
+//! forward again; with none left it rebuilds from the deployment block. New heads come
+//! by subscription on a `ws://` endpoint and by polling otherwise.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    primitives::B256,
+    providers::{DynProvider, Provider},
+    rpc::types::Filter,
+};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Deployment, Error, decode};
+use crate::{
+    acl::{BlockRef, Publisher, Snapshot},
+    config::ChainConfig,
+    store::Store,
+};
+
+const TARGET: &str = "hanzo::chain";
+/// Longest wait between retries after RPC errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Sync progress, for readiness and metrics.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    /// Latest block number the RPC reported.
+    pub head: u64,
+    /// Latest block applied to the ACL.
+    pub synced: Option<u64>,
+    /// Confirmations required.
+    pub confirmations: u64,
+    /// Logs applied since the deployment block.
+    pub events_applied: u64,
+    /// Unix time of the last successful sync step.
+    pub last_success: Option<u64>,
+    /// The last sync error, cleared by the next success.
+    pub last_error: Option<String>,
+    /// Reorgs rolled back since start.
+    pub reorgs: u64,
+}
+
+impl Status {
+    /// Whether the ACL reflects every block that is `confirmations` deep.
+    pub fn is_synced(&self) -> bool {
+        self.last_error.is_none()
+            && self.synced.is_some_and(|s| s + self.confirmations >= self.head)
+    }
+}
+
+/// The sync actor. Build it with [`Syncer::new`], then [`Syncer::run`] it as a task.
+pub struct Syncer {
+    provider: DynProvider,
+    deployment: Deployment,
+    config: ChainConfig,
+    store: Arc<Store>,
+    acl: Publisher,
+    status: watch::Sender<Status>,
+    current: Arc<Snapshot>,
+    range: u64,
+}
+
+/// What one step did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Applied blocks up to this one; more may be waiting.
+    Advanced { to: u64, caught_up: bool },
+    /// Nothing new is confirmed.
+    Idle,
+    /// Rolled back to this block (or to before the deployment).
+    RolledBack(Option<u64>),
+}
+
+impl Syncer {
+    /// A syncer resuming from the store's newest checkpoint. Returns the status
+    /// receiver alongside.
+    pub fn new(
+        provider: DynProvider,
+        deployment: Deployment,
+        config: ChainConfig,
+        store: Arc<Store>,
+        acl: Publisher,
+    ) -> Result<(Self, watch::Receiver<Status>), Error> {
+        let current = Arc::new(store.latest_checkpoint()?.unwrap_or_default());
+        if let Some(b) = current.block {
+            info!(target: TARGET, block = b.number, events = current.events_applied, "resuming from checkpoint");
+        }
+        acl.publish(current.clone());
+        let status = Status {
+            synced: current.block.map(|b| b.number),
+            confirmations: config.confirmations,
+            events_applied: current.events_applied,
+            ..Default::default()
+        };
+        let (tx, rx) = watch::channel(status);
+        let range = config.max_block_range;
+        Ok((Self { provider, deployment, config, store, acl, status: tx, current, range }, rx))
+    }
+
+    /// Syncs until `cancel` fires: steps until caught up, then waits for a new head.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut heads = self.subscribe().await;
+        let mut backoff = self.config.poll_interval;
+        loop {
+            let caught_up = match self.step().await {
+                Ok(step) => {
+                    backoff = self.config.poll_interval;
+                    !matches!(step, Step::Advanced { caught_up: false, .. } | Step::RolledBack(_))
+                }
+                Err(err) => {
+                    warn!(target: TARGET, %err, retry_in = ?backoff, "sync step failed; serving the last ACL");
+                    self.status.send_modify(|s| s.last_error = Some(err.to_string()));
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            if !caught_up {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                Some(_) = async { match heads.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {}
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Option<futures_util::stream::BoxStream<'static, alloy::rpc::types::Header>> {
+        if !self.config.rpc_url.starts_with("ws") {
+            return None;
+        }
+        match self.provider.subscribe_blocks().await {
+            Ok(sub) => {
+                debug!(target: TARGET, "subscribed to new heads");
+                Some(sub.into_stream().boxed())
+            }
+            Err(err) => {
+                debug!(target: TARGET, %err, "no head subscription; polling");
+                None
+            }
+        }
+    }
+
+    /// The next step: check the checkpoint is canonical, then apply one range of
+    /// confirmed blocks.
+    pub async fn step(&mut self) -> Result<Step, Error> {
+        let head = self
+            .provider
+            .get_block_number()
+            .await
+            .map_err(|e| Error::Unreachable { url: self.config.rpc_url.clone(), reason: e.to_string() })?;
+        self.status.send_modify(|s| s.head = head);
+
+        if let Some(cp) = self.current.block {
+            if self.block_hash(cp.number).await? != Some(cp.hash) {
+                let to = self.roll_back().await?;
+                return Ok(Step::RolledBack(to));
+            }
+        }
+        let target = head.saturating_sub(self.config.confirmations);
+        let from = self.current.block.map_or(self.deployment.block, |b| b.number + 1);
+        if target < from {
+            self.mark_success();
+            return Ok(Step::Idle);
+        }
+        let to = target.min(from.saturating_add(self.range - 1));
+        // The endpoint may have made the range shorter.
+        let (logs, to) = self.logs(from, to).await?;
+        let header = self.header(to).await?;
+
+        let mut next = Snapshot {
+            block: Some(BlockRef { number: to, hash: header.0 }),
+            block_time: header.1,
+            events_applied: self.current.events_applied + logs.len() as u64,
+            state: self.current.state.clone(),
+        };
+        for log in &logs {
+            for change in decode(&self.deployment, log)? {
+                next.state.apply(change);
+            }
+        }
+        self.store.put_checkpoint(&next, self.config.checkpoints_kept)?;
+        debug!(target: TARGET, from, to, logs = logs.len(), "applied");
+        self.current = Arc::new(next);
+        self.acl.publish(self.current.clone());
+        self.mark_success();
+        Ok(Step::Advanced { to, caught_up: to >= target })
+    }
+
+    fn mark_success(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.status.send_modify(|s| {
+            s.synced = self.current.block.map(|b| b.number);
+            s.events_applied = self.current.events_applied;
+            s.last_success = Some(now);
+            s.last_error = None;
+        });
+    }
+
+    /// Logs of `from..=to`, halving the range while the endpoint refuses it as too big.
+    async fn logs(&mut self, from: u64, mut to: u64) -> Result<(Vec<alloy::rpc::types::Log>, u64), Error> {
+        loop {
+            let filter = Filter::new()
+                .address(self.deployment.addresses().to_vec())
+                .from_block(from)
+                .to_block(to);
+            match self.provider.get_logs(&filter).await {
+                Ok(logs) => return Ok((logs, to)),
+                Err(err) if to > from && err.as_error_resp().is_some() => {
+                    self.range = ((to - from + 1) / 2).max(1);
+                    to = from + self.range - 1;
+                    debug!(target: TARGET, %err, range = self.range, "eth_getLogs refused; halving the range");
+                }
+                Err(err) => return Err(Error::Rpc { call: "eth_getLogs", reason: err.to_string() }),
+            }
+        }
+    }
+
+    async fn header(&self, number: u64) -> Result<(B256, u64), Error> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| Error::Rpc { call: "eth_getBlockByNumber", reason: e.to_string() })?
+            .ok_or_else(|| Error::Rpc { call: "eth_getBlockByNumber", reason: format!("block {number} not found") })?;
+        Ok((block.header.hash, block.header.timestamp))
+    }
+
+    async fn block_hash(&self, number: u64) -> Result<Option<B256>, Error> {
+        Ok(self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(|e| Error::Rpc { call: "eth_getBlockByNumber", reason: e.to_string() })?
+            .map(|b| b.header.hash))
+    }
+
+    /// Restores the newest stored checkpoint still on the canonical chain.
+    async fn roll_back(&mut self) -> Result<Option<u64>, Error> {
+        let from = self.current.block.map(|b| b.number);
+        let checkpoints: Vec<Snapshot> = self.store.checkpoints().collect::<Result<_, _>>()?;
+        let mut restored = Snapshot::default();
+        for cp in checkpoints {
+            let Some(b) = cp.block else { continue };
+            if self.block_hash(b.number).await? == Some(b.hash) {
+                restored = cp;
+                break;
+            }
+        }
+        match restored.block {
+            Some(_) => self.store.put_checkpoint(&restored, self.config.checkpoints_kept)?,
+            None => self.store.clear_checkpoints()?,
+        }
+        let to = restored.block.map(|b| b.number);
+        warn!(target: TARGET, ?from, ?to, "reorg deeper than the confirmations: rolled the ACL back");
+        self.current = Arc::new(restored);
+        self.acl.publish(self.current.clone());
+        self.status.send_modify(|s| {
+            s.reorgs += 1;
+            s.synced = to;
+        });
+        Ok(to)
+    }
+}

@@ -1,0 +1,594 @@
+//! The command line: argument definitions and what each command does. Every read
+//! takes `--json`; nothing prompts when `HANZO_PASSWORD` or `HANZO_PRIVATE_KEY` is set.
+//! This is the binary's front end, so it reports errors with `anyhow`.
+
+use std::{io::IsTerminal, path::PathBuf, time::Duration};
+
+use alloy::{
+    primitives::{Address, U256, utils::parse_units},
+    signers::local::PrivateKeySigner,
+};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    acl::{self, Key, Member, StakeRole},
+    chain::{self, Client, DeployParams, Deployment},
+    config::{CONFIG_FILE, Config, Overrides},
+    keys::{self, NODE_KEY_FILE, NodeKey, OPERATOR_KEYSTORE_FILE, SshKey},
+    node::Node,
+    store::Store,
+};
+
+/// hanzo-node: a validator node whose every permission comes from chain state.
+#[derive(Debug, Parser)]
+#[command(name = "hanzo-node", version)]
+pub struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data dir with a node key, an operator keystore and a config file.
+    Init(InitArgs),
+    /// Run the node: chain sync, ACL, HTTP health and metrics.
+    Run,
+    /// Show the effective configuration.
+    Config {
+        /// Print it as TOML.
+        #[arg(long)]
+        dump: bool,
+    },
+    /// Deploy the contracts and write the deployment file.
+    Deploy(DeployArgs),
+    /// Operator stake and registration.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Caller (dApp) stake.
+    #[command(subcommand)]
+    Caller(CallerCmd),
+    /// Identity tokens and their keys.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// Repository tokens and their members.
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// This node's ACL.
+    #[command(subcommand)]
+    Acl(AclCmd),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Derive both keys from the BIP39 mnemonic in HANZO_MNEMONIC.
+    #[arg(long)]
+    from_mnemonic: bool,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// Minimum operator stake.
+    #[arg(long, default_value = "1ETH", value_parser = parse_amount)]
+    min_operator_stake: U256,
+    /// Minimum caller stake.
+    #[arg(long, default_value = "0.1ETH", value_parser = parse_amount)]
+    min_caller_stake: U256,
+    /// Unbonding period.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    unbonding: Duration,
+    /// Where to write the deployment file [default: the configured deployment file].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    signer: SignerArgs,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+struct SignerArgs {
+    /// Sign with this private key instead of the data dir's operator keystore.
+    #[arg(long, env = "HANZO_PRIVATE_KEY", hide_env_values = true)]
+    private_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReadArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCmd {
+    /// Register this node's key with an initial stake.
+    Register {
+        /// Stake, e.g. `1ETH`, `0.5`, `100gwei`.
+        #[arg(long, value_parser = parse_amount)]
+        stake: U256,
+        /// Endpoint hint published on-chain (a bootstrap address).
+        #[arg(long, default_value = "")]
+        endpoint: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Show an operator's stake [default: this data dir's operator].
+    Status {
+        /// Operator address.
+        #[arg(long)]
+        address: Option<Address>,
+        #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Add stake.
+    Deposit {
+        #[arg(value_parser = parse_amount)]
+        amount: U256,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Start unbonding stake; it stops counting at once.
+    Unstake {
+        #[arg(value_parser = parse_amount)]
+        amount: U256,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Withdraw stake whose unbonding period is over.
+    Withdraw {
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Slash an operator or caller (needs the registry's slasher role).
+    Slash {
+        /// Account to slash.
+        account: Address,
+        #[arg(value_parser = parse_amount)]
+        amount: U256,
+        /// Slash caller stake rather than operator stake.
+        #[arg(long)]
+        caller: bool,
+        /// Reason, recorded on-chain.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CallerCmd {
+    /// Add caller stake.
+    Deposit {
+        #[arg(value_parser = parse_amount)]
+        amount: U256,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Start unbonding caller stake.
+    Unstake {
+        #[arg(value_parser = parse_amount)]
+        amount: U256,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Withdraw unbonded caller stake.
+    Withdraw {
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Show a caller's stake [default: the signer's address].
+    Status {
+        #[arg(long)]
+        address: Option<Address>,
+        #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCmd {
+    /// Mint an identity with this handle to the signer.
+    Mint {
+        handle: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Add an SSH ed25519 public key (a `.pub` file) or an Ethereum address.
+    AddKey {
+        handle: String,
+        /// `~/.ssh/id_ed25519.pub` or `0x…` address.
+        key: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Revoke a key.
+    RevokeKey {
+        handle: String,
+        /// `~/.ssh/id_ed25519.pub` or `0x…` address.
+        key: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Show an identity and its keys.
+    Show {
+        handle: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCmd {
+    /// Create a repository owned by an identity the signer holds.
+    Create {
+        name: String,
+        /// Owner identity handle.
+        #[arg(long)]
+        owner: String,
+        /// Readable by members only.
+        #[arg(long)]
+        private: bool,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Let an identity push.
+    AddCommitter(MemberArgs),
+    /// Stop an identity pushing.
+    RemoveCommitter(MemberArgs),
+    /// Let an identity read a private repo.
+    AddReader(MemberArgs),
+    /// Stop an identity reading.
+    RemoveReader(MemberArgs),
+    /// Show a repository and its members.
+    Show {
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct MemberArgs {
+    /// Repository name.
+    name: String,
+    /// Identity handle.
+    handle: String,
+    #[command(flatten)]
+    signer: SignerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCmd {
+    /// What this node's ACL holds now, with the block it reflects.
+    Show(ReadArgs),
+}
+
+/// Parses `1`, `0.5ETH`, `1 ether`, `100gwei`, `5wei` into wei.
+pub fn parse_amount(s: &str) -> Result<U256, String> {
+    let t = s.trim().to_ascii_lowercase().replace(' ', "");
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), "ether"),
+    };
+    let unit = if unit == "eth" { "ether" } else { unit };
+    parse_units(num, unit)
+        .map(Into::into)
+        .map_err(|e| format!("{s:?} is not an amount like 1ETH, 0.5, 100gwei: {e}"))
+}
+
+fn password() -> Result<String> {
+    if let Ok(p) = std::env::var("HANZO_PASSWORD") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password: set HANZO_PASSWORD for the operator keystore");
+    }
+    Ok(rpassword::prompt_password("operator keystore password: ")?)
+}
+
+fn signer(config: &Config, args: &SignerArgs) -> Result<PrivateKeySigner> {
+    if let Some(k) = &args.private_key {
+        return Ok(keys::parse_private_key(k)?);
+    }
+    let path = config.data_dir.join(OPERATOR_KEYSTORE_FILE);
+    if !path.exists() {
+        bail!(
+            "no operator keystore at {}: run `hanzo-node init` or pass --private-key / HANZO_PRIVATE_KEY",
+            path.display()
+        );
+    }
+    Ok(keys::load_operator(&path, &password()?)?)
+}
+
+/// Connects a client, checking the chain id against the deployment file.
+async fn client(config: &Config, signer: Option<PrivateKeySigner>) -> Result<Client> {
+    let deployment = Deployment::load(&config.deployment_path())?;
+    let provider = chain::connect(&config.chain.rpc_url, signer).await?;
+    chain::check_chain_id(&provider, &config.chain.rpc_url, &deployment, &config.deployment_path()).await?;
+    Ok(Client::new(provider, deployment))
+}
+
+async fn signed(config: &Config, args: &SignerArgs) -> Result<(Client, Address)> {
+    let s = signer(config, args)?;
+    let address = s.address();
+    Ok((client(config, Some(s)).await?, address))
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
+fn parse_key(arg: &str) -> Result<Key> {
+    if arg.starts_with("0x") && arg.len() == 42 {
+        return Ok(Key::Eth(arg.parse().context("not an Ethereum address")?));
+    }
+    let text = std::fs::read_to_string(arg)
+        .with_context(|| format!("cannot read SSH public key file {arg}"))?;
+    let key = SshKey::parse_line(text.trim()).with_context(|| format!("in {arg}"))?;
+    Ok(Key::Ssh(key))
+}
+
+fn stake_text(v: &chain::OperatorView) -> String {
+    format!(
+        "{}: stake {} ({}; minimum {}), unbonding {}{}\n",
+        v.address,
+        acl::eth(v.stake),
+        if v.active { "active" } else { "inactive" },
+        acl::eth(v.minimum),
+        acl::eth(v.unbonding),
+        if v.release_at > 0 { format!(" until unix time {}", v.release_at) } else { String::new() },
+    )
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(&cli.overrides)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .with_context(|| format!("invalid log filter {:?}", config.log.filter))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match cli.command {
+        Command::Init(args) => init(&config, &args),
+        Command::Run => {
+            let node = Node::start(config).await?;
+            tokio::signal::ctrl_c().await?;
+            node.shutdown().await;
+            Ok(())
+        }
+        Command::Config { .. } => {
+            print!("{}", config.dump());
+            Ok(())
+        }
+        Command::Deploy(args) => {
+            let s = signer(&config, &args.signer)?;
+            let admin = s.address();
+            let provider = chain::connect(&config.chain.rpc_url, Some(s)).await?;
+            let params = DeployParams {
+                min_operator_stake: args.min_operator_stake,
+                min_caller_stake: args.min_caller_stake,
+                unbonding_period: args.unbonding.as_secs(),
+            };
+            let deployment = chain::deploy(&provider, admin, &params).await?;
+            let out = args.out.unwrap_or_else(|| config.deployment_path());
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            deployment.save(&out)?;
+            println!("{}", serde_json::to_string_pretty(&deployment)?);
+            eprintln!("deployment written to {}", out.display());
+            Ok(())
+        }
+        Command::Operator(cmd) => operator(&config, cmd).await,
+        Command::Caller(cmd) => caller(&config, cmd).await,
+        Command::Identity(cmd) => identity(&config, cmd).await,
+        Command::Repo(cmd) => repo(&config, cmd).await,
+        Command::Acl(AclCmd::Show(read)) => {
+            let path = config.db_path();
+            if !path.exists() {
+                bail!("no database at {}: start the node with `hanzo-node run` first", path.display());
+            }
+            let store = Store::open_read_only(&path)?;
+            let snap = store.latest_checkpoint()?.unwrap_or_default();
+            print(read.json, &acl::view::json(&snap), || acl::view::text(&snap))
+        }
+    }
+}
+
+fn init(config: &Config, args: &InitArgs) -> Result<()> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let key_path = dir.join(NODE_KEY_FILE);
+    let keystore = dir.join(OPERATOR_KEYSTORE_FILE);
+    if key_path.exists() || keystore.exists() {
+        bail!("{} already holds keys; refusing to overwrite them", dir.display());
+    }
+    let (node, operator) = if args.from_mnemonic {
+        let phrase = std::env::var("HANZO_MNEMONIC").context("--from-mnemonic needs HANZO_MNEMONIC")?;
+        keys::from_mnemonic(&phrase)?
+    } else {
+        let operator = match std::env::var("HANZO_PRIVATE_KEY") {
+            Ok(k) => keys::parse_private_key(&k)?,
+            Err(_) => PrivateKeySigner::random(),
+        };
+        (NodeKey::generate(), operator)
+    };
+    node.save(&key_path)?;
+    keys::save_operator(dir, OPERATOR_KEYSTORE_FILE, &operator, &password()?)?;
+    let config_path = dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        std::fs::write(&config_path, config.dump())?;
+    }
+    println!("data dir:      {}", dir.display());
+    println!("node key:      {}", node.public());
+    println!("operator:      {}", operator.address());
+    println!("config:        {}", config_path.display());
+    Ok(())
+}
+
+async fn operator(config: &Config, cmd: OperatorCmd) -> Result<()> {
+    match cmd {
+        OperatorCmd::Register { stake, endpoint, signer: s } => {
+            let node = NodeKey::load(&config.data_dir.join(NODE_KEY_FILE))?;
+            let (c, who) = signed(config, &s).await?;
+            let r = c.register_operator(node.public().to_b256(), &endpoint, stake).await?;
+            println!(
+                "registered operator {who} with node key {} and stake {} (block {})",
+                node.public(),
+                acl::eth(stake),
+                r.block_number.unwrap_or_default()
+            );
+        }
+        OperatorCmd::Status { address, read, signer: s } => {
+            let address = match address {
+                Some(a) => a,
+                None => signer(config, &s)?.address(),
+            };
+            let v = client(config, None).await?.stake(address, StakeRole::Operator).await?;
+            print(read.json, &v, || format!("operator {}node key {}\n", stake_text(&v), v.node_key))?;
+        }
+        OperatorCmd::Deposit { amount, signer: s } => {
+            signed(config, &s).await?.0.deposit_operator(amount).await?;
+            println!("deposited {} of operator stake", acl::eth(amount));
+        }
+        OperatorCmd::Unstake { amount, signer: s } => {
+            signed(config, &s).await?.0.request_unstake(StakeRole::Operator, amount).await?;
+            println!("unbonding {} of operator stake; it no longer counts", acl::eth(amount));
+        }
+        OperatorCmd::Withdraw { signer: s } => {
+            signed(config, &s).await?.0.withdraw(StakeRole::Operator).await?;
+            println!("withdrew unbonded operator stake");
+        }
+        OperatorCmd::Slash { account, amount, caller, reason, signer: s } => {
+            let role = if caller { StakeRole::Caller } else { StakeRole::Operator };
+            signed(config, &s).await?.0.slash(account, role, amount, &reason).await?;
+            println!("slashed {} from {account}", acl::eth(amount));
+        }
+    }
+    Ok(())
+}
+
+async fn caller(config: &Config, cmd: CallerCmd) -> Result<()> {
+    match cmd {
+        CallerCmd::Deposit { amount, signer: s } => {
+            signed(config, &s).await?.0.deposit_caller(amount).await?;
+            println!("deposited {} of caller stake", acl::eth(amount));
+        }
+        CallerCmd::Unstake { amount, signer: s } => {
+            signed(config, &s).await?.0.request_unstake(StakeRole::Caller, amount).await?;
+            println!("unbonding {} of caller stake; it no longer counts", acl::eth(amount));
+        }
+        CallerCmd::Withdraw { signer: s } => {
+            signed(config, &s).await?.0.withdraw(StakeRole::Caller).await?;
+            println!("withdrew unbonded caller stake");
+        }
+        CallerCmd::Status { address, read, signer: s } => {
+            let address = match address {
+                Some(a) => a,
+                None => signer(config, &s)?.address(),
+            };
+            let v = client(config, None).await?.stake(address, StakeRole::Caller).await?;
+            print(read.json, &v, || format!("caller {}", stake_text(&v)))?;
+        }
+    }
+    Ok(())
+}
+
+async fn identity(config: &Config, cmd: IdentityCmd) -> Result<()> {
+    match cmd {
+        IdentityCmd::Mint { handle, signer: s } => {
+            let (c, who) = signed(config, &s).await?;
+            let id = c.mint_identity(&handle).await?;
+            println!("minted identity {handle} (#{id}) to {who}");
+        }
+        IdentityCmd::AddKey { handle, key, signer: s } => {
+            let key = parse_key(&key)?;
+            signed(config, &s).await?.0.add_key(&handle, &key).await?;
+            println!("added key to identity {handle}");
+        }
+        IdentityCmd::RevokeKey { handle, key, signer: s } => {
+            let key = parse_key(&key)?;
+            signed(config, &s).await?.0.revoke_key(&handle, &key).await?;
+            println!("revoked key of identity {handle}");
+        }
+        IdentityCmd::Show { handle, read } => {
+            let v = client(config, None).await?.identity(&handle).await?;
+            print(read.json, &v, || {
+                let mut s = format!("identity {} (#{}) held by {}\n", v.handle, v.id, v.holder);
+                for k in &v.keys {
+                    s += &format!("  {k}\n");
+                }
+                s
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
+    let member = |args: MemberArgs, role: Member, add: bool| async move {
+        let (c, _) = signed(config, &args.signer).await?;
+        c.set_member(&args.name, &args.handle, role, add).await?;
+        let (verb, what) = match (add, role) {
+            (true, Member::Committer) => ("added", "committer"),
+            (false, Member::Committer) => ("removed", "committer"),
+            (true, Member::Reader) => ("added", "reader"),
+            (false, Member::Reader) => ("removed", "reader"),
+        };
+        println!("{verb} {} as {what} of repo {}", args.handle, args.name);
+        anyhow::Ok(())
+    };
+    match cmd {
+        RepoCmd::Create { name, owner, private, signer: s } => {
+            let (c, _) = signed(config, &s).await?;
+            let id = c.create_repo(&name, &owner, private).await?;
+            println!("created repo {name} (#{id}) owned by {owner}");
+        }
+        RepoCmd::AddCommitter(a) => member(a, Member::Committer, true).await?,
+        RepoCmd::RemoveCommitter(a) => member(a, Member::Committer, false).await?,
+        RepoCmd::AddReader(a) => member(a, Member::Reader, true).await?,
+        RepoCmd::RemoveReader(a) => member(a, Member::Reader, false).await?,
+        RepoCmd::Show { name, read } => {
+            let v = client(config, None).await?.repo(&name).await?;
+            print(read.json, &v, || {
+                format!(
+                    "repo {} (#{}){} owned by {}, held by {}\n  committers: {}\n  readers: {}\n",
+                    v.name,
+                    v.id,
+                    if v.private { " private" } else { "" },
+                    v.owner,
+                    v.holder,
+                    v.committers.join(", "),
+                    v.readers.join(", ")
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts() {
+        let eth = U256::from(10u64).pow(U256::from(18));
+        assert_eq!(parse_amount("1").unwrap(), eth);
+        assert_eq!(parse_amount("1ETH").unwrap(), eth);
+        assert_eq!(parse_amount("0.5 ether").unwrap(), eth / U256::from(2));
+        assert_eq!(parse_amount("100gwei").unwrap(), U256::from(100_000_000_000u64));
+        assert_eq!(parse_amount("5wei").unwrap(), U256::from(5));
+        assert!(parse_amount("lots").is_err());
+        assert!(parse_amount("1 banana").is_err());
+    }
+}

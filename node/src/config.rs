@@ -1,0 +1,269 @@
+//! Configuration: defaults, then `<data dir>/config.toml` (or `--config`), then
+//! `HANZO_*` environment variables, then command-line flags. Validated once at start;
+//! `hanzo-node config --dump` prints the result.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the config file inside the data dir.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// What is wrong with the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+/// The node's configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the node keeps its keys, database and repos. Default: `~/.hanzo-node`.
+    pub data_dir: PathBuf,
+    /// Chain access.
+    pub chain: ChainConfig,
+    /// The HTTP listener (health, readiness, metrics).
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Chain access and sync.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    /// JSON-RPC endpoint; `ws://` or `wss://` also subscribes to new heads.
+    /// Default: `http://127.0.0.1:8545`.
+    pub rpc_url: String,
+    /// Deployment file (chain id, contract addresses, deployment block), relative to
+    /// the data dir. Default: `deployment.json`.
+    pub deployment: PathBuf,
+    /// Blocks a log must be buried under before the ACL applies it. Default: 2.
+    pub confirmations: u64,
+    /// How often to poll for new blocks when not subscribed. Default: `1s`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most blocks asked for in one `eth_getLogs`; halved when the endpoint refuses.
+    /// Default: 10000.
+    pub max_block_range: u64,
+    /// ACL checkpoints kept for rolling back a reorg deeper than `confirmations`.
+    /// Default: 64.
+    pub checkpoints_kept: usize,
+}
+
+/// The HTTP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/health`, `/readiness`, `/liveness` and `/metrics`.
+    /// Default: `127.0.0.1:8680`.
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info,hanzo::chain=debug`. Default: `info`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            chain: ChainConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            rpc_url: "http://127.0.0.1:8545".into(),
+            deployment: "deployment.json".into(),
+            confirmations: 2,
+            poll_interval: Duration::from_secs(1),
+            max_block_range: 10_000,
+            checkpoints_kept: 64,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8680)) }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into() }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".hanzo-node")
+}
+
+/// Settings from the environment and the command line; `None` leaves the file's value.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Data directory [default: ~/.hanzo-node].
+    #[arg(long, env = "HANZO_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Config file [default: <data dir>/config.toml].
+    #[arg(long, env = "HANZO_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Chain JSON-RPC URL.
+    #[arg(long = "chain.rpc-url", env = "HANZO_CHAIN_RPC_URL", global = true)]
+    pub rpc_url: Option<String>,
+    /// Deployment file.
+    #[arg(long = "chain.deployment", env = "HANZO_CHAIN_DEPLOYMENT", global = true)]
+    pub deployment: Option<PathBuf>,
+    /// Confirmations before a log is applied.
+    #[arg(long = "chain.confirmations", env = "HANZO_CHAIN_CONFIRMATIONS", global = true)]
+    pub confirmations: Option<u64>,
+    /// Poll interval, e.g. `500ms`.
+    #[arg(long = "chain.poll-interval", env = "HANZO_CHAIN_POLL_INTERVAL", global = true, value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// HTTP listen address.
+    #[arg(long = "http.listen", env = "HANZO_HTTP_LISTEN", global = true)]
+    pub http_listen: Option<SocketAddr>,
+    /// Log filter.
+    #[arg(long = "log", env = "HANZO_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration the way the binary does.
+    pub fn load(overrides: &Overrides) -> Result<Self, Error> {
+        let data_dir = overrides.data_dir.clone().unwrap_or_else(default_data_dir);
+        let file = overrides.config.clone().unwrap_or_else(|| data_dir.join(CONFIG_FILE));
+        let mut config = if file.exists() || overrides.config.is_some() {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| Error::Read { path: file.display().to_string(), source })?;
+            Self::parse(&text, &file)?
+        } else {
+            Self::default()
+        };
+        let o = overrides.clone();
+        if let Some(v) = o.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = o.rpc_url {
+            config.chain.rpc_url = v;
+        }
+        if let Some(v) = o.deployment {
+            config.chain.deployment = v;
+        }
+        if let Some(v) = o.confirmations {
+            config.chain.confirmations = v;
+        }
+        if let Some(v) = o.poll_interval {
+            config.chain.poll_interval = v;
+        }
+        if let Some(v) = o.http_listen {
+            config.http.listen = v;
+        }
+        if let Some(v) = o.log {
+            config.log.filter = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML config file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        toml::from_str(text)
+            .map_err(|source| Error::Parse { path: path.display().to_string(), source: Box::new(source) })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let url = &self.chain.rpc_url;
+        if !["http://", "https://", "ws://", "wss://"].iter().any(|p| url.starts_with(p)) {
+            return Err(Error::Invalid {
+                setting: "chain.rpc_url",
+                reason: format!("{url:?} is not an http(s):// or ws(s):// URL"),
+            });
+        }
+        if self.chain.max_block_range == 0 {
+            return Err(Error::Invalid { setting: "chain.max_block_range", reason: "must be at least 1".into() });
+        }
+        if self.chain.poll_interval.is_zero() {
+            return Err(Error::Invalid { setting: "chain.poll_interval", reason: "must be above zero".into() });
+        }
+        Ok(())
+    }
+
+    /// The deployment file's path.
+    pub fn deployment_path(&self) -> PathBuf {
+        self.data_dir.join(&self.chain.deployment)
+    }
+
+    /// The database's path.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    /// The effective configuration as TOML.
+    pub fn dump(&self) -> String {
+        // Every field is a plain value TOML can hold, so this cannot fail.
+        #[allow(clippy::expect_used)]
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[chain]\nrpc_url = \"ws://10.0.0.1:8546\"\nconfirmations = 5\npoll_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            data_dir: Some(dir.path().into()),
+            confirmations: Some(7),
+            ..Default::default()
+        };
+        let c = Config::load(&overrides).unwrap();
+        assert_eq!(c.chain.rpc_url, "ws://10.0.0.1:8546");
+        assert_eq!(c.chain.confirmations, 7, "flag beats file");
+        assert_eq!(c.chain.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.data_dir, dir.path());
+        // The dump parses back to the same settings.
+        let again = Config::parse(&c.dump(), Path::new("dump")).unwrap();
+        assert_eq!(again.chain.confirmations, 7);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        let err = Config::parse("[chain]\nrpc_ur = \"x\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("rpc_ur"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides {
+            data_dir: Some(dir.path().into()),
+            rpc_url: Some("localhost:8545".into()),
+            ..Default::default()
+        };
+        let err = Config::load(&overrides).unwrap_err();
+        assert!(err.to_string().contains("chain.rpc_url"), "{err}");
+    }
+}

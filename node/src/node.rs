@@ -1,0 +1,114 @@
+//! A running node: wires config, store, chain sync, ACL and the HTTP listener, and
+//! stops them together.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    acl::{Acl, Snapshot},
+    chain::{self, Deployment, Status, Syncer},
+    config::Config,
+    http,
+    keys::{NODE_KEY_FILE, NodeKey},
+    store::{self, Store},
+};
+
+const TARGET: &str = "hanzo::node";
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Chain(#[from] chain::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    /// The live ACL.
+    pub acl: Acl,
+    /// Chain sync progress.
+    pub status: watch::Receiver<Status>,
+    /// Where the HTTP listener is bound.
+    pub http_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node from `config`: checks the chain and the store, then syncs and
+    /// serves until [`Node::shutdown`].
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let key = NodeKey::load(&config.data_dir.join(NODE_KEY_FILE))?;
+        let deployment = Deployment::load(&config.deployment_path())?;
+        let provider = chain::connect(&config.chain.rpc_url, None).await?;
+        chain::check_chain_id(&provider, &config.chain.rpc_url, &deployment, &config.deployment_path()).await?;
+        let store = Arc::new(Store::open(&config.db_path())?);
+        store.bind_deployment(&deployment.id())?;
+
+        let (acl, publisher) = Acl::new(Snapshot::default());
+        let (syncer, status) =
+            Syncer::new(provider, deployment.clone(), config.chain.clone(), store, publisher)?;
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| Error::Listen { addr: config.http.listen, source })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr: config.http.listen, source })?;
+
+        let cancel = CancellationToken::new();
+        let sync_done = CancellationToken::new();
+        let sync_task = {
+            let (cancel, done) = (cancel.child_token(), sync_done.clone());
+            tokio::spawn(async move {
+                syncer.run(cancel).await;
+                done.cancel();
+            })
+        };
+        let http_task = {
+            let (acl, status, cancel) = (acl.clone(), status.clone(), cancel.child_token());
+            tokio::spawn(async move {
+                if let Err(err) = http::serve(listener, acl, status, sync_done, cancel).await {
+                    warn!(target: TARGET, %err, "HTTP listener stopped");
+                }
+            })
+        };
+        info!(
+            target: TARGET,
+            node_key = %key.public(),
+            deployment = %deployment.id(),
+            http = %http_addr,
+            "node started"
+        );
+        Ok(Self { acl, status, http_addr, cancel, tasks: vec![sync_task, http_task] })
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        info!(target: TARGET, "node stopped");
+    }
+
+    /// Waits until the ACL reflects at least block `number`.
+    pub async fn synced_to(&self, number: u64) -> Arc<Snapshot> {
+        let mut acl = self.acl.clone();
+        loop {
+            let snap = acl.snapshot();
+            if snap.block.is_some_and(|b| b.number >= number) {
+                return snap;
+            }
+            if acl.changed().await.is_err() {
+                return acl.snapshot();
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The node's database: one rocksdb under `<data dir>/db`, one column family per kind
+//! of record.
+//!
+//! * `meta` — schema version and the deployment the data belongs to.
+//! * `acl` — ACL checkpoints: block number (big-endian) → encoded [`Snapshot`]. The
+//!   newest is where sync resumes; older ones (a bounded window) are the undo log a
+//!   deep reorg rolls back to.
+//!
+//! Writes that must land together go in one write batch with a synced WAL, so a crash
+//! leaves either the old or the new checkpoint, never a mix.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+
+use crate::acl::Snapshot;
+
+const CF_META: &str = "meta";
+const CF_ACL: &str = "acl";
+const COLUMN_FAMILIES: [&str; 2] = [CF_META, CF_ACL];
+const SCHEMA_VERSION: &[u8] = b"1";
+const KEY_SCHEMA: &[u8] = b"schema";
+const KEY_DEPLOYMENT: &[u8] = b"deployment";
+/// Largest encoded snapshot accepted when reading back (a guard against a corrupt record).
+const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+
+/// What went wrong with the database.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error(
+        "the database at {path} is locked by another process; is a node already running on this data dir? ({source})"
+    )]
+    Locked { path: String, source: rocksdb::Error },
+    #[error("corrupt {what} record: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error(
+        "the database belongs to deployment {stored}, not {configured}; use another data dir or remove {path}"
+    )]
+    OtherDeployment { stored: String, configured: String, path: String },
+}
+
+/// The node's database handle; cheap to share behind an `Arc`.
+pub struct Store {
+    db: DB,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = COLUMN_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
+            if source.to_string().contains("lock") {
+                Error::Locked { path: path.display().to_string(), source }
+            } else {
+                Error::Db(source)
+            }
+        })?;
+        let store = Self { db };
+        match store.db.get_cf(store.cf(CF_META), KEY_SCHEMA)? {
+            None => store.db.put_cf(store.cf(CF_META), KEY_SCHEMA, SCHEMA_VERSION)?,
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(Error::Corrupt {
+                    what: "schema",
+                    detail: format!("version {:?}, this node knows {:?}", String::from_utf8_lossy(&v), "1"),
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens the database read-only, beside a node that may be running on it.
+    pub fn open_read_only(path: &Path) -> Result<Self, Error> {
+        let db = DB::open_cf_for_read_only(&Options::default(), path, COLUMN_FAMILIES, false)?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every name used here is in COLUMN_FAMILIES, which `open` creates.
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// Binds the database to a deployment (`chain id:registry address`), refusing one
+    /// that holds another deployment's data.
+    pub fn bind_deployment(&self, id: &str) -> Result<(), Error> {
+        match self.db.get_cf(self.cf(CF_META), KEY_DEPLOYMENT)? {
+            None => Ok(self.db.put_cf(self.cf(CF_META), KEY_DEPLOYMENT, id)?),
+            Some(stored) if stored == id.as_bytes() => Ok(()),
+            Some(stored) => Err(Error::OtherDeployment {
+                stored: String::from_utf8_lossy(&stored).into_owned(),
+                configured: id.to_owned(),
+                path: self.db.path().display().to_string(),
+            }),
+        }
+    }
+
+    /// The newest ACL checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<Snapshot>, Error> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_ACL), IteratorMode::End);
+        iter.next().transpose()?.map(|(_, v)| decode(&v)).transpose()
+    }
+
+    /// ACL checkpoints from newest to oldest.
+    pub fn checkpoints(&self) -> impl Iterator<Item = Result<Snapshot, Error>> + '_ {
+        self.db
+            .iterator_cf(self.cf(CF_ACL), IteratorMode::End)
+            .map(|r| r.map_err(Error::from).and_then(|(_, v)| decode(&v)))
+    }
+
+    /// Writes `snapshot` as the newest checkpoint, deletes checkpoints after it (a
+    /// rollback) and keeps at most `keep` in all.
+    pub fn put_checkpoint(&self, snapshot: &Snapshot, keep: usize) -> Result<(), Error> {
+        let number = snapshot.block.map(|b| b.number).unwrap_or(0);
+        let key = number.to_be_bytes();
+        let value = postcard::to_stdvec(snapshot)
+            .map_err(|e| Error::Corrupt { what: "acl", detail: e.to_string() })?;
+        let cf = self.cf(CF_ACL);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, (number + 1).to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.put_cf(cf, key, value);
+        // Checkpoints older than the newest `keep` (this one included) go.
+        let older = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&key, Direction::Reverse))
+            .filter(|r| r.as_ref().map_or(true, |(k, _)| k[..] != key[..]));
+        if let Some(item) = older.skip(keep.max(1) - 1).next() {
+            let (oldest_dropped, _) = item?;
+            batch.delete_range_cf(cf, 0u64.to_be_bytes(), successor(&oldest_dropped));
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Deletes every ACL checkpoint (a rebuild from the deployment block follows).
+    pub fn clear_checkpoints(&self) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_ACL), 0u64.to_be_bytes(), u64::MAX.to_be_bytes());
+        batch.delete_cf(self.cf(CF_ACL), u64::MAX.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Snapshot, Error> {
+    if bytes.len() > MAX_SNAPSHOT_BYTES {
+        return Err(Error::Corrupt { what: "acl", detail: format!("{} bytes", bytes.len()) });
+    }
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt { what: "acl", detail: e.to_string() })
+}
+
+/// The smallest key after `key` (for exclusive range ends).
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::BlockRef;
+
+    fn at(number: u64) -> Snapshot {
+        Snapshot {
+            block: Some(BlockRef { number, hash: [number as u8; 32].into() }),
+            events_applied: number,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn checkpoints_keep_a_window_and_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.latest_checkpoint().unwrap().is_none());
+        for n in 1..=10 {
+            store.put_checkpoint(&at(n), 4).unwrap();
+        }
+        let numbers: Vec<u64> =
+            store.checkpoints().map(|s| s.unwrap().block.unwrap().number).collect();
+        assert_eq!(numbers, vec![10, 9, 8, 7]);
+        // A rollback to 8 drops 9 and 10.
+        store.put_checkpoint(&at(8), 4).unwrap();
+        assert_eq!(store.latest_checkpoint().unwrap().unwrap().events_applied, 8);
+        assert_eq!(store.checkpoints().count(), 2);
+        drop(store);
+        // Survives a reopen.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.latest_checkpoint().unwrap().unwrap().block.unwrap().number, 8);
+        store.clear_checkpoints().unwrap();
+        assert!(store.latest_checkpoint().unwrap().is_none());
+    }
+
+    #[test]
+    fn second_open_is_refused_with_a_hint_and_read_only_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_checkpoint(&at(3), 4).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("already running"), "{err}");
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.latest_checkpoint().unwrap().unwrap().events_applied, 3);
+    }
+
+    #[test]
+    fn deployment_binding_refuses_another_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.bind_deployment("31337:0xabc").unwrap();
+        store.bind_deployment("31337:0xabc").unwrap();
+        assert!(matches!(store.bind_deployment("1:0xdef"), Err(Error::OtherDeployment { .. })));
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_not_a_panic() {
+        assert!(matches!(decode(&[0xff; 7]), Err(Error::Corrupt { .. })));
+    }
+}
