@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_FILE: &str = "config.toml";
 
 /// What is wrong with the configuration.
+#[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {path}: {source}")]

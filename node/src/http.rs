@@ -3,7 +3,7 @@
 //! (Prometheus) and `/acl` (the current ACL as JSON, for `hanzo-node acl show`).
 
 use std::{
-    sync::{Arc, atomic::AtomicU64},
+    sync::atomic::AtomicU64,
     time::{SystemTime, UNIX_EPOCH},
 };
 

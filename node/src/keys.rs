@@ -30,6 +30,7 @@ pub const NODE_KEY_PATH: [u32; 4] = [74, 0, 0, 0];
 pub const OPERATOR_KEY_PATH: &str = "m/44'/60'/0'/0/0";
 
 /// What went wrong with a key.
+#[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot {action} {path}: {source}")]
@@ -158,11 +159,11 @@ pub fn save_operator(
     signer: &PrivateKeySigner,
     password: &str,
 ) -> Result<(), Error> {
-    let secret = Zeroizing::new(signer.to_bytes());
+    let secret = Zeroizing::new(signer.to_bytes().0);
     PrivateKeySigner::encrypt_keystore(
         dir,
         &mut rand::thread_rng(),
-        secret.as_slice(),
+        &secret[..],
         password,
         Some(name),
     )

@@ -19,6 +19,7 @@ use crate::{
 const TARGET: &str = "hanzo::node";
 
 /// Why the node could not start.
+#[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

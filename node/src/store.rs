@@ -25,6 +25,7 @@ const KEY_DEPLOYMENT: &[u8] = b"deployment";
 const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 
 /// What went wrong with the database.
+#[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database error: {0}")]
@@ -137,7 +138,7 @@ impl Store {
             .filter(|r| r.as_ref().map_or(true, |(k, _)| k[..] != key[..]));
         if let Some(item) = older.skip(keep.max(1) - 1).next() {
             let (oldest_dropped, _) = item?;
-            batch.delete_range_cf(cf, 0u64.to_be_bytes(), successor(&oldest_dropped));
+            batch.delete_range_cf(cf, &0u64.to_be_bytes()[..], &successor(&oldest_dropped)[..]);
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);

@@ -44,6 +44,7 @@ pub struct Snapshot {
 }
 
 /// Why a request is refused; the message names the key, identity or repo and the fix.
+#[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("no repo named {0:?} on chain")]

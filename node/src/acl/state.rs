@@ -121,6 +121,7 @@ pub struct Repo {
 }
 
 /// One state change, decoded from one contract log.
+#[allow(missing_docs)] // the fields are the named event's fields
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Stake parameters set.

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::{
     Deployment, Error,
     bindings::{
-        IdentityToken::{self, IdentityTokenErrors as IdE, IdentityTokenInstance},
-        RepoToken::{self, RepoTokenErrors as RpE, RepoTokenInstance},
+        IdentityToken::{IdentityTokenErrors as IdE, IdentityTokenInstance},
+        RepoToken::{RepoTokenErrors as RpE, RepoTokenInstance},
         StakeRegistry::{StakeRegistryErrors as SrE, StakeRegistryInstance},
     },
     decode,
@@ -50,9 +50,6 @@ pub struct OperatorView {
     /// The minimum, wei.
     pub minimum: U256,
 }
-
-/// A caller's stake.
-pub type CallerView = OperatorView;
 
 /// An identity and its keys.
 #[derive(Debug, Serialize)]
@@ -228,6 +225,10 @@ impl Client {
         Ok(IdentityView { id: to_u64(id), handle: handle.to_owned(), holder, keys })
     }
 
+    async fn handle_of(&self, identity: u64) -> Result<String, Error> {
+        self.view("handleOf", self.identities.handleOf(U256::from(identity))).await
+    }
+
     // ---- repos ----
 
     async fn repo_id(&self, name: &str) -> Result<U256, Error> {
@@ -280,22 +281,19 @@ impl Client {
         let (_, repo) = state
             .repo_by_name(name)
             .ok_or_else(|| Error::NotFound(format!("repo {name:?} has no creation log")))?;
-        let handle = |identity: &u64| async move {
-            self.view("handleOf", self.identities.handleOf(U256::from(*identity))).await
-        };
         let mut committers = Vec::new();
         for i in &repo.committers {
-            committers.push(handle(i).await?);
+            committers.push(self.handle_of(*i).await?);
         }
         let mut readers = Vec::new();
         for i in &repo.readers {
-            readers.push(handle(i).await?);
+            readers.push(self.handle_of(*i).await?);
         }
         Ok(RepoView {
             id: to_u64(id),
             name: repo.name.clone(),
             holder,
-            owner: handle(&repo.owner_identity).await?,
+            owner: self.handle_of(repo.owner_identity).await?,
             private: repo.private,
             committers,
             readers,

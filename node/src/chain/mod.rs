@@ -25,6 +25,7 @@ pub use decode::{DecodeError, decode};
 pub use sync::{Status, Syncer};
 
 /// What went wrong talking to the chain.
+#[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot reach the chain RPC at {url}: {reason}; is the node running and the URL right?")]
@@ -147,19 +148,22 @@ pub async fn deploy(
     params: &DeployParams,
 ) -> Result<Deployment, Error> {
     let rpc = |call: &'static str| move |e: alloy::contract::Error| Error::Rpc { call, reason: e.to_string() };
-    let first_block = provider
-        .get_block_number()
-        .await
-        .map_err(|e| Error::Rpc { call: "eth_blockNumber", reason: e.to_string() })?;
-    let registry = StakeRegistry::deploy(
+    let receipt = StakeRegistry::deploy_builder(
         provider.clone(),
         params.min_operator_stake,
         params.min_caller_stake,
         params.unbonding_period,
         admin,
     )
+    .send()
     .await
-    .map_err(rpc("deploy StakeRegistry"))?;
+    .map_err(rpc("deploy StakeRegistry"))?
+    .get_receipt()
+    .await
+    .map_err(|e| Error::Rpc { call: "deploy StakeRegistry", reason: e.to_string() })?;
+    let (Some(registry), Some(block)) = (receipt.contract_address, receipt.block_number) else {
+        return Err(Error::Rpc { call: "deploy StakeRegistry", reason: "receipt has no contract address or block".into() });
+    };
     let identities = IdentityToken::deploy(provider.clone()).await.map_err(rpc("deploy IdentityToken"))?;
     let repos = RepoToken::deploy(provider.clone(), *identities.address())
         .await
@@ -170,10 +174,9 @@ pub async fn deploy(
         .map_err(|e| Error::Rpc { call: "eth_chainId", reason: e.to_string() })?;
     Ok(Deployment {
         chain_id,
-        stake_registry: *registry.address(),
+        stake_registry: registry,
         identity_token: *identities.address(),
         repo_token: *repos.address(),
-        // The registry's deployment is mined after `first_block`.
-        block: first_block + 1,
+        block,
     })
 }

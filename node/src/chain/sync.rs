@@ -77,8 +77,13 @@ pub struct Syncer {
 /// What one step did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Applied blocks up to this one; more may be waiting.
-    Advanced { to: u64, caught_up: bool },
+    /// Applied blocks up to `to`; `caught_up` unless more confirmed blocks wait.
+    Advanced {
+        /// Last block applied.
+        to: u64,
+        /// Whether every confirmed block is now applied.
+        caught_up: bool,
+    },
     /// Nothing new is confirmed.
     Idle,
     /// Rolled back to this block (or to before the deployment).
