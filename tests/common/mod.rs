@@ -75,6 +75,7 @@ pub struct Devnet {
 impl Devnet {
     /// Starts anvil and deploys with dev account 0 as admin.
     pub async fn start() -> Self {
+        init_logs();
         let anvil = Anvil::new().path(anvil_bin()).try_spawn().expect("anvil starts");
         let admin = Self::dev_key_of(&anvil, 0);
         let provider = chain::connect(&anvil.endpoint(), Some(admin.clone())).await.expect("connect");
@@ -163,6 +164,18 @@ impl Devnet {
         }
         cmd.output().expect("run hanzo-node")
     }
+}
+
+/// Sends the nodes' logs to the test output, filtered by `HANZO_LOG` (default `warn`).
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// Stdout of a successful run, or a panic showing stderr.

@@ -172,6 +172,8 @@ async fn shallow_reorg_never_shows_and_deep_reorg_is_rolled_back() {
     alice.mint_identity("ghost").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(net.provider.anvil_revert(base).await.unwrap());
+    // The revert dropped a transaction: a fresh client does not reuse its nonce cache.
+    let alice = net.client(1).await;
     net.mine(4).await;
     let snap = node.synced_to(net.head().await - 2).await;
     assert!(snap.state.identity_by_handle("ghost").is_none());

@@ -21,6 +21,9 @@ use super::{
 };
 use crate::acl::{Key, Member, StakeRole, State, eth};
 
+/// How long to wait for a transaction to be mined.
+const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A connected client of the deployment's contracts.
 pub struct Client {
     provider: DynProvider,
@@ -111,6 +114,7 @@ impl Client {
     ) -> Result<TransactionReceipt, Error> {
         let pending = call.send().await.map_err(|e| revert(what, &e))?;
         let receipt = pending
+            .with_timeout(Some(RECEIPT_TIMEOUT))
             .get_receipt()
             .await
             .map_err(|e| Error::Rpc { call: "eth_getTransactionReceipt", reason: e.to_string() })?;
