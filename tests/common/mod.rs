@@ -109,6 +109,8 @@ impl Devnet {
     /// A client signing as dev account `i`.
     pub async fn client(&self, i: usize) -> Client {
         let provider = chain::connect(&self.anvil.endpoint(), Some(self.dev_key(i))).await.expect("connect");
+        // anvil mines at once; alloy's default 250 ms receipt polling would dominate.
+        provider.client().set_poll_interval(Duration::from_millis(10));
         Client::new(provider, self.deployment.clone())
     }
 

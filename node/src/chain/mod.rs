@@ -46,6 +46,8 @@ pub enum Error {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    #[error("checkpoint write task failed: {0}")]
+    Task(String),
 }
 
 /// Where the contracts live: the deployment file the node reads.

@@ -9,8 +9,11 @@
 //! by subscription on a `ws://` endpoint and by polling otherwise.
 
 use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use alloy::{
@@ -20,7 +23,7 @@ use alloy::{
     rpc::types::Filter,
 };
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -71,7 +74,10 @@ pub struct Syncer {
     acl: Publisher,
     status: watch::Sender<Status>,
     current: Arc<Snapshot>,
-    range: u64,
+    /// Blocks per `eth_getLogs`; shrinks when the endpoint refuses a range.
+    range: AtomicU64,
+    /// The checkpoint write in flight; the next step waits for it.
+    writing: Option<JoinHandle<Result<(), crate::store::Error>>>,
 }
 
 /// What one step did.
@@ -112,12 +118,19 @@ impl Syncer {
             ..Default::default()
         };
         let (tx, rx) = watch::channel(status);
-        let range = config.max_block_range;
-        Ok((Self { provider, deployment, config, store, acl, status: tx, current, range }, rx))
+        let range = AtomicU64::new(config.max_block_range);
+        Ok((Self { provider, deployment, config, store, acl, status: tx, current, range, writing: None }, rx))
     }
 
     /// Syncs until `cancel` fires: steps until caught up, then waits for a new head.
     pub async fn run(mut self, cancel: CancellationToken) {
+        self.sync_until(&cancel).await;
+        if let Err(err) = self.finish_write().await {
+            warn!(target: TARGET, %err, "last checkpoint write failed; the next start re-applies those blocks");
+        }
+    }
+
+    async fn sync_until(&mut self, cancel: &CancellationToken) {
         let mut heads = self.subscribe().await;
         let mut backoff = self.config.poll_interval;
         loop {
@@ -170,6 +183,7 @@ impl Syncer {
     /// The next step: check the checkpoint is canonical, then apply one range of
     /// confirmed blocks.
     pub async fn step(&mut self) -> Result<Step, Error> {
+        self.finish_write().await?;
         let head = self
             .provider
             .get_block_number()
@@ -177,22 +191,42 @@ impl Syncer {
             .map_err(|e| Error::Unreachable { url: self.config.rpc_url.clone(), reason: e.to_string() })?;
         self.status.send_modify(|s| s.head = head);
 
-        if let Some(cp) = self.current.block {
-            if self.block_hash(cp.number).await? != Some(cp.hash) {
-                let to = self.roll_back().await?;
-                return Ok(Step::RolledBack(to));
-            }
-        }
         let target = head.saturating_sub(self.config.confirmations);
         let from = self.current.block.map_or(self.deployment.block, |b| b.number + 1);
+        let checkpoint = self.current.block;
         if target < from {
+            if let Some(cp) = checkpoint {
+                if self.block_hash(cp.number).await? != Some(cp.hash) {
+                    return Ok(Step::RolledBack(self.roll_back().await?));
+                }
+            }
             self.mark_success();
             return Ok(Step::Idle);
         }
-        let to = target.min(from.saturating_add(self.range - 1));
-        // The endpoint may have made the range shorter.
-        let (logs, to) = self.logs(from, to).await?;
-        let header = self.header(to).await?;
+        let to = target.min(from.saturating_add(self.range.load(Ordering::Relaxed) - 1));
+        // The checkpoint check, the logs and the range's last header are independent:
+        // one round trip instead of three.
+        let started = Instant::now();
+        let (canonical, logs, header) = tokio::join!(
+            async {
+                match checkpoint {
+                    Some(cp) => self.block_hash(cp.number).await.map(|h| h == Some(cp.hash)),
+                    None => Ok(true),
+                }
+            },
+            self.logs(from, to),
+            self.header(to),
+        );
+        if !canonical? {
+            return Ok(Step::RolledBack(self.roll_back().await?));
+        }
+        let (logs, shortened) = logs?;
+        // A shortened range (the endpoint refused a big one) needs its own header.
+        let (to, header) = match shortened {
+            Some(end) => (end, self.header(end).await?),
+            None => (to, header?),
+        };
+        let fetched = started.elapsed();
 
         let mut next = Snapshot {
             block: Some(BlockRef { number: to, hash: header.0 }),
@@ -205,12 +239,33 @@ impl Syncer {
                 next.state.apply(change);
             }
         }
-        self.store.put_checkpoint(&next, self.config.checkpoints_kept)?;
-        debug!(target: TARGET, from, to, logs = logs.len(), "applied");
+        debug!(
+            target: TARGET,
+            from,
+            to,
+            logs = logs.len(),
+            fetch_ms = fetched.as_millis() as u64,
+            apply_ms = (started.elapsed() - fetched).as_millis() as u64,
+            "applied"
+        );
+        // Publish first: the ACL is derived state, so if the node dies before the
+        // checkpoint lands it re-applies these blocks from the previous one.
         self.current = Arc::new(next);
         self.acl.publish(self.current.clone());
+        let (store, snapshot, keep) = (self.store.clone(), self.current.clone(), self.config.checkpoints_kept);
+        self.writing = Some(tokio::task::spawn_blocking(move || store.put_checkpoint(&snapshot, keep)));
         self.mark_success();
         Ok(Step::Advanced { to, caught_up: to >= target })
+    }
+
+    /// Waits for the checkpoint write in flight, if any.
+    pub async fn finish_write(&mut self) -> Result<(), Error> {
+        if let Some(write) = self.writing.take() {
+            let started = Instant::now();
+            write.await.map_err(|e| Error::Task(e.to_string()))??;
+            debug!(target: TARGET, wait_ms = started.elapsed().as_millis() as u64, "checkpoint written");
+        }
+        Ok(())
     }
 
     fn mark_success(&self) {
@@ -223,19 +278,22 @@ impl Syncer {
         });
     }
 
-    /// Logs of `from..=to`, halving the range while the endpoint refuses it as too big.
-    async fn logs(&mut self, from: u64, mut to: u64) -> Result<(Vec<alloy::rpc::types::Log>, u64), Error> {
+    /// Logs of `from..=to`, halving the range while the endpoint refuses it as too big;
+    /// with the range's new end if it had to shrink.
+    async fn logs(&self, from: u64, to: u64) -> Result<(Vec<alloy::rpc::types::Log>, Option<u64>), Error> {
+        let mut end = to;
         loop {
             let filter = Filter::new()
                 .address(self.deployment.addresses().to_vec())
                 .from_block(from)
-                .to_block(to);
+                .to_block(end);
             match self.provider.get_logs(&filter).await {
-                Ok(logs) => return Ok((logs, to)),
-                Err(err) if to > from && err.as_error_resp().is_some() => {
-                    self.range = ((to - from + 1) / 2).max(1);
-                    to = from + self.range - 1;
-                    debug!(target: TARGET, %err, range = self.range, "eth_getLogs refused; halving the range");
+                Ok(logs) => return Ok((logs, (end != to).then_some(end))),
+                Err(err) if end > from && err.as_error_resp().is_some() => {
+                    let range = ((end - from + 1) / 2).max(1);
+                    self.range.store(range, Ordering::Relaxed);
+                    end = from + range - 1;
+                    debug!(target: TARGET, %err, range, "eth_getLogs refused; halving the range");
                 }
                 Err(err) => return Err(Error::Rpc { call: "eth_getLogs", reason: err.to_string() }),
             }
