@@ -310,7 +310,13 @@ fn signer(config: &Config, args: &SignerArgs) -> Result<PrivateKeySigner> {
 async fn client(config: &Config, signer: Option<PrivateKeySigner>) -> Result<Client> {
     let deployment = Deployment::load(&config.deployment_path())?;
     let provider = chain::connect(&config.chain.rpc_url, signer).await?;
-    chain::check_chain_id(&provider, &config.chain.rpc_url, &deployment, &config.deployment_path()).await?;
+    chain::check_chain_id(
+        &provider,
+        &config.chain.rpc_url,
+        &deployment,
+        &config.deployment_path(),
+    )
+    .await?;
     Ok(Client::new(provider, deployment))
 }
 
@@ -347,7 +353,11 @@ fn stake_text(v: &chain::OperatorView) -> String {
         if v.active { "active" } else { "inactive" },
         acl::eth(v.minimum),
         acl::eth(v.unbonding),
-        if v.release_at > 0 { format!(" until unix time {}", v.release_at) } else { String::new() },
+        if v.release_at > 0 {
+            format!(" until unix time {}", v.release_at)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -356,7 +366,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     let config = Config::load(&cli.overrides)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .with_context(|| format!("invalid log filter {:?}", config.log.filter))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Init(args) => init(&config, &args),
         Command::Run => {
@@ -395,25 +408,35 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Acl(AclCmd::Show(read)) => {
             let path = config.db_path();
             if !path.exists() {
-                bail!("no database at {}: start the node with `hanzo-node run` first", path.display());
+                bail!(
+                    "no database at {}: start the node with `hanzo-node run` first",
+                    path.display()
+                );
             }
             let store = Store::open_read_only(&path)?;
             let snap = store.latest_checkpoint()?.unwrap_or_default();
-            print(read.json, &acl::view::json(&snap), || acl::view::text(&snap))
+            print(read.json, &acl::view::json(&snap), || {
+                acl::view::text(&snap)
+            })
         }
     }
 }
 
 fn init(config: &Config, args: &InitArgs) -> Result<()> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let key_path = dir.join(NODE_KEY_FILE);
     let keystore = dir.join(OPERATOR_KEYSTORE_FILE);
     if key_path.exists() || keystore.exists() {
-        bail!("{} already holds keys; refusing to overwrite them", dir.display());
+        bail!(
+            "{} already holds keys; refusing to overwrite them",
+            dir.display()
+        );
     }
     let (node, operator) = if args.from_mnemonic {
-        let phrase = std::env::var("HANZO_MNEMONIC").context("--from-mnemonic needs HANZO_MNEMONIC")?;
+        let phrase =
+            std::env::var("HANZO_MNEMONIC").context("--from-mnemonic needs HANZO_MNEMONIC")?;
         keys::from_mnemonic(&phrase)?
     } else {
         let operator = match std::env::var("HANZO_PRIVATE_KEY") {
@@ -437,10 +460,16 @@ fn init(config: &Config, args: &InitArgs) -> Result<()> {
 
 async fn operator(config: &Config, cmd: OperatorCmd) -> Result<()> {
     match cmd {
-        OperatorCmd::Register { stake, endpoint, signer: s } => {
+        OperatorCmd::Register {
+            stake,
+            endpoint,
+            signer: s,
+        } => {
             let node = NodeKey::load(&config.data_dir.join(NODE_KEY_FILE))?;
             let (c, who) = signed(config, &s).await?;
-            let r = c.register_operator(node.public().to_b256(), &endpoint, stake).await?;
+            let r = c
+                .register_operator(node.public().to_b256(), &endpoint, stake)
+                .await?;
             println!(
                 "registered operator {who} with node key {} and stake {} (block {})",
                 node.public(),
@@ -448,29 +477,63 @@ async fn operator(config: &Config, cmd: OperatorCmd) -> Result<()> {
                 r.block_number.unwrap_or_default()
             );
         }
-        OperatorCmd::Status { address, read, signer: s } => {
+        OperatorCmd::Status {
+            address,
+            read,
+            signer: s,
+        } => {
             let address = match address {
                 Some(a) => a,
                 None => signer(config, &s)?.address(),
             };
-            let v = client(config, None).await?.stake(address, StakeRole::Operator).await?;
-            print(read.json, &v, || format!("operator {}node key {}\n", stake_text(&v), v.node_key))?;
+            let v = client(config, None)
+                .await?
+                .stake(address, StakeRole::Operator)
+                .await?;
+            print(read.json, &v, || {
+                format!("operator {}node key {}\n", stake_text(&v), v.node_key)
+            })?;
         }
         OperatorCmd::Deposit { amount, signer: s } => {
             signed(config, &s).await?.0.deposit_operator(amount).await?;
             println!("deposited {} of operator stake", acl::eth(amount));
         }
         OperatorCmd::Unstake { amount, signer: s } => {
-            signed(config, &s).await?.0.request_unstake(StakeRole::Operator, amount).await?;
-            println!("unbonding {} of operator stake; it no longer counts", acl::eth(amount));
+            signed(config, &s)
+                .await?
+                .0
+                .request_unstake(StakeRole::Operator, amount)
+                .await?;
+            println!(
+                "unbonding {} of operator stake; it no longer counts",
+                acl::eth(amount)
+            );
         }
         OperatorCmd::Withdraw { signer: s } => {
-            signed(config, &s).await?.0.withdraw(StakeRole::Operator).await?;
+            signed(config, &s)
+                .await?
+                .0
+                .withdraw(StakeRole::Operator)
+                .await?;
             println!("withdrew unbonded operator stake");
         }
-        OperatorCmd::Slash { account, amount, caller, reason, signer: s } => {
-            let role = if caller { StakeRole::Caller } else { StakeRole::Operator };
-            signed(config, &s).await?.0.slash(account, role, amount, &reason).await?;
+        OperatorCmd::Slash {
+            account,
+            amount,
+            caller,
+            reason,
+            signer: s,
+        } => {
+            let role = if caller {
+                StakeRole::Caller
+            } else {
+                StakeRole::Operator
+            };
+            signed(config, &s)
+                .await?
+                .0
+                .slash(account, role, amount, &reason)
+                .await?;
             println!("slashed {} from {account}", acl::eth(amount));
         }
     }
@@ -484,19 +547,37 @@ async fn caller(config: &Config, cmd: CallerCmd) -> Result<()> {
             println!("deposited {} of caller stake", acl::eth(amount));
         }
         CallerCmd::Unstake { amount, signer: s } => {
-            signed(config, &s).await?.0.request_unstake(StakeRole::Caller, amount).await?;
-            println!("unbonding {} of caller stake; it no longer counts", acl::eth(amount));
+            signed(config, &s)
+                .await?
+                .0
+                .request_unstake(StakeRole::Caller, amount)
+                .await?;
+            println!(
+                "unbonding {} of caller stake; it no longer counts",
+                acl::eth(amount)
+            );
         }
         CallerCmd::Withdraw { signer: s } => {
-            signed(config, &s).await?.0.withdraw(StakeRole::Caller).await?;
+            signed(config, &s)
+                .await?
+                .0
+                .withdraw(StakeRole::Caller)
+                .await?;
             println!("withdrew unbonded caller stake");
         }
-        CallerCmd::Status { address, read, signer: s } => {
+        CallerCmd::Status {
+            address,
+            read,
+            signer: s,
+        } => {
             let address = match address {
                 Some(a) => a,
                 None => signer(config, &s)?.address(),
             };
-            let v = client(config, None).await?.stake(address, StakeRole::Caller).await?;
+            let v = client(config, None)
+                .await?
+                .stake(address, StakeRole::Caller)
+                .await?;
             print(read.json, &v, || format!("caller {}", stake_text(&v)))?;
         }
     }
@@ -510,14 +591,26 @@ async fn identity(config: &Config, cmd: IdentityCmd) -> Result<()> {
             let id = c.mint_identity(&handle).await?;
             println!("minted identity {handle} (#{id}) to {who}");
         }
-        IdentityCmd::AddKey { handle, key, signer: s } => {
+        IdentityCmd::AddKey {
+            handle,
+            key,
+            signer: s,
+        } => {
             let key = parse_key(&key)?;
             signed(config, &s).await?.0.add_key(&handle, &key).await?;
             println!("added key to identity {handle}");
         }
-        IdentityCmd::RevokeKey { handle, key, signer: s } => {
+        IdentityCmd::RevokeKey {
+            handle,
+            key,
+            signer: s,
+        } => {
             let key = parse_key(&key)?;
-            signed(config, &s).await?.0.revoke_key(&handle, &key).await?;
+            signed(config, &s)
+                .await?
+                .0
+                .revoke_key(&handle, &key)
+                .await?;
             println!("revoked key of identity {handle}");
         }
         IdentityCmd::Show { handle, read } => {
@@ -548,7 +641,12 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
         anyhow::Ok(())
     };
     match cmd {
-        RepoCmd::Create { name, owner, private, signer: s } => {
+        RepoCmd::Create {
+            name,
+            owner,
+            private,
+            signer: s,
+        } => {
             let (c, _) = signed(config, &s).await?;
             let id = c.create_repo(&name, &owner, private).await?;
             println!("created repo {name} (#{id}) owned by {owner}");
@@ -586,7 +684,10 @@ mod tests {
         assert_eq!(parse_amount("1").unwrap(), eth);
         assert_eq!(parse_amount("1ETH").unwrap(), eth);
         assert_eq!(parse_amount("0.5 ether").unwrap(), eth / U256::from(2));
-        assert_eq!(parse_amount("100gwei").unwrap(), U256::from(100_000_000_000u64));
+        assert_eq!(
+            parse_amount("100gwei").unwrap(),
+            U256::from(100_000_000_000u64)
+        );
         assert_eq!(parse_amount("5wei").unwrap(), U256::from(5));
         assert!(parse_amount("lots").is_err());
         assert!(parse_amount("1 banana").is_err());

@@ -18,11 +18,20 @@ pub const CONFIG_FILE: &str = "config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid setting {setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 /// The node's configuration.
@@ -105,18 +114,25 @@ impl Default for ChainConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8680)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8680)),
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into() }
+        Self {
+            filter: "info".into(),
+        }
     }
 }
 
 fn default_data_dir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".hanzo-node")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".hanzo-node")
 }
 
 /// Settings from the environment and the command line; `None` leaves the file's value.
@@ -132,10 +148,18 @@ pub struct Overrides {
     #[arg(long = "chain.rpc-url", env = "HANZO_CHAIN_RPC_URL", global = true)]
     pub rpc_url: Option<String>,
     /// Deployment file.
-    #[arg(long = "chain.deployment", env = "HANZO_CHAIN_DEPLOYMENT", global = true)]
+    #[arg(
+        long = "chain.deployment",
+        env = "HANZO_CHAIN_DEPLOYMENT",
+        global = true
+    )]
     pub deployment: Option<PathBuf>,
     /// Confirmations before a log is applied.
-    #[arg(long = "chain.confirmations", env = "HANZO_CHAIN_CONFIRMATIONS", global = true)]
+    #[arg(
+        long = "chain.confirmations",
+        env = "HANZO_CHAIN_CONFIRMATIONS",
+        global = true
+    )]
     pub confirmations: Option<u64>,
     /// Poll interval, e.g. `500ms`.
     #[arg(long = "chain.poll-interval", env = "HANZO_CHAIN_POLL_INTERVAL", global = true, value_parser = humantime::parse_duration)]
@@ -152,10 +176,15 @@ impl Config {
     /// Loads the configuration the way the binary does.
     pub fn load(overrides: &Overrides) -> Result<Self, Error> {
         let data_dir = overrides.data_dir.clone().unwrap_or_else(default_data_dir);
-        let file = overrides.config.clone().unwrap_or_else(|| data_dir.join(CONFIG_FILE));
+        let file = overrides
+            .config
+            .clone()
+            .unwrap_or_else(|| data_dir.join(CONFIG_FILE));
         let mut config = if file.exists() || overrides.config.is_some() {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|source| Error::Read { path: file.display().to_string(), source })?;
+            let text = std::fs::read_to_string(&file).map_err(|source| Error::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
             Self::parse(&text, &file)?
         } else {
             Self::default()
@@ -188,23 +217,34 @@ impl Config {
 
     /// Parses a TOML config file's text.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        toml::from_str(text)
-            .map_err(|source| Error::Parse { path: path.display().to_string(), source: Box::new(source) })
+        toml::from_str(text).map_err(|source| Error::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
     }
 
     fn validate(&self) -> Result<(), Error> {
         let url = &self.chain.rpc_url;
-        if !["http://", "https://", "ws://", "wss://"].iter().any(|p| url.starts_with(p)) {
+        if !["http://", "https://", "ws://", "wss://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
             return Err(Error::Invalid {
                 setting: "chain.rpc_url",
                 reason: format!("{url:?} is not an http(s):// or ws(s):// URL"),
             });
         }
         if self.chain.max_block_range == 0 {
-            return Err(Error::Invalid { setting: "chain.max_block_range", reason: "must be at least 1".into() });
+            return Err(Error::Invalid {
+                setting: "chain.max_block_range",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.chain.poll_interval.is_zero() {
-            return Err(Error::Invalid { setting: "chain.poll_interval", reason: "must be above zero".into() });
+            return Err(Error::Invalid {
+                setting: "chain.poll_interval",
+                reason: "must be above zero".into(),
+            });
         }
         Ok(())
     }

@@ -30,7 +30,11 @@ pub async fn serve(
     sync_done: CancellationToken,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let shared = Shared { acl, status, sync_alive: sync_done };
+    let shared = Shared {
+        acl,
+        status,
+        sync_alive: sync_done,
+    };
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/liveness", get(liveness))
@@ -38,12 +42,17 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/acl", get(acl_json))
         .with_state(shared);
-    axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
 }
 
 async fn liveness(State(s): State<Shared>) -> impl IntoResponse {
     if s.sync_alive.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "chain sync task has stopped\n".to_owned())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chain sync task has stopped\n".to_owned(),
+        )
     } else {
         (StatusCode::OK, "ok\n".to_owned())
     }
@@ -52,7 +61,14 @@ async fn liveness(State(s): State<Shared>) -> impl IntoResponse {
 async fn readiness(State(s): State<Shared>) -> impl IntoResponse {
     let st = s.status.borrow().clone();
     if st.is_synced() {
-        return (StatusCode::OK, format!("ready: ACL at block {} of head {}\n", st.synced.unwrap_or(0), st.head));
+        return (
+            StatusCode::OK,
+            format!(
+                "ready: ACL at block {} of head {}\n",
+                st.synced.unwrap_or(0),
+                st.head
+            ),
+        );
     }
     let reason = match (&st.last_error, st.synced) {
         (Some(err), _) => format!("chain sync failing: {err}"),
@@ -62,35 +78,80 @@ async fn readiness(State(s): State<Shared>) -> impl IntoResponse {
             st.head, st.confirmations
         ),
     };
-    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"))
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {reason}\n"),
+    )
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let st = s.status.borrow().clone();
     let snap = s.acl.snapshot();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut registry = Registry::default();
     let mut gauge = |name: &str, help: &str, value: u64| {
         let g = Gauge::<u64, AtomicU64>::default();
         g.set(value);
         registry.register(name, help, g);
     };
-    gauge("hanzo_chain_head_block", "Latest block number reported by the RPC", st.head);
-    gauge("hanzo_chain_synced_block", "Latest block applied to the ACL", st.synced.unwrap_or(0));
-    gauge("hanzo_chain_events_applied", "Contract logs applied to the ACL since deployment", st.events_applied);
-    gauge("hanzo_chain_reorgs", "Reorgs deeper than the confirmations rolled back since start", st.reorgs);
-    gauge("hanzo_acl_age_seconds", "Seconds since the block the ACL reflects", now.saturating_sub(snap.block_time));
-    gauge("hanzo_acl_operators", "Registered operators", snap.state.operators.len() as u64);
-    gauge("hanzo_acl_identities", "Identities", snap.state.identities.len() as u64);
-    gauge("hanzo_acl_repos", "Repositories", snap.state.repos.len() as u64);
+    gauge(
+        "hanzo_chain_head_block",
+        "Latest block number reported by the RPC",
+        st.head,
+    );
+    gauge(
+        "hanzo_chain_synced_block",
+        "Latest block applied to the ACL",
+        st.synced.unwrap_or(0),
+    );
+    gauge(
+        "hanzo_chain_events_applied",
+        "Contract logs applied to the ACL since deployment",
+        st.events_applied,
+    );
+    gauge(
+        "hanzo_chain_reorgs",
+        "Reorgs deeper than the confirmations rolled back since start",
+        st.reorgs,
+    );
+    gauge(
+        "hanzo_acl_age_seconds",
+        "Seconds since the block the ACL reflects",
+        now.saturating_sub(snap.block_time),
+    );
+    gauge(
+        "hanzo_acl_operators",
+        "Registered operators",
+        snap.state.operators.len() as u64,
+    );
+    gauge(
+        "hanzo_acl_identities",
+        "Identities",
+        snap.state.identities.len() as u64,
+    );
+    gauge(
+        "hanzo_acl_repos",
+        "Repositories",
+        snap.state.repos.len() as u64,
+    );
     let mut out = String::new();
     match encode(&mut out, &registry) {
-        Ok(()) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], out),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            out,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            e.to_string(),
+        ),
     }
 }
 
 async fn acl_json(State(s): State<Shared>) -> impl IntoResponse {
     Json(crate::acl::view::json(&s.acl.snapshot()))
 }
-

@@ -34,13 +34,20 @@ pub const OPERATOR_KEY_PATH: &str = "m/44'/60'/0'/0/0";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: String, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a node key: expected 64 hex characters (a 32-byte ed25519 seed)")]
     MalformedNodeKey { path: String },
     #[error(
         "cannot open the operator keystore {path}: wrong password, or not a V3 keystore ({source})"
     )]
-    Keystore { path: String, source: LocalSignerError },
+    Keystore {
+        path: String,
+        source: LocalSignerError,
+    },
     #[error("invalid private key: expected 32 bytes of hex ({0})")]
     PrivateKey(String),
     #[error("invalid mnemonic: {0}")]
@@ -87,7 +94,9 @@ impl NodeKey {
             path: path.display().to_string(),
             source,
         })?);
-        let malformed = || Error::MalformedNodeKey { path: path.display().to_string() };
+        let malformed = || Error::MalformedNodeKey {
+            path: path.display().to_string(),
+        };
         let trimmed = text.trim();
         if trimmed.len() != 64 {
             return Err(malformed());
@@ -99,7 +108,11 @@ impl NodeKey {
 
     /// Writes the key to `path`, readable by the owner only. Refuses to overwrite.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let io = |source| Error::Io { action: "write", path: path.display().to_string(), source };
+        let io = |source| Error::Io {
+            action: "write",
+            path: path.display().to_string(),
+            source,
+        };
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -112,7 +125,9 @@ impl NodeKey {
 }
 
 /// A node's public key: the on-chain `nodeKey`, PeerId and pkarr key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub [u8; 32]);
 
 impl NodeId {
@@ -140,7 +155,9 @@ impl std::str::FromStr for NodeId {
         let hex_part = s.strip_prefix("0x").unwrap_or(s);
         let mut out = [0u8; 32];
         if hex_part.len() != 64 || hex::decode_to_slice(hex_part, &mut out).is_err() {
-            return Err(Error::PrivateKey(format!("node key {s:?} is not 32 bytes of hex")));
+            return Err(Error::PrivateKey(format!(
+                "node key {s:?} is not 32 bytes of hex"
+            )));
         }
         Ok(Self(out))
     }
@@ -148,8 +165,10 @@ impl std::str::FromStr for NodeId {
 
 /// Opens the operator keystore at `path` with `password`.
 pub fn load_operator(path: &Path, password: &str) -> Result<PrivateKeySigner, Error> {
-    PrivateKeySigner::decrypt_keystore(path, password)
-        .map_err(|source| Error::Keystore { path: path.display().to_string(), source })
+    PrivateKeySigner::decrypt_keystore(path, password).map_err(|source| Error::Keystore {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Encrypts `signer`'s key into a V3 keystore at `dir/name`.
@@ -168,12 +187,18 @@ pub fn save_operator(
         Some(name),
     )
     .map(|_| ())
-    .map_err(|source| Error::Keystore { path: dir.join(name).display().to_string(), source })
+    .map_err(|source| Error::Keystore {
+        path: dir.join(name).display().to_string(),
+        source,
+    })
 }
 
 /// Parses a hex private key (with or without `0x`).
 pub fn parse_private_key(hex_key: &str) -> Result<PrivateKeySigner, Error> {
-    hex_key.trim().parse::<PrivateKeySigner>().map_err(|e| Error::PrivateKey(e.to_string()))
+    hex_key
+        .trim()
+        .parse::<PrivateKeySigner>()
+        .map_err(|e| Error::PrivateKey(e.to_string()))
 }
 
 /// Both keys derived from one BIP39 mnemonic: the node key by SLIP-0010
@@ -181,8 +206,11 @@ pub fn parse_private_key(hex_key: &str) -> Result<PrivateKeySigner, Error> {
 pub fn from_mnemonic(phrase: &str) -> Result<(NodeKey, PrivateKeySigner), Error> {
     let mnemonic = Mnemonic::<English>::new_from_phrase(phrase.trim())
         .map_err(|e| Error::Mnemonic(e.to_string()))?;
-    let seed =
-        Zeroizing::new(mnemonic.to_seed(None).map_err(|e| Error::Mnemonic(e.to_string()))?);
+    let seed = Zeroizing::new(
+        mnemonic
+            .to_seed(None)
+            .map_err(|e| Error::Mnemonic(e.to_string()))?,
+    );
     let node = NodeKey::from_seed(&slip10_ed25519(seed.as_ref(), &NODE_KEY_PATH));
     let operator = MnemonicBuilder::<English>::default()
         .phrase(phrase.trim())
@@ -234,8 +262,12 @@ impl SshKey {
         if parts.next() != Some("ssh-ed25519") {
             return Err(Error::Ssh("expected a line starting with \"ssh-ed25519\""));
         }
-        let b64 = parts.next().ok_or(Error::Ssh("no key after \"ssh-ed25519\""))?;
-        let blob = STANDARD.decode(b64).map_err(|_| Error::Ssh("key is not valid base64"))?;
+        let b64 = parts
+            .next()
+            .ok_or(Error::Ssh("no key after \"ssh-ed25519\""))?;
+        let blob = STANDARD
+            .decode(b64)
+            .map_err(|_| Error::Ssh("key is not valid base64"))?;
         Self::from_wire(&blob)
     }
 
@@ -243,7 +275,9 @@ impl SshKey {
     pub fn from_wire(blob: &[u8]) -> Result<Self, Error> {
         let mut rest = blob;
         let mut field = || -> Result<&[u8], Error> {
-            let (len, tail) = rest.split_first_chunk::<4>().ok_or(Error::Ssh("truncated"))?;
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or(Error::Ssh("truncated"))?;
             let len = u32::from_be_bytes(*len) as usize;
             if len > tail.len() {
                 return Err(Error::Ssh("truncated"));
@@ -255,8 +289,9 @@ impl SshKey {
         if field()? != SSH_ED25519 {
             return Err(Error::Ssh("not an ed25519 key"));
         }
-        let key: [u8; 32] =
-            field()?.try_into().map_err(|_| Error::Ssh("ed25519 key is not 32 bytes"))?;
+        let key: [u8; 32] = field()?
+            .try_into()
+            .map_err(|_| Error::Ssh("ed25519 key is not 32 bytes"))?;
         if !rest.is_empty() {
             return Err(Error::Ssh("trailing bytes after the key"));
         }
@@ -267,7 +302,8 @@ impl SshKey {
     pub fn to_wire(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(51);
         for field in [SSH_ED25519, &self.0[..]] {
-            // Both fields are tiny constants' lengths.
+            // 11 and 32 bytes: the cast cannot truncate.
+            #[allow(clippy::cast_possible_truncation)]
             out.extend_from_slice(&(field.len() as u32).to_be_bytes());
             out.extend_from_slice(field);
         }
@@ -276,7 +312,10 @@ impl SshKey {
 
     /// `SHA256:<base64>`, as `ssh-keygen -l` and git's push certificates show it.
     pub fn fingerprint(&self) -> String {
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.to_wire())))
+        format!(
+            "SHA256:{}",
+            STANDARD_NO_PAD.encode(Sha256::digest(self.to_wire()))
+        )
     }
 
     /// The OpenSSH line, without comment.
@@ -297,10 +336,14 @@ mod tests {
     #[test]
     fn ssh_key_round_trips_and_fingerprints_like_ssh_keygen() {
         // Generated with `ssh-keygen -t ed25519`; `ssh-keygen -lf` printed this fingerprint.
-        let line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID6U3UgmCKNIGeapw6KnSbLlvoRA+jAU0L/p0u280b5Z test";
+        let line =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID6U3UgmCKNIGeapw6KnSbLlvoRA+jAU0L/p0u280b5Z test";
         let key = SshKey::parse_line(line).unwrap();
         assert_eq!(key.to_line(), line.trim_end_matches(" test"));
-        assert_eq!(key.fingerprint(), "SHA256:ZnGv7N/obtsW79p32cFRnm0nbzZoICUXHkDj2ZcgazE");
+        assert_eq!(
+            key.fingerprint(),
+            "SHA256:ZnGv7N/obtsW79p32cFRnm0nbzZoICUXHkDj2ZcgazE"
+        );
     }
 
     #[test]
@@ -325,7 +368,9 @@ mod tests {
         // anvil's first dev account comes from this phrase at m/44'/60'/0'/0/0.
         assert_eq!(
             operator.address(),
-            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse::<Address>().unwrap()
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+                .parse::<Address>()
+                .unwrap()
         );
         // Deterministic, and not the BIP32 key.
         let (again, _) = from_mnemonic(phrase).unwrap();
@@ -365,7 +410,10 @@ mod tests {
         let signer = PrivateKeySigner::random();
         save_operator(dir.path(), OPERATOR_KEYSTORE_FILE, &signer, "pw").unwrap();
         let path = dir.path().join(OPERATOR_KEYSTORE_FILE);
-        assert_eq!(load_operator(&path, "pw").unwrap().address(), signer.address());
+        assert_eq!(
+            load_operator(&path, "pw").unwrap().address(),
+            signer.address()
+        );
         let err = load_operator(&path, "nope").unwrap_err();
         assert!(err.to_string().contains("wrong password"), "{err}");
     }

@@ -29,7 +29,10 @@ pub enum Error {
     #[error(transparent)]
     Keys(#[from] crate::keys::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -51,17 +54,34 @@ impl Node {
         let key = NodeKey::load(&config.data_dir.join(NODE_KEY_FILE))?;
         let deployment = Deployment::load(&config.deployment_path())?;
         let provider = chain::connect(&config.chain.rpc_url, None).await?;
-        chain::check_chain_id(&provider, &config.chain.rpc_url, &deployment, &config.deployment_path()).await?;
+        chain::check_chain_id(
+            &provider,
+            &config.chain.rpc_url,
+            &deployment,
+            &config.deployment_path(),
+        )
+        .await?;
         let store = Arc::new(Store::open(&config.db_path())?);
         store.bind_deployment(&deployment.id())?;
 
         let (acl, publisher) = Acl::new(Snapshot::default());
-        let (syncer, status) =
-            Syncer::new(provider, deployment.clone(), config.chain.clone(), store, publisher)?;
+        let (syncer, status) = Syncer::new(
+            provider,
+            deployment.clone(),
+            config.chain.clone(),
+            store,
+            publisher,
+        )?;
         let listener = TcpListener::bind(config.http.listen)
             .await
-            .map_err(|source| Error::Listen { addr: config.http.listen, source })?;
-        let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr: config.http.listen, source })?;
+            .map_err(|source| Error::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
 
         let cancel = CancellationToken::new();
         let sync_done = CancellationToken::new();
@@ -87,7 +107,13 @@ impl Node {
             http = %http_addr,
             "node started"
         );
-        Ok(Self { acl, status, http_addr, cancel, tasks: vec![sync_task, http_task] })
+        Ok(Self {
+            acl,
+            status,
+            http_addr,
+            cancel,
+            tasks: vec![sync_task, http_task],
+        })
     }
 
     /// Stops every task and waits for them.

@@ -11,7 +11,9 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 use crate::acl::Snapshot;
 
@@ -33,13 +35,20 @@ pub enum Error {
     #[error(
         "the database at {path} is locked by another process; is a node already running on this data dir? ({source})"
     )]
-    Locked { path: String, source: rocksdb::Error },
+    Locked {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("corrupt {what} record: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error(
         "the database belongs to deployment {stored}, not {configured}; use another data dir or remove {path}"
     )]
-    OtherDeployment { stored: String, configured: String, path: String },
+    OtherDeployment {
+        stored: String,
+        configured: String,
+        path: String,
+    },
 }
 
 /// The node's database handle; cheap to share behind an `Arc`.
@@ -49,7 +58,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.db.path()).finish()
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -62,19 +73,28 @@ impl Store {
         let cfs = COLUMN_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
             if source.to_string().contains("lock") {
-                Error::Locked { path: path.display().to_string(), source }
+                Error::Locked {
+                    path: path.display().to_string(),
+                    source,
+                }
             } else {
                 Error::Db(source)
             }
         })?;
         let store = Self { db };
         match store.db.get_cf(store.cf(CF_META), KEY_SCHEMA)? {
-            None => store.db.put_cf(store.cf(CF_META), KEY_SCHEMA, SCHEMA_VERSION)?,
+            None => store
+                .db
+                .put_cf(store.cf(CF_META), KEY_SCHEMA, SCHEMA_VERSION)?,
             Some(v) if v == SCHEMA_VERSION => {}
             Some(v) => {
                 return Err(Error::Corrupt {
                     what: "schema",
-                    detail: format!("version {:?}, this node knows {:?}", String::from_utf8_lossy(&v), "1"),
+                    detail: format!(
+                        "version {:?}, this node knows {:?}",
+                        String::from_utf8_lossy(&v),
+                        "1"
+                    ),
                 });
             }
         }
@@ -90,7 +110,9 @@ impl Store {
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every name used here is in COLUMN_FAMILIES, which `open` creates.
         #[allow(clippy::expect_used)]
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// Binds the database to a deployment (`chain id:registry address`), refusing one
@@ -110,7 +132,10 @@ impl Store {
     /// The newest ACL checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<Snapshot>, Error> {
         let mut iter = self.db.iterator_cf(self.cf(CF_ACL), IteratorMode::End);
-        iter.next().transpose()?.map(|(_, v)| decode(&v)).transpose()
+        iter.next()
+            .transpose()?
+            .map(|(_, v)| decode(&v))
+            .transpose()
     }
 
     /// ACL checkpoints from newest to oldest.
@@ -125,18 +150,20 @@ impl Store {
     pub fn put_checkpoint(&self, snapshot: &Snapshot, keep: usize) -> Result<(), Error> {
         let number = snapshot.block.map(|b| b.number).unwrap_or(0);
         let key = number.to_be_bytes();
-        let value = postcard::to_stdvec(snapshot)
-            .map_err(|e| Error::Corrupt { what: "acl", detail: e.to_string() })?;
+        let value = postcard::to_stdvec(snapshot).map_err(|e| Error::Corrupt {
+            what: "acl",
+            detail: e.to_string(),
+        })?;
         let cf = self.cf(CF_ACL);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, (number + 1).to_be_bytes(), u64::MAX.to_be_bytes());
         batch.put_cf(cf, key, value);
         // Checkpoints older than the newest `keep` (this one included) go.
-        let older = self
+        let mut older = self
             .db
             .iterator_cf(cf, IteratorMode::From(&key, Direction::Reverse))
             .filter(|r| r.as_ref().map_or(true, |(k, _)| k[..] != key[..]));
-        if let Some(item) = older.skip(keep.max(1) - 1).next() {
+        if let Some(item) = older.nth(keep.max(1) - 1) {
             let (oldest_dropped, _) = item?;
             batch.delete_range_cf(cf, &0u64.to_be_bytes()[..], &successor(&oldest_dropped)[..]);
         }
@@ -158,9 +185,15 @@ impl Store {
 
 fn decode(bytes: &[u8]) -> Result<Snapshot, Error> {
     if bytes.len() > MAX_SNAPSHOT_BYTES {
-        return Err(Error::Corrupt { what: "acl", detail: format!("{} bytes", bytes.len()) });
+        return Err(Error::Corrupt {
+            what: "acl",
+            detail: format!("{} bytes", bytes.len()),
+        });
     }
-    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt { what: "acl", detail: e.to_string() })
+    postcard::from_bytes(bytes).map_err(|e| Error::Corrupt {
+        what: "acl",
+        detail: e.to_string(),
+    })
 }
 
 /// The smallest key after `key` (for exclusive range ends).
@@ -177,7 +210,10 @@ mod tests {
 
     fn at(number: u64) -> Snapshot {
         Snapshot {
-            block: Some(BlockRef { number, hash: [number as u8; 32].into() }),
+            block: Some(BlockRef {
+                number,
+                hash: [u8::try_from(number).unwrap(); 32].into(),
+            }),
             events_applied: number,
             ..Default::default()
         }
@@ -191,17 +227,31 @@ mod tests {
         for n in 1..=10 {
             store.put_checkpoint(&at(n), 4).unwrap();
         }
-        let numbers: Vec<u64> =
-            store.checkpoints().map(|s| s.unwrap().block.unwrap().number).collect();
+        let numbers: Vec<u64> = store
+            .checkpoints()
+            .map(|s| s.unwrap().block.unwrap().number)
+            .collect();
         assert_eq!(numbers, vec![10, 9, 8, 7]);
         // A rollback to 8 drops 9 and 10.
         store.put_checkpoint(&at(8), 4).unwrap();
-        assert_eq!(store.latest_checkpoint().unwrap().unwrap().events_applied, 8);
+        assert_eq!(
+            store.latest_checkpoint().unwrap().unwrap().events_applied,
+            8
+        );
         assert_eq!(store.checkpoints().count(), 2);
         drop(store);
         // Survives a reopen.
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.latest_checkpoint().unwrap().unwrap().block.unwrap().number, 8);
+        assert_eq!(
+            store
+                .latest_checkpoint()
+                .unwrap()
+                .unwrap()
+                .block
+                .unwrap()
+                .number,
+            8
+        );
         store.clear_checkpoints().unwrap();
         assert!(store.latest_checkpoint().unwrap().is_none());
     }
@@ -223,7 +273,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.bind_deployment("31337:0xabc").unwrap();
         store.bind_deployment("31337:0xabc").unwrap();
-        assert!(matches!(store.bind_deployment("1:0xdef"), Err(Error::OtherDeployment { .. })));
+        assert!(matches!(
+            store.bind_deployment("1:0xdef"),
+            Err(Error::OtherDeployment { .. })
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! contract logs on a fresh anvil, then measures a fresh node's time to build its ACL
 //! from them against the same `eth_getLogs` calls alone, interleaved over a few
 //! rounds, and prints medians as `key=value` lines.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::{sync::Arc, time::Instant};
 
@@ -41,9 +42,21 @@ async fn generate(net: &Devnet, target: u64) -> anyhow::Result<u64> {
     let (gas, fee, tip) = (200_000, 20_000_000_000u128, 1_000_000_000u128);
     net.provider.anvil_set_auto_mine(false).await?;
     // Identity 1 owns repo 1.
-    let _owner = ids.mint("owner".into()).gas(gas).max_fee_per_gas(fee).max_priority_fee_per_gas(tip).send().await?;
+    let _owner = ids
+        .mint("owner".into())
+        .gas(gas)
+        .max_fee_per_gas(fee)
+        .max_priority_fee_per_gas(tip)
+        .send()
+        .await?;
     let repo = U256::from(1);
-    let mut last = repos.create("bench".into(), U256::from(1), false).gas(gas).max_fee_per_gas(fee).max_priority_fee_per_gas(tip).send().await?;
+    let mut last = repos
+        .create("bench".into(), U256::from(1), false)
+        .gas(gas)
+        .max_fee_per_gas(fee)
+        .max_priority_fee_per_gas(tip)
+        .send()
+        .await?;
     let mut logs = 4;
     let mut n = 0u64;
     while logs < target {
@@ -51,27 +64,58 @@ async fn generate(net: &Devnet, target: u64) -> anyhow::Result<u64> {
             let id = U256::from(n + 2);
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(n + 1).to_be_bytes());
-            let _mint = ids.mint(format!("u{n}")).gas(gas).max_fee_per_gas(fee).max_priority_fee_per_gas(tip).send().await?;
-            let _key = ids.addKey(id, 0, B256::from(key)).gas(gas).max_fee_per_gas(fee).max_priority_fee_per_gas(tip).send().await?;
-            last = repos.addMember(repo, id, 0).gas(gas).max_fee_per_gas(fee).max_priority_fee_per_gas(tip).send().await?;
+            let _mint = ids
+                .mint(format!("u{n}"))
+                .gas(gas)
+                .max_fee_per_gas(fee)
+                .max_priority_fee_per_gas(tip)
+                .send()
+                .await?;
+            let _key = ids
+                .addKey(id, 0, B256::from(key))
+                .gas(gas)
+                .max_fee_per_gas(fee)
+                .max_priority_fee_per_gas(tip)
+                .send()
+                .await?;
+            last = repos
+                .addMember(repo, id, 0)
+                .gas(gas)
+                .max_fee_per_gas(fee)
+                .max_priority_fee_per_gas(tip)
+                .send()
+                .await?;
             logs += 4;
             n += 1;
         }
         // 30M gas blocks hold 150 of these 200k-gas transactions.
-        net.provider.anvil_mine(Some(3 * BATCH / 150 + 1), None).await?;
+        net.provider
+            .anvil_mine(Some(3 * BATCH / 150 + 1), None)
+            .await?;
     }
     net.provider.anvil_set_auto_mine(true).await?;
     let receipt = provider.get_transaction_receipt(*last.tx_hash()).await?;
-    anyhow::ensure!(receipt.is_some_and(|r| r.status()), "the last transaction was not mined or reverted");
+    anyhow::ensure!(
+        receipt.is_some_and(|r| r.status()),
+        "the last transaction was not mined or reverted"
+    );
     Ok(logs)
 }
 
-async fn getlogs_only(provider: &DynProvider, net: &Devnet, to: u64, range: u64) -> anyhow::Result<usize> {
+async fn getlogs_only(
+    provider: &DynProvider,
+    net: &Devnet,
+    to: u64,
+    range: u64,
+) -> anyhow::Result<usize> {
     let mut from = net.deployment.block;
     let mut count = 0;
     while from <= to {
         let end = to.min(from + range - 1);
-        let filter = Filter::new().address(net.deployment.addresses().to_vec()).from_block(from).to_block(end);
+        let filter = Filter::new()
+            .address(net.deployment.addresses().to_vec())
+            .from_block(from)
+            .to_block(end);
         count += provider.get_logs(&filter).await?.len();
         from = end + 1;
     }
@@ -100,7 +144,13 @@ async fn build_acl(provider: &DynProvider, net: &Devnet, to: u64) -> anyhow::Res
     let (acl, publisher) = Acl::new(Snapshot::default());
     let mut config = net.config().chain;
     config.confirmations = 0;
-    let (mut syncer, _status) = Syncer::new(provider.clone(), net.deployment.clone(), config, store, publisher)?;
+    let (mut syncer, _status) = Syncer::new(
+        provider.clone(),
+        net.deployment.clone(),
+        config,
+        store,
+        publisher,
+    )?;
     loop {
         match syncer.step().await? {
             Step::Advanced { to: at, .. } if at >= to => break,
@@ -113,7 +163,13 @@ async fn build_acl(provider: &DynProvider, net: &Devnet, to: u64) -> anyhow::Res
     syncer.finish_write().await?;
     let write_s = t.elapsed().as_secs_f64();
     let snapshot = acl.snapshot();
-    Ok(Build { events_applied: snapshot.events_applied, snapshot, open_s, total_s, write_s })
+    Ok(Build {
+        events_applied: snapshot.events_applied,
+        snapshot,
+        open_s,
+        total_s,
+        write_s,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -128,7 +184,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let made = generate(&net, events).await?;
     let to = net.head().await;
-    println!("# generated {made} logs in {:.1}s over {} blocks", started.elapsed().as_secs_f64(), to - net.deployment.block);
+    println!(
+        "# generated {made} logs in {:.1}s over {} blocks",
+        started.elapsed().as_secs_f64(),
+        to - net.deployment.block
+    );
 
     let provider = chain::connect(&net.anvil.endpoint(), None).await?;
     let range = net.config().chain.max_block_range;
@@ -148,13 +208,25 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let b = build.expect("both sides ran");
-        anyhow::ensure!(b.events_applied as usize == n, "ACL applied {} logs, eth_getLogs returned {n}", b.events_applied);
-        anyhow::ensure!(b.snapshot.block.map(|b| b.hash) != Some(B256::ZERO), "no block");
+        anyhow::ensure!(
+            b.events_applied == n as u64,
+            "ACL applied {} logs, eth_getLogs returned {n}",
+            b.events_applied
+        );
+        anyhow::ensure!(
+            b.snapshot.block.map(|b| b.hash) != Some(B256::ZERO),
+            "no block"
+        );
         ours.push(b.total_s);
         writes.push(b.write_s);
         println!(
             "# round {round}: getlogs {:.3}s, acl build {:.3}s (store open {:.3}s), then checkpoint write {:.3}s; {} identities, {} repos",
-            base[round], b.total_s, b.open_s, b.write_s, b.snapshot.state.identities.len(), b.snapshot.state.repos.len()
+            base[round],
+            b.total_s,
+            b.open_s,
+            b.write_s,
+            b.snapshot.state.identities.len(),
+            b.snapshot.state.repos.len()
         );
         applied = b.events_applied;
     }

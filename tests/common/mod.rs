@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: a real anvil with the contracts deployed,
 //! nodes started in-process or as the real binary, and signing clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::{
     path::{Path, PathBuf},
@@ -32,13 +33,20 @@ pub fn milli(n: u64) -> U256 {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The anvil binary installed by `scripts/setup`.
 pub fn anvil_bin() -> PathBuf {
     let bin = repo_root().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    assert!(bin.exists(), "anvil not found at {}: run scripts/setup", bin.display());
+    assert!(
+        bin.exists(),
+        "anvil not found at {}: run scripts/setup",
+        bin.display()
+    );
     bin
 }
 
@@ -46,7 +54,11 @@ pub fn anvil_bin() -> PathBuf {
 pub fn node_bin() -> PathBuf {
     // target/debug/deps/<test> → target/debug/hanzo-node
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("hanzo-node");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("hanzo-node");
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", "hanzo-node", "--bin", "hanzo-node"])
@@ -76,20 +88,38 @@ impl Devnet {
     /// Starts anvil and deploys with dev account 0 as admin.
     pub async fn start() -> Self {
         init_logs();
-        let anvil = Anvil::new().path(anvil_bin()).try_spawn().expect("anvil starts");
+        let anvil = Anvil::new()
+            .path(anvil_bin())
+            .try_spawn()
+            .expect("anvil starts");
         let admin = Self::dev_key_of(&anvil, 0);
-        let provider = chain::connect(&anvil.endpoint(), Some(admin.clone())).await.expect("connect");
+        let provider = chain::connect(&anvil.endpoint(), Some(admin.clone()))
+            .await
+            .expect("connect");
         let params = DeployParams {
             min_operator_stake: ether(1),
             min_caller_stake: milli(100),
             unbonding_period: 60,
         };
-        let deployment = chain::deploy(&provider, admin.address(), &params).await.expect("deploy");
+        let deployment = chain::deploy(&provider, admin.address(), &params)
+            .await
+            .expect("deploy");
         let dir = tempfile::tempdir().expect("tempdir");
-        NodeKey::generate().save(&dir.path().join(NODE_KEY_FILE)).expect("node key");
-        deployment.save(&dir.path().join("deployment.json")).expect("deployment file");
-        let provider = chain::connect(&anvil.endpoint(), None).await.expect("connect");
-        Self { anvil, deployment, provider, dir }
+        NodeKey::generate()
+            .save(&dir.path().join(NODE_KEY_FILE))
+            .expect("node key");
+        deployment
+            .save(&dir.path().join("deployment.json"))
+            .expect("deployment file");
+        let provider = chain::connect(&anvil.endpoint(), None)
+            .await
+            .expect("connect");
+        Self {
+            anvil,
+            deployment,
+            provider,
+            dir,
+        }
     }
 
     fn dev_key_of(anvil: &AnvilInstance, i: usize) -> PrivateKeySigner {
@@ -108,9 +138,13 @@ impl Devnet {
 
     /// A client signing as dev account `i`.
     pub async fn client(&self, i: usize) -> Client {
-        let provider = chain::connect(&self.anvil.endpoint(), Some(self.dev_key(i))).await.expect("connect");
+        let provider = chain::connect(&self.anvil.endpoint(), Some(self.dev_key(i)))
+            .await
+            .expect("connect");
         // anvil mines at once; alloy's default 250 ms receipt polling would dominate.
-        provider.client().set_poll_interval(Duration::from_millis(10));
+        provider
+            .client()
+            .set_poll_interval(Duration::from_millis(10));
         Client::new(provider, self.deployment.clone())
     }
 
@@ -121,7 +155,10 @@ impl Devnet {
 
     /// A node config for the data dir: 2 confirmations, fast polling, any free port.
     pub fn config(&self) -> Config {
-        let mut config = Config { data_dir: self.dir.path().to_path_buf(), ..Config::default() };
+        let mut config = Config {
+            data_dir: self.dir.path().to_path_buf(),
+            ..Config::default()
+        };
         config.chain.rpc_url = self.anvil.endpoint();
         config.chain.confirmations = 2;
         config.chain.poll_interval = Duration::from_millis(50);
@@ -136,12 +173,18 @@ impl Devnet {
 
     /// The current block number.
     pub async fn head(&self) -> u64 {
-        self.provider.get_block_number().await.expect("block number")
+        self.provider
+            .get_block_number()
+            .await
+            .expect("block number")
     }
 
     /// Mines `n` empty blocks.
     pub async fn mine(&self, n: u64) {
-        self.provider.anvil_mine(Some(n), None).await.expect("anvil_mine");
+        self.provider
+            .anvil_mine(Some(n), None)
+            .await
+            .expect("anvil_mine");
     }
 
     /// Mines enough blocks for everything so far to be confirmed, and returns the
@@ -193,7 +236,11 @@ pub fn ok(out: &Output) -> String {
 
 /// Stderr of a failed run, or a panic if it succeeded.
 pub fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "command succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "command succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -204,7 +251,10 @@ pub async fn eventually<T>(limit: Duration, mut probe: impl AsyncFnMut() -> Opti
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

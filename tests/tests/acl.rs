@@ -1,5 +1,6 @@
 //! Chain → ACL, end to end against a real anvil: what the contracts say shows in the
 //! node's ACL once confirmed, never before, and survives restarts and reorgs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 
@@ -23,12 +24,18 @@ async fn operator_appears_once_confirmed_and_stake_stops_counting_on_unstake_and
     let node_id = net.node_key().public();
     let operator = net.client(1).await;
 
-    let r = operator.register_operator(node_id.to_b256(), "127.0.0.1:9000", ether(2)).await.unwrap();
+    let r = operator
+        .register_operator(node_id.to_b256(), "127.0.0.1:9000", ether(2))
+        .await
+        .unwrap();
     let block = r.block_number.unwrap();
     // The node has seen everything before the registration, but the registration
     // itself is not yet two blocks deep.
     let snap = node.synced_to(block - 2).await;
-    assert!(!snap.is_operator(&node_id), "applied before it was confirmed");
+    assert!(
+        !snap.is_operator(&node_id),
+        "applied before it was confirmed"
+    );
     net.mine(2).await;
     let snap = node.synced_to(block).await;
     assert!(snap.is_operator(&node_id));
@@ -38,18 +45,27 @@ async fn operator_appears_once_confirmed_and_stake_stops_counting_on_unstake_and
     assert_eq!(op.balance.stake, ether(2));
 
     // Unstaking 1.5 of 2 ETH leaves 0.5, below the 1 ETH minimum.
-    operator.request_unstake(StakeRole::Operator, milli(1500)).await.unwrap();
+    operator
+        .request_unstake(StakeRole::Operator, milli(1500))
+        .await
+        .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert!(!snap.is_operator(&node_id), "unbonding stake still counted");
     let op = &snap.state.operators[&net.dev_address(1)];
-    assert_eq!((op.balance.stake, op.balance.unbonding), (milli(500), milli(1500)));
+    assert_eq!(
+        (op.balance.stake, op.balance.unbonding),
+        (milli(500), milli(1500))
+    );
 
     // Top up, then the admin slashes it below the minimum again.
     operator.deposit_operator(ether(1)).await.unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert!(snap.is_operator(&node_id));
     let admin = net.client(0).await;
-    admin.slash(net.dev_address(1), StakeRole::Operator, ether(1), "test").await.unwrap();
+    admin
+        .slash(net.dev_address(1), StakeRole::Operator, ether(1), "test")
+        .await
+        .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert!(!snap.is_operator(&node_id), "slashed stake still counted");
     let op = &snap.state.operators[&net.dev_address(1)];
@@ -61,7 +77,10 @@ async fn operator_appears_once_confirmed_and_stake_stops_counting_on_unstake_and
     caller.deposit_caller(milli(200)).await.unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert_eq!(snap.check_caller(&who).unwrap(), milli(200));
-    caller.request_unstake(StakeRole::Caller, milli(150)).await.unwrap();
+    caller
+        .request_unstake(StakeRole::Caller, milli(150))
+        .await
+        .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert_eq!(
         snap.check_caller(&who).unwrap_err().to_string(),
@@ -79,20 +98,33 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
 
     alice.mint_identity("alice").await.unwrap();
     bob.mint_identity("bob").await.unwrap();
-    alice.add_key("alice", &Key::Ssh(ssh_key(0xa1))).await.unwrap();
+    alice
+        .add_key("alice", &Key::Ssh(ssh_key(0xa1)))
+        .await
+        .unwrap();
     bob.add_key("bob", &Key::Ssh(ssh_key(0xb2))).await.unwrap();
-    bob.add_key("bob", &Key::Eth(net.dev_address(2))).await.unwrap();
+    bob.add_key("bob", &Key::Eth(net.dev_address(2)))
+        .await
+        .unwrap();
     alice.create_repo("demo", "alice", false).await.unwrap();
     let snap = node.synced_to(net.confirm().await).await;
 
     // Found by key.
     let (_, who) = snap.identity_of(&Key::Ssh(ssh_key(0xb2))).unwrap();
     assert_eq!(who.handle, "bob");
-    assert_eq!(snap.identity_of(&Key::Eth(net.dev_address(2))).unwrap().1.handle, "bob");
+    assert_eq!(
+        snap.identity_of(&Key::Eth(net.dev_address(2)))
+            .unwrap()
+            .1
+            .handle,
+        "bob"
+    );
     assert!(snap.identity_of(&Key::Ssh(ssh_key(0x77))).is_none());
 
     // Bob is not a committer yet; the refusal names key, identity and repo.
-    let err = snap.may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false).unwrap_err();
+    let err = snap
+        .may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -100,18 +132,30 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
             ssh_key(0xb2).fingerprint()
         )
     );
-    assert!(snap.may_push(&ssh_key(0xa1), "demo", "refs/heads/main", true).unwrap().is_owner);
+    assert!(
+        snap.may_push(&ssh_key(0xa1), "demo", "refs/heads/main", true)
+            .unwrap()
+            .is_owner
+    );
 
-    alice.set_member("demo", "bob", Member::Committer, true).await.unwrap();
+    alice
+        .set_member("demo", "bob", Member::Committer, true)
+        .await
+        .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
-    let pusher = snap.may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false).unwrap();
+    let pusher = snap
+        .may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false)
+        .unwrap();
     assert_eq!(pusher.handle, "bob");
     assert!(matches!(
         snap.may_push(&ssh_key(0xb2), "demo", "refs/heads/main", true),
         Err(Denied::NotOwner { .. })
     ));
 
-    alice.set_member("demo", "bob", Member::Committer, false).await.unwrap();
+    alice
+        .set_member("demo", "bob", Member::Committer, false)
+        .await
+        .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert!(matches!(
         snap.may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false),
@@ -119,7 +163,9 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
     ));
 
     // A revoked key stops resolving.
-    bob.revoke_key("bob", &Key::Ssh(ssh_key(0xb2))).await.unwrap();
+    bob.revoke_key("bob", &Key::Ssh(ssh_key(0xb2)))
+        .await
+        .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert!(snap.identity_of(&Key::Ssh(ssh_key(0xb2))).is_none());
     node.shutdown().await;
@@ -140,7 +186,10 @@ async fn restart_resumes_from_the_checkpoint() {
     let node = net.node().await;
     // Before any sync step, the ACL is the stored checkpoint, not an empty one.
     let resumed = node.acl.snapshot();
-    assert_eq!(resumed.block, first.block, "did not resume from the checkpoint");
+    assert_eq!(
+        resumed.block, first.block,
+        "did not resume from the checkpoint"
+    );
     assert_eq!(resumed.state, first.state);
     let snap = node.synced_to(net.confirm().await).await;
     // Only the new mint's logs (Transfer + IdentityMinted) were applied on top:
@@ -194,9 +243,15 @@ async fn shallow_reorg_never_shows_and_deep_reorg_is_rolled_back() {
     })
     .await;
     let snap = node.acl.snapshot();
-    assert!(snap.state.identity_by_handle("doomed").is_none(), "reorged-out mint still in the ACL");
+    assert!(
+        snap.state.identity_by_handle("doomed").is_none(),
+        "reorged-out mint still in the ACL"
+    );
     assert!(snap.block.unwrap().number >= reverted_to);
     node.shutdown().await;
     let handles = seen.await.unwrap();
-    assert!(!handles.contains(&"ghost".to_string()), "a shallow reorg showed in the ACL");
+    assert!(
+        !handles.contains(&"ghost".to_string()),
+        "a shallow reorg showed in the ACL"
+    );
 }

@@ -1,5 +1,6 @@
 //! The `hanzo-node` binary against a real anvil: init, register, identities, repos,
 //! `run` with its HTTP endpoints, `acl show`, and the errors a user meets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::{
     io::{Read, Write},
@@ -22,12 +23,19 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Running(Child);
@@ -48,14 +56,21 @@ async fn operator_workflow_through_the_binary() {
     let data = ("HANZO_DATA_DIR", dir_s);
 
     // init: keys and config, no prompts.
-    let out = ok(&net.cli(&["init"], &[data, PASSWORD, ("HANZO_PRIVATE_KEY", &operator_key)]));
+    let out = ok(&net.cli(
+        &["init"],
+        &[data, PASSWORD, ("HANZO_PRIVATE_KEY", &operator_key)],
+    ));
     assert!(out.contains(&net.dev_address(3).to_string()), "{out}");
     for f in ["node.key", "operator.json", "config.toml"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     let err = fails(&net.cli(&["init"], &[data, PASSWORD]));
     assert!(err.contains("refusing to overwrite"), "{err}");
-    std::fs::copy(net.dir.path().join("deployment.json"), dir.join("deployment.json")).unwrap();
+    std::fs::copy(
+        net.dir.path().join("deployment.json"),
+        dir.join("deployment.json"),
+    )
+    .unwrap();
 
     // config --dump shows flags over env over file.
     let dump = ok(&net.cli(&["config", "--dump", "--chain.confirmations", "9"], &[data]));
@@ -63,12 +78,31 @@ async fn operator_workflow_through_the_binary() {
     assert!(dump.contains(&net.anvil.endpoint()), "{dump}");
 
     // Too little stake: both amounts named.
-    let err = fails(&net.cli(&["operator", "register", "--stake", "0.5"], &[data, PASSWORD]));
-    assert!(err.contains("stake 0.5 ETH is below the minimum 1 ETH"), "{err}");
+    let err = fails(&net.cli(
+        &["operator", "register", "--stake", "0.5"],
+        &[data, PASSWORD],
+    ));
+    assert!(
+        err.contains("stake 0.5 ETH is below the minimum 1 ETH"),
+        "{err}"
+    );
     // Wrong keystore password.
-    let err = fails(&net.cli(&["operator", "register", "--stake", "2"], &[data, ("HANZO_PASSWORD", "nope")]));
+    let err = fails(&net.cli(
+        &["operator", "register", "--stake", "2"],
+        &[data, ("HANZO_PASSWORD", "nope")],
+    ));
     assert!(err.contains("wrong password"), "{err}");
-    ok(&net.cli(&["operator", "register", "--stake", "2ETH", "--endpoint", "127.0.0.1:7000"], &[data, PASSWORD]));
+    ok(&net.cli(
+        &[
+            "operator",
+            "register",
+            "--stake",
+            "2ETH",
+            "--endpoint",
+            "127.0.0.1:7000",
+        ],
+        &[data, PASSWORD],
+    ));
     let status = ok(&net.cli(&["operator", "status", "--json"], &[data, PASSWORD]));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["active"], true);
@@ -82,35 +116,71 @@ async fn operator_workflow_through_the_binary() {
     ok(&net.cli(&["identity", "add-key", "carol", pub_s], &[data, PASSWORD]));
     let shown = ok(&net.cli(&["identity", "show", "carol", "--json"], &[data]));
     assert!(shown.contains(&key.fingerprint()), "{shown}");
-    ok(&net.cli(&["repo", "create", "demo", "--owner", "carol"], &[data, PASSWORD]));
-    ok(&net.cli(&["repo", "add-committer", "demo", "carol"], &[data, PASSWORD]));
+    ok(&net.cli(
+        &["repo", "create", "demo", "--owner", "carol"],
+        &[data, PASSWORD],
+    ));
+    ok(&net.cli(
+        &["repo", "add-committer", "demo", "carol"],
+        &[data, PASSWORD],
+    ));
     let repo: serde_json::Value =
         serde_json::from_str(&ok(&net.cli(&["repo", "show", "demo", "--json"], &[data]))).unwrap();
     assert_eq!(repo["committers"], serde_json::json!(["carol"]));
     assert_eq!(repo["owner"], "carol");
 
     // Bad input, each with its reason.
-    let err = fails(&net.cli(&["repo", "add-committer", "demo", "nobody"], &[data, PASSWORD]));
+    let err = fails(&net.cli(
+        &["repo", "add-committer", "demo", "nobody"],
+        &[data, PASSWORD],
+    ));
     assert!(err.contains("no identity with handle \"nobody\""), "{err}");
     let err = fails(&net.cli(&["repo", "show", "nope"], &[data]));
     assert!(err.contains("no repo named \"nope\""), "{err}");
     let bad_pub = home.path().join("bad.pub");
     std::fs::write(&bad_pub, "ssh-rsa AAAAB3NzaC1yc2E= x\n").unwrap();
-    let err = fails(&net.cli(&["identity", "add-key", "carol", bad_pub.to_str().unwrap()], &[data, PASSWORD]));
+    let err = fails(&net.cli(
+        &["identity", "add-key", "carol", bad_pub.to_str().unwrap()],
+        &[data, PASSWORD],
+    ));
     assert!(err.contains("malformed SSH public key"), "{err}");
     let mut other_chain = net.deployment.clone();
     other_chain.chain_id = 1;
     let other = home.path().join("mainnet.json");
     other_chain.save(&other).unwrap();
-    let err = fails(&net.cli(&["identity", "show", "carol", "--chain.deployment", other.to_str().unwrap()], &[data]));
+    let err = fails(&net.cli(
+        &[
+            "identity",
+            "show",
+            "carol",
+            "--chain.deployment",
+            other.to_str().unwrap(),
+        ],
+        &[data],
+    ));
     assert!(err.contains("chain id mismatch"), "{err}");
-    let err = fails(&net.cli(&["identity", "show", "carol", "--chain.rpc-url", "http://127.0.0.1:1"], &[data]));
+    let err = fails(&net.cli(
+        &[
+            "identity",
+            "show",
+            "carol",
+            "--chain.rpc-url",
+            "http://127.0.0.1:1",
+        ],
+        &[data],
+    ));
     assert!(err.contains("cannot reach the chain RPC"), "{err}");
 
     // run: the node syncs; /readiness, /metrics and `acl show` reflect the chain.
     let http = format!("127.0.0.1:{}", free_port());
     let child = Command::new(node_bin())
-        .args(["run", "--http.listen", &http, "--chain.poll-interval", "50ms"])
+        .args([
+            "run",
+            "--http.listen",
+            &http,
+            "--chain.poll-interval",
+            "50ms",
+        ])
         .env("HANZO_DATA_DIR", &dir)
         .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
         .env("HANZO_LOG", "warn")
@@ -126,7 +196,10 @@ async fn operator_workflow_through_the_binary() {
         (v["block"]["number"].as_u64()? + 2 >= head).then_some(v)
     })
     .await;
-    assert_eq!(acl["operators"][0]["address"], net.dev_address(3).to_string());
+    assert_eq!(
+        acl["operators"][0]["address"],
+        net.dev_address(3).to_string()
+    );
     assert_eq!(acl["operators"][0]["stake"], "2 ETH");
     assert_eq!(acl["operators"][0]["active"], true);
     assert_eq!(acl["identities"][0]["handle"], "carol");

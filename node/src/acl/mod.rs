@@ -52,15 +52,31 @@ pub enum Denied {
     #[error("key {0} belongs to no identity; add it with `hanzo-node identity add-key`")]
     UnknownKey(String),
     #[error("key {key} belongs to identity {handle}, who is not a committer of repo {repo}")]
-    NotCommitter { key: String, handle: String, repo: String },
+    NotCommitter {
+        key: String,
+        handle: String,
+        repo: String,
+    },
     #[error("key {key} belongs to identity {handle}, who may not read private repo {repo}")]
-    NotReader { key: String, handle: String, repo: String },
+    NotReader {
+        key: String,
+        handle: String,
+        repo: String,
+    },
     #[error(
         "only the owner of repo {repo} may rewrite or delete {reference}; {handle} is a committer"
     )]
-    NotOwner { handle: String, repo: String, reference: String },
+    NotOwner {
+        handle: String,
+        repo: String,
+        reference: String,
+    },
     #[error("stake {stake} is below the minimum {minimum}; deposit at least {missing} more")]
-    StakeBelowMinimum { stake: String, minimum: String, missing: String },
+    StakeBelowMinimum {
+        stake: String,
+        minimum: String,
+        missing: String,
+    },
 }
 
 /// What a permitted push may do.
@@ -91,18 +107,26 @@ pub enum Role {
 /// `amount` wei as ETH, trailing zeros trimmed: `0.2 ETH`.
 pub fn eth(amount: U256) -> String {
     let s = format_ether(amount);
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
     format!("{s} ETH")
 }
 
 impl Snapshot {
     fn repo_named(&self, name: &str) -> Result<(RepoId, &Repo), Denied> {
-        self.state.repo_by_name(name).ok_or_else(|| Denied::UnknownRepo(name.to_owned()))
+        self.state
+            .repo_by_name(name)
+            .ok_or_else(|| Denied::UnknownRepo(name.to_owned()))
     }
 
     /// Whether `node` is the node key of an operator with active stake.
     pub fn is_operator(&self, node: &NodeId) -> bool {
-        self.state.operator_by_node(node).is_some_and(|(_, op)| self.is_active(op))
+        self.state
+            .operator_by_node(node)
+            .is_some_and(|(_, op)| self.is_active(op))
     }
 
     fn is_active(&self, op: &Operator) -> bool {
@@ -111,12 +135,19 @@ impl Snapshot {
 
     /// Active operators, by address.
     pub fn active_operators(&self) -> impl Iterator<Item = (&Address, &Operator)> {
-        self.state.operators.iter().filter(|(_, op)| self.is_active(op))
+        self.state
+            .operators
+            .iter()
+            .filter(|(_, op)| self.is_active(op))
     }
 
     /// The active stake of caller `addr` (zero if none).
     pub fn caller_stake(&self, addr: &Address) -> U256 {
-        self.state.callers.get(addr).map(|b| b.stake).unwrap_or_default()
+        self.state
+            .callers
+            .get(addr)
+            .map(|b| b.stake)
+            .unwrap_or_default()
     }
 
     /// Whether `addr` holds at least the caller minimum, and if not, what is missing.
@@ -168,7 +199,11 @@ impl Snapshot {
                 reference: reference.to_owned(),
             });
         }
-        Ok(Pusher { identity, handle: who.handle.clone(), is_owner })
+        Ok(Pusher {
+            identity,
+            handle: who.handle.clone(),
+            is_owner,
+        })
     }
 
     /// Whether the holder of `key` may read repo `repo`: anyone for a public repo;
@@ -185,8 +220,9 @@ impl Snapshot {
         let Some(key) = key else {
             return Err(Denied::UnknownKey("(none given)".into()));
         };
-        let (identity, who) =
-            self.identity_of(key).ok_or_else(|| Denied::UnknownKey(describe(key)))?;
+        let (identity, who) = self
+            .identity_of(key)
+            .ok_or_else(|| Denied::UnknownKey(describe(key)))?;
         if r.owner_identity == identity
             || r.committers.contains(&identity)
             || r.readers.contains(&identity)
@@ -205,8 +241,12 @@ impl Snapshot {
     /// operators' nodes, or, when it names none of those, every active operator's node.
     pub fn replicators(&self, repo: &str) -> Result<Vec<NodeId>, Denied> {
         let (_, r) = self.repo_named(repo)?;
-        let preferred: Vec<NodeId> =
-            r.replicators.iter().filter(|n| self.is_operator(n)).copied().collect();
+        let preferred: Vec<NodeId> = r
+            .replicators
+            .iter()
+            .filter(|n| self.is_operator(n))
+            .copied()
+            .collect();
         if !preferred.is_empty() {
             return Ok(preferred);
         }
@@ -215,7 +255,11 @@ impl Snapshot {
 
     /// What `addr` is to the node whose key is `this_node`.
     pub fn rpc_role(&self, addr: &Address, this_node: &NodeId) -> Role {
-        let operator = self.state.operators.get(addr).filter(|op| self.is_active(op));
+        let operator = self
+            .state
+            .operators
+            .get(addr)
+            .filter(|op| self.is_active(op));
         match operator {
             Some(op) if op.node_key == *this_node => Role::Admin,
             Some(_) => Role::OperatorPeer,

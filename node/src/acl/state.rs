@@ -12,7 +12,9 @@ pub type IdentityId = u64;
 pub type RepoId = u64;
 
 /// A key an identity holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Key {
     /// An ed25519 SSH key (git push certificates).
     Ssh(#[serde(with = "ssh_bytes")] SshKey),
@@ -127,17 +129,34 @@ pub enum Change {
     /// Stake parameters set.
     Params(Params),
     /// An operator registered.
-    OperatorRegistered { operator: Address, node_key: NodeId, endpoint: String, stake: U256 },
+    OperatorRegistered {
+        operator: Address,
+        node_key: NodeId,
+        endpoint: String,
+        stake: U256,
+    },
     /// An operator moved to a new node key.
     NodeKeyChanged { operator: Address, node_key: NodeId },
     /// An operator's endpoint changed.
     EndpointChanged { operator: Address, endpoint: String },
     /// An account's active stake is now `stake`.
-    Stake { account: Address, role: StakeRole, stake: U256 },
+    Stake {
+        account: Address,
+        role: StakeRole,
+        stake: U256,
+    },
     /// An account's unbonding stake is now `unbonding`.
-    Unbonding { account: Address, role: StakeRole, unbonding: U256 },
+    Unbonding {
+        account: Address,
+        role: StakeRole,
+        unbonding: U256,
+    },
     /// An identity was minted.
-    IdentityMinted { id: IdentityId, holder: Address, handle: String },
+    IdentityMinted {
+        id: IdentityId,
+        holder: Address,
+        handle: String,
+    },
     /// An identity token moved to `holder` (its keys are cleared by `KeysCleared`).
     IdentityTransferred { id: IdentityId, holder: Address },
     /// A key was added to an identity.
@@ -147,17 +166,34 @@ pub enum Change {
     /// All keys of an identity were dropped.
     KeysCleared { id: IdentityId },
     /// A repo was created.
-    RepoCreated { id: RepoId, holder: Address, name: String, owner_identity: IdentityId, private: bool },
+    RepoCreated {
+        id: RepoId,
+        holder: Address,
+        name: String,
+        owner_identity: IdentityId,
+        private: bool,
+    },
     /// A repo token moved to `holder`.
     RepoTransferred { id: RepoId, holder: Address },
     /// A repo's owner identity changed.
-    RepoOwnerChanged { id: RepoId, owner_identity: IdentityId },
+    RepoOwnerChanged {
+        id: RepoId,
+        owner_identity: IdentityId,
+    },
     /// A repo became private or public.
     RepoVisibility { id: RepoId, private: bool },
     /// An identity became a member of a repo.
-    MemberAdded { repo: RepoId, identity: IdentityId, role: Member },
+    MemberAdded {
+        repo: RepoId,
+        identity: IdentityId,
+        role: Member,
+    },
     /// An identity stopped being a member of a repo.
-    MemberRemoved { repo: RepoId, identity: IdentityId, role: Member },
+    MemberRemoved {
+        repo: RepoId,
+        identity: IdentityId,
+        role: Member,
+    },
     /// A node became a preferred replicator of a repo.
     ReplicatorAdded { repo: RepoId, node: NodeId },
     /// A node stopped being a preferred replicator.
@@ -202,7 +238,10 @@ impl State {
 
     /// The identity with handle `handle`.
     pub fn identity_by_handle(&self, handle: &str) -> Option<(IdentityId, &Identity)> {
-        self.identities.iter().find(|(_, i)| i.handle == handle).map(|(id, i)| (*id, i))
+        self.identities
+            .iter()
+            .find(|(_, i)| i.handle == handle)
+            .map(|(id, i)| (*id, i))
     }
 
     fn balance(&mut self, account: Address, role: StakeRole) -> Option<&mut Balance> {
@@ -218,10 +257,25 @@ impl State {
     pub fn apply(&mut self, change: Change) {
         match change {
             Change::Params(p) => self.params = p,
-            Change::OperatorRegistered { operator, node_key, endpoint, stake } => {
+            Change::OperatorRegistered {
+                operator,
+                node_key,
+                endpoint,
+                stake,
+            } => {
                 self.node_keys.insert(node_key, operator);
-                let balance = Balance { stake, unbonding: U256::ZERO };
-                self.operators.insert(operator, Operator { node_key, endpoint, balance });
+                let balance = Balance {
+                    stake,
+                    unbonding: U256::ZERO,
+                };
+                self.operators.insert(
+                    operator,
+                    Operator {
+                        node_key,
+                        endpoint,
+                        balance,
+                    },
+                );
             }
             Change::NodeKeyChanged { operator, node_key } => {
                 if let Some(op) = self.operators.get_mut(&operator) {
@@ -235,18 +289,33 @@ impl State {
                     op.endpoint = endpoint;
                 }
             }
-            Change::Stake { account, role, stake } => {
+            Change::Stake {
+                account,
+                role,
+                stake,
+            } => {
                 if let Some(b) = self.balance(account, role) {
                     b.stake = stake;
                 }
             }
-            Change::Unbonding { account, role, unbonding } => {
+            Change::Unbonding {
+                account,
+                role,
+                unbonding,
+            } => {
                 if let Some(b) = self.balance(account, role) {
                     b.unbonding = unbonding;
                 }
             }
             Change::IdentityMinted { id, holder, handle } => {
-                self.identities.insert(id, Identity { handle, holder, keys: Vec::new() });
+                self.identities.insert(
+                    id,
+                    Identity {
+                        handle,
+                        holder,
+                        keys: Vec::new(),
+                    },
+                );
             }
             Change::IdentityTransferred { id, holder } => {
                 if let Some(i) = self.identities.get_mut(&id) {
@@ -272,7 +341,13 @@ impl State {
                     }
                 }
             }
-            Change::RepoCreated { id, holder, name, owner_identity, private } => {
+            Change::RepoCreated {
+                id,
+                holder,
+                name,
+                owner_identity,
+                private,
+            } => {
                 self.repo_names.insert(name.clone(), id);
                 self.repos.insert(
                     id,
@@ -302,12 +377,20 @@ impl State {
                     r.private = private;
                 }
             }
-            Change::MemberAdded { repo, identity, role } => {
+            Change::MemberAdded {
+                repo,
+                identity,
+                role,
+            } => {
                 if let Some(r) = self.repos.get_mut(&repo) {
                     r.members(role).insert(identity);
                 }
             }
-            Change::MemberRemoved { repo, identity, role } => {
+            Change::MemberRemoved {
+                repo,
+                identity,
+                role,
+            } => {
                 if let Some(r) = self.repos.get_mut(&repo) {
                     r.members(role).remove(&identity);
                 }

@@ -19,10 +19,24 @@ fn snapshot() -> Snapshot {
             min_caller_stake: wei(100),
             unbonding_period: 60,
         }),
-        Change::IdentityMinted { id: 1, holder: addr(1), handle: "alice".into() },
-        Change::IdentityMinted { id: 2, holder: addr(2), handle: "bob".into() },
-        Change::KeyAdded { id: 1, key: Key::Ssh(SshKey([0xa1; 32])) },
-        Change::KeyAdded { id: 2, key: Key::Ssh(SshKey([0xb2; 32])) },
+        Change::IdentityMinted {
+            id: 1,
+            holder: addr(1),
+            handle: "alice".into(),
+        },
+        Change::IdentityMinted {
+            id: 2,
+            holder: addr(2),
+            handle: "bob".into(),
+        },
+        Change::KeyAdded {
+            id: 1,
+            key: Key::Ssh(SshKey([0xa1; 32])),
+        },
+        Change::KeyAdded {
+            id: 2,
+            key: Key::Ssh(SshKey([0xb2; 32])),
+        },
         Change::RepoCreated {
             id: 7,
             holder: addr(1),
@@ -34,14 +48,19 @@ fn snapshot() -> Snapshot {
     for c in changes {
         s.apply(c);
     }
-    Snapshot { state: s, ..Default::default() }
+    Snapshot {
+        state: s,
+        ..Default::default()
+    }
 }
 
 #[test]
 fn may_push_follows_membership_and_names_the_reason() {
     let mut snap = snapshot();
     let bob = SshKey([0xb2; 32]);
-    let err = snap.may_push(&bob, "demo", "refs/heads/main", false).unwrap_err();
+    let err = snap
+        .may_push(&bob, "demo", "refs/heads/main", false)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -49,20 +68,38 @@ fn may_push_follows_membership_and_names_the_reason() {
             bob.fingerprint()
         )
     );
-    snap.state.apply(Change::MemberAdded { repo: 7, identity: 2, role: Member::Committer });
-    let pusher = snap.may_push(&bob, "demo", "refs/heads/main", false).unwrap();
+    snap.state.apply(Change::MemberAdded {
+        repo: 7,
+        identity: 2,
+        role: Member::Committer,
+    });
+    let pusher = snap
+        .may_push(&bob, "demo", "refs/heads/main", false)
+        .unwrap();
     assert_eq!((pusher.handle.as_str(), pusher.is_owner), ("bob", false));
     // Committers cannot rewrite; the owner can.
     assert!(matches!(
         snap.may_push(&bob, "demo", "refs/heads/main", true),
         Err(Denied::NotOwner { .. })
     ));
-    assert!(snap.may_push(&SshKey([0xa1; 32]), "demo", "refs/heads/main", true).unwrap().is_owner);
-    snap.state.apply(Change::MemberRemoved { repo: 7, identity: 2, role: Member::Committer });
-    assert!(snap.may_push(&bob, "demo", "refs/heads/main", false).is_err());
+    assert!(
+        snap.may_push(&SshKey([0xa1; 32]), "demo", "refs/heads/main", true)
+            .unwrap()
+            .is_owner
+    );
+    snap.state.apply(Change::MemberRemoved {
+        repo: 7,
+        identity: 2,
+        role: Member::Committer,
+    });
+    assert!(
+        snap.may_push(&bob, "demo", "refs/heads/main", false)
+            .is_err()
+    );
 
     assert_eq!(
-        snap.may_push(&bob, "nope", "refs/heads/main", false).unwrap_err(),
+        snap.may_push(&bob, "nope", "refs/heads/main", false)
+            .unwrap_err(),
         Denied::UnknownRepo("nope".into())
     );
     assert!(matches!(
@@ -79,7 +116,10 @@ fn revoked_and_cleared_keys_stop_resolving() {
     snap.state.apply(Change::KeyRevoked { id: 1, key: alice });
     assert!(snap.identity_of(&alice).is_none());
     snap.state.apply(Change::KeyAdded { id: 1, key: alice });
-    snap.state.apply(Change::IdentityTransferred { id: 1, holder: addr(9) });
+    snap.state.apply(Change::IdentityTransferred {
+        id: 1,
+        holder: addr(9),
+    });
     snap.state.apply(Change::KeysCleared { id: 1 });
     assert!(snap.identity_of(&alice).is_none());
     assert_eq!(snap.state.identities[&1].holder, addr(9));
@@ -90,12 +130,26 @@ fn private_repos_are_read_by_members_only() {
     let mut snap = snapshot();
     let bob = Key::Ssh(SshKey([0xb2; 32]));
     assert!(snap.may_read(None, "demo").is_ok(), "public repo");
-    snap.state.apply(Change::RepoVisibility { id: 7, private: true });
-    assert!(matches!(snap.may_read(Some(&bob), "demo"), Err(Denied::NotReader { .. })));
+    snap.state.apply(Change::RepoVisibility {
+        id: 7,
+        private: true,
+    });
+    assert!(matches!(
+        snap.may_read(Some(&bob), "demo"),
+        Err(Denied::NotReader { .. })
+    ));
     assert!(snap.may_read(None, "demo").is_err());
-    snap.state.apply(Change::MemberAdded { repo: 7, identity: 2, role: Member::Reader });
+    snap.state.apply(Change::MemberAdded {
+        repo: 7,
+        identity: 2,
+        role: Member::Reader,
+    });
     assert!(snap.may_read(Some(&bob), "demo").is_ok());
-    assert!(snap.may_read(Some(&Key::Ssh(SshKey([0xa1; 32]))), "demo").is_ok(), "owner");
+    assert!(
+        snap.may_read(Some(&Key::Ssh(SshKey([0xa1; 32]))), "demo")
+            .is_ok(),
+        "owner"
+    );
 }
 
 #[test]
@@ -110,11 +164,22 @@ fn stake_counts_only_while_active_and_above_minimum() {
     });
     assert!(snap.is_operator(&node));
     assert_eq!(snap.rpc_role(&addr(5), &node), Role::Admin);
-    assert_eq!(snap.rpc_role(&addr(5), &NodeId([6; 32])), Role::OperatorPeer);
+    assert_eq!(
+        snap.rpc_role(&addr(5), &NodeId([6; 32])),
+        Role::OperatorPeer
+    );
     // Unbonding moves stake out of what counts.
     let (role, account) = (StakeRole::Operator, addr(5));
-    snap.state.apply(Change::Stake { account, role, stake: wei(500) });
-    snap.state.apply(Change::Unbonding { account, role, unbonding: wei(1500) });
+    snap.state.apply(Change::Stake {
+        account,
+        role,
+        stake: wei(500),
+    });
+    snap.state.apply(Change::Unbonding {
+        account,
+        role,
+        unbonding: wei(1500),
+    });
     assert!(!snap.is_operator(&node));
     assert_eq!(snap.rpc_role(&addr(5), &node), Role::Anonymous);
 
@@ -123,12 +188,20 @@ fn stake_counts_only_while_active_and_above_minimum() {
         snap.check_caller(&caller).unwrap_err().to_string(),
         "stake 0 ETH is below the minimum 0.1 ETH; deposit at least 0.1 ETH more"
     );
-    snap.state.apply(Change::Stake { account: caller, role: StakeRole::Caller, stake: wei(20) });
+    snap.state.apply(Change::Stake {
+        account: caller,
+        role: StakeRole::Caller,
+        stake: wei(20),
+    });
     assert_eq!(
         snap.check_caller(&caller).unwrap_err().to_string(),
         "stake 0.02 ETH is below the minimum 0.1 ETH; deposit at least 0.08 ETH more"
     );
-    snap.state.apply(Change::Stake { account: caller, role: StakeRole::Caller, stake: wei(100) });
+    snap.state.apply(Change::Stake {
+        account: caller,
+        role: StakeRole::Caller,
+        stake: wei(100),
+    });
     assert_eq!(snap.rpc_role(&caller, &node), Role::Caller);
 }
 
@@ -143,12 +216,24 @@ fn replicators_prefer_named_active_nodes() {
             stake: wei(1000),
         });
     }
-    assert_eq!(snap.replicators("demo").unwrap(), vec![NodeId([5; 32]), NodeId([6; 32])]);
-    snap.state.apply(Change::ReplicatorAdded { repo: 7, node: NodeId([6; 32]) });
+    assert_eq!(
+        snap.replicators("demo").unwrap(),
+        vec![NodeId([5; 32]), NodeId([6; 32])]
+    );
+    snap.state.apply(Change::ReplicatorAdded {
+        repo: 7,
+        node: NodeId([6; 32]),
+    });
     assert_eq!(snap.replicators("demo").unwrap(), vec![NodeId([6; 32])]);
     // A preferred node that is not an active operator does not count.
-    snap.state.apply(Change::ReplicatorRemoved { repo: 7, node: NodeId([6; 32]) });
-    snap.state.apply(Change::ReplicatorAdded { repo: 7, node: NodeId([42; 32]) });
+    snap.state.apply(Change::ReplicatorRemoved {
+        repo: 7,
+        node: NodeId([6; 32]),
+    });
+    snap.state.apply(Change::ReplicatorAdded {
+        repo: 7,
+        node: NodeId([42; 32]),
+    });
     assert_eq!(snap.replicators("demo").unwrap().len(), 2);
 }
 
@@ -156,7 +241,10 @@ fn replicators_prefer_named_active_nodes() {
 fn burned_repo_frees_its_name() {
     let mut snap = snapshot();
     snap.state.apply(Change::RepoBurned { id: 7 });
-    assert_eq!(snap.may_read(None, "demo").unwrap_err(), Denied::UnknownRepo("demo".into()));
+    assert_eq!(
+        snap.may_read(None, "demo").unwrap_err(),
+        Denied::UnknownRepo("demo".into())
+    );
 }
 
 #[test]

@@ -14,7 +14,11 @@ fn key(k: &Key) -> Value {
 /// The snapshot as JSON: block, parameters, operators, callers, identities, repos.
 pub fn json(snap: &Snapshot) -> Value {
     let s = &snap.state;
-    let handle = |id: &u64| s.identities.get(id).map_or_else(|| id.to_string(), |i| i.handle.clone());
+    let handle = |id: &u64| {
+        s.identities
+            .get(id)
+            .map_or_else(|| id.to_string(), |i| i.handle.clone())
+    };
     json!({
         "block": snap.block.map(|b| json!({ "number": b.number, "hash": b.hash.to_string(), "time": snap.block_time })),
         "events_applied": snap.events_applied,
@@ -60,7 +64,10 @@ pub fn json(snap: &Snapshot) -> Value {
 pub fn text(snap: &Snapshot) -> String {
     let s = &snap.state;
     let mut out = match snap.block {
-        Some(b) => format!("ACL at block {} ({}), {} events applied\n", b.number, b.hash, snap.events_applied),
+        Some(b) => format!(
+            "ACL at block {} ({}), {} events applied\n",
+            b.number, b.hash, snap.events_applied
+        ),
         None => "ACL empty: nothing synced yet\n".to_owned(),
     };
     out += &format!(
@@ -71,16 +78,34 @@ pub fn text(snap: &Snapshot) -> String {
     );
     out += &format!("operators ({}):\n", s.operators.len());
     for (addr, op) in &s.operators {
-        let state = if snap.is_operator(&op.node_key) { "active" } else { "inactive" };
-        out += &format!("  {addr} node {} stake {} [{state}] {}\n", op.node_key, eth(op.balance.stake), op.endpoint);
+        let state = if snap.is_operator(&op.node_key) {
+            "active"
+        } else {
+            "inactive"
+        };
+        out += &format!(
+            "  {addr} node {} stake {} [{state}] {}\n",
+            op.node_key,
+            eth(op.balance.stake),
+            op.endpoint
+        );
     }
     out += &format!("callers ({}):\n", s.callers.len());
     for (addr, b) in &s.callers {
-        out += &format!("  {addr} stake {} unbonding {}\n", eth(b.stake), eth(b.unbonding));
+        out += &format!(
+            "  {addr} stake {} unbonding {}\n",
+            eth(b.stake),
+            eth(b.unbonding)
+        );
     }
     out += &format!("identities ({}):\n", s.identities.len());
     for (id, i) in &s.identities {
-        out += &format!("  #{id} {} held by {} with {} key(s)\n", i.handle, i.holder, i.keys.len());
+        out += &format!(
+            "  #{id} {} held by {} with {} key(s)\n",
+            i.handle,
+            i.holder,
+            i.keys.len()
+        );
     }
     out += &format!("repos ({}):\n", s.repos.len());
     for (id, r) in &s.repos {

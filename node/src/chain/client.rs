@@ -117,71 +117,147 @@ impl Client {
             .with_timeout(Some(RECEIPT_TIMEOUT))
             .get_receipt()
             .await
-            .map_err(|e| Error::Rpc { call: "eth_getTransactionReceipt", reason: e.to_string() })?;
+            .map_err(|e| Error::Rpc {
+                call: "eth_getTransactionReceipt",
+                reason: e.to_string(),
+            })?;
         if !receipt.status() {
-            return Err(Error::Reverted(format!("{what}: transaction {} reverted", receipt.transaction_hash)));
+            return Err(Error::Reverted(format!(
+                "{what}: transaction {} reverted",
+                receipt.transaction_hash
+            )));
         }
         Ok(receipt)
     }
 
-    async fn view<D: CallDecoder>(&self, what: &str, call: CallBuilder<&DynProvider, D>) -> Result<D::CallOutput, Error> {
+    async fn view<D: CallDecoder>(
+        &self,
+        what: &str,
+        call: CallBuilder<&DynProvider, D>,
+    ) -> Result<D::CallOutput, Error> {
         call.call().await.map_err(|e| revert(what, &e))
     }
 
     // ---- stake ----
 
     /// Registers the sender as the operator of `node_key`.
-    pub async fn register_operator(&self, node_key: B256, endpoint: &str, stake: U256) -> Result<TransactionReceipt, Error> {
-        self.send("register", self.registry.register(node_key, endpoint.to_owned()).value(stake)).await
+    pub async fn register_operator(
+        &self,
+        node_key: B256,
+        endpoint: &str,
+        stake: U256,
+    ) -> Result<TransactionReceipt, Error> {
+        self.send(
+            "register",
+            self.registry
+                .register(node_key, endpoint.to_owned())
+                .value(stake),
+        )
+        .await
     }
 
     /// Adds operator stake.
     pub async fn deposit_operator(&self, amount: U256) -> Result<TransactionReceipt, Error> {
-        self.send("deposit", self.registry.depositOperator().value(amount)).await
+        self.send("deposit", self.registry.depositOperator().value(amount))
+            .await
     }
 
     /// Adds caller stake.
     pub async fn deposit_caller(&self, amount: U256) -> Result<TransactionReceipt, Error> {
-        self.send("deposit", self.registry.deposit().value(amount)).await
+        self.send("deposit", self.registry.deposit().value(amount))
+            .await
     }
 
     /// Starts unbonding `amount`.
-    pub async fn request_unstake(&self, role: StakeRole, amount: U256) -> Result<TransactionReceipt, Error> {
-        self.send("unstake", self.registry.requestUnstake(role_u8(role), amount)).await
+    pub async fn request_unstake(
+        &self,
+        role: StakeRole,
+        amount: U256,
+    ) -> Result<TransactionReceipt, Error> {
+        self.send(
+            "unstake",
+            self.registry.requestUnstake(role_u8(role), amount),
+        )
+        .await
     }
 
     /// Withdraws unbonded stake.
     pub async fn withdraw(&self, role: StakeRole) -> Result<TransactionReceipt, Error> {
-        self.send("withdraw", self.registry.withdraw(role_u8(role))).await
+        self.send("withdraw", self.registry.withdraw(role_u8(role)))
+            .await
     }
 
     /// Slashes `account` (slasher role only).
-    pub async fn slash(&self, account: Address, role: StakeRole, amount: U256, reason: &str) -> Result<TransactionReceipt, Error> {
-        self.send("slash", self.registry.slash(account, role_u8(role), amount, reason.to_owned())).await
+    pub async fn slash(
+        &self,
+        account: Address,
+        role: StakeRole,
+        amount: U256,
+        reason: &str,
+    ) -> Result<TransactionReceipt, Error> {
+        self.send(
+            "slash",
+            self.registry
+                .slash(account, role_u8(role), amount, reason.to_owned()),
+        )
+        .await
     }
 
     /// Sets the operator's endpoint.
     pub async fn set_endpoint(&self, endpoint: &str) -> Result<TransactionReceipt, Error> {
-        self.send("set endpoint", self.registry.setEndpoint(endpoint.to_owned())).await
+        self.send(
+            "set endpoint",
+            self.registry.setEndpoint(endpoint.to_owned()),
+        )
+        .await
     }
 
     /// The stake of `address` for `role`.
     pub async fn stake(&self, address: Address, role: StakeRole) -> Result<OperatorView, Error> {
         let (node_key, endpoint, stake, unbonding, release_at, minimum) = match role {
             StakeRole::Operator => {
-                let op = self.view("operator", self.registry.operator(address)).await?;
-                let min = self.view("minOperatorStake", self.registry.minOperatorStake()).await?;
-                (op.nodeKey, op.endpoint, op.stake, op.unbonding, op.releaseAt, min)
+                let op = self
+                    .view("operator", self.registry.operator(address))
+                    .await?;
+                let min = self
+                    .view("minOperatorStake", self.registry.minOperatorStake())
+                    .await?;
+                (
+                    op.nodeKey,
+                    op.endpoint,
+                    op.stake,
+                    op.unbonding,
+                    op.releaseAt,
+                    min,
+                )
             }
             StakeRole::Caller => {
                 let c = self.view("caller", self.registry.caller(address)).await?;
-                let min = self.view("minCallerStake", self.registry.minCallerStake()).await?;
-                (B256::ZERO, String::new(), c.stake, c.unbonding, c.releaseAt, min)
+                let min = self
+                    .view("minCallerStake", self.registry.minCallerStake())
+                    .await?;
+                (
+                    B256::ZERO,
+                    String::new(),
+                    c.stake,
+                    c.unbonding,
+                    c.releaseAt,
+                    min,
+                )
             }
         };
         let registered = role == StakeRole::Caller || !node_key.is_zero();
         let active = registered && stake >= minimum && !stake.is_zero();
-        Ok(OperatorView { address, node_key, endpoint, stake, unbonding, release_at, active, minimum })
+        Ok(OperatorView {
+            address,
+            node_key,
+            endpoint,
+            stake,
+            unbonding,
+            release_at,
+            active,
+            minimum,
+        })
     }
 
     // ---- identities ----
@@ -195,7 +271,8 @@ impl Client {
 
     /// Mints identity `handle` to the sender.
     pub async fn mint_identity(&self, handle: &str) -> Result<u64, Error> {
-        self.send("mint", self.identities.mint(handle.to_owned())).await?;
+        self.send("mint", self.identities.mint(handle.to_owned()))
+            .await?;
         Ok(to_u64(self.identity_id(handle).await?))
     }
 
@@ -203,14 +280,16 @@ impl Client {
     pub async fn add_key(&self, handle: &str, key: &Key) -> Result<TransactionReceipt, Error> {
         let id = self.identity_id(handle).await?;
         let (kind, word) = key_word(key);
-        self.send("add key", self.identities.addKey(id, kind, word)).await
+        self.send("add key", self.identities.addKey(id, kind, word))
+            .await
     }
 
     /// Revokes `key` from identity `handle`.
     pub async fn revoke_key(&self, handle: &str, key: &Key) -> Result<TransactionReceipt, Error> {
         let id = self.identity_id(handle).await?;
         let (kind, word) = key_word(key);
-        self.send("revoke key", self.identities.revokeKey(id, kind, word)).await
+        self.send("revoke key", self.identities.revokeKey(id, kind, word))
+            .await
     }
 
     /// Identity `handle` and its keys.
@@ -226,11 +305,17 @@ impl Client {
                 Key::Eth(a) => a.to_string(),
             })
             .collect();
-        Ok(IdentityView { id: to_u64(id), handle: handle.to_owned(), holder, keys })
+        Ok(IdentityView {
+            id: to_u64(id),
+            handle: handle.to_owned(),
+            holder,
+            keys,
+        })
     }
 
     async fn handle_of(&self, identity: u64) -> Result<String, Error> {
-        self.view("handleOf", self.identities.handleOf(U256::from(identity))).await
+        self.view("handleOf", self.identities.handleOf(U256::from(identity)))
+            .await
     }
 
     // ---- repos ----
@@ -244,12 +329,22 @@ impl Client {
     /// Creates repo `name` owned by identity `owner`.
     pub async fn create_repo(&self, name: &str, owner: &str, private: bool) -> Result<u64, Error> {
         let owner = self.identity_id(owner).await?;
-        self.send("create repo", self.repos.create(name.to_owned(), owner, private)).await?;
+        self.send(
+            "create repo",
+            self.repos.create(name.to_owned(), owner, private),
+        )
+        .await?;
         Ok(to_u64(self.repo_id(name).await?))
     }
 
     /// Adds (or with `add == false` removes) identity `handle` as `role` of repo `name`.
-    pub async fn set_member(&self, name: &str, handle: &str, role: Member, add: bool) -> Result<TransactionReceipt, Error> {
+    pub async fn set_member(
+        &self,
+        name: &str,
+        handle: &str,
+        role: Member,
+        add: bool,
+    ) -> Result<TransactionReceipt, Error> {
         let repo = self.repo_id(name).await?;
         let identity = self.identity_id(handle).await?;
         let role = match role {
@@ -257,9 +352,14 @@ impl Client {
             Member::Reader => 1,
         };
         if add {
-            self.send("add member", self.repos.addMember(repo, identity, role)).await
+            self.send("add member", self.repos.addMember(repo, identity, role))
+                .await
         } else {
-            self.send("remove member", self.repos.removeMember(repo, identity, role)).await
+            self.send(
+                "remove member",
+                self.repos.removeMember(repo, identity, role),
+            )
+            .await
         }
     }
 
@@ -275,7 +375,10 @@ impl Client {
             .provider
             .get_logs(&filter)
             .await
-            .map_err(|e| Error::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
+            .map_err(|e| Error::Rpc {
+                call: "eth_getLogs",
+                reason: e.to_string(),
+            })?;
         let mut state = State::default();
         for log in &logs {
             for change in decode::decode(&self.deployment, log)? {
@@ -319,13 +422,16 @@ fn to_u64(v: U256) -> u64 {
 
 /// Explains a failed call: the contract's custom error in words when there is one.
 fn revert(what: &str, err: &alloy::contract::Error) -> Error {
-    if let Some(data) = err.as_revert_data() {
-        if let Some(text) = explain(&data) {
-            return Error::Reverted(format!("{what} refused: {text}"));
-        }
+    if let Some(data) = err.as_revert_data()
+        && let Some(text) = explain(&data)
+    {
+        return Error::Reverted(format!("{what} refused: {text}"));
     }
     if err.as_revert_data().is_none() && err.to_string().contains("error sending request") {
-        return Error::Unreachable { url: "the chain RPC".into(), reason: err.to_string() };
+        return Error::Unreachable {
+            url: "the chain RPC".into(),
+            reason: err.to_string(),
+        };
     }
     Error::Reverted(format!("{what} failed: {err}"))
 }
@@ -348,9 +454,17 @@ fn explain(data: &[u8]) -> Option<String> {
                 e.releaseAt, e.now_
             ),
             SrE::NothingToWithdraw(_) => "nothing to withdraw: request an unstake first".into(),
-            SrE::AlreadyRegistered(e) => format!("{} is already registered as an operator", e.operator),
-            SrE::NotRegistered(e) => format!("{} is not a registered operator; run `hanzo-node operator register` first", e.operator),
-            SrE::NodeKeyTaken(e) => format!("node key {} is already registered by {}", e.nodeKey, e.operator),
+            SrE::AlreadyRegistered(e) => {
+                format!("{} is already registered as an operator", e.operator)
+            }
+            SrE::NotRegistered(e) => format!(
+                "{} is not a registered operator; run `hanzo-node operator register` first",
+                e.operator
+            ),
+            SrE::NodeKeyTaken(e) => format!(
+                "node key {} is already registered by {}",
+                e.nodeKey, e.operator
+            ),
             SrE::ZeroAmount(_) => "the amount must be above zero".into(),
             other => format!("{other:?}"),
         });
@@ -361,7 +475,10 @@ fn explain(data: &[u8]) -> Option<String> {
             IdE::KeyTaken(e) => format!("that key already belongs to identity {}", e.id),
             IdE::NotHolder(e) => format!("{} does not hold identity {}", e.sender, e.id),
             IdE::KeyNotFound(e) => format!("identity {} does not have that key", e.id),
-            IdE::InvalidName(e) => format!("{:?} is not a valid handle: use 1-64 of a-z 0-9 - _ .", e.name),
+            IdE::InvalidName(e) => format!(
+                "{:?} is not a valid handle: use 1-64 of a-z 0-9 - _ .",
+                e.name
+            ),
             other => format!("{other:?}"),
         });
     }
@@ -369,13 +486,23 @@ fn explain(data: &[u8]) -> Option<String> {
         return Some(match e {
             RpE::NameTaken(e) => format!("repo name {:?} is taken by repo {}", e.name, e.repoId),
             RpE::NotHolder(e) => format!("{} does not hold repo {}", e.sender, e.repoId),
-            RpE::NotIdentityHolder(e) => format!("{} does not hold identity {}", e.sender, e.identity),
-            RpE::AlreadyMember(e) => format!("identity {} already has that role in repo {}", e.identity, e.repoId),
-            RpE::NotMember(e) => format!("identity {} does not have that role in repo {}", e.identity, e.repoId),
-            RpE::InvalidName(e) => format!("{:?} is not a valid repo name: use 1-64 of a-z 0-9 - _ .", e.name),
+            RpE::NotIdentityHolder(e) => {
+                format!("{} does not hold identity {}", e.sender, e.identity)
+            }
+            RpE::AlreadyMember(e) => format!(
+                "identity {} already has that role in repo {}",
+                e.identity, e.repoId
+            ),
+            RpE::NotMember(e) => format!(
+                "identity {} does not have that role in repo {}",
+                e.identity, e.repoId
+            ),
+            RpE::InvalidName(e) => format!(
+                "{:?} is not a valid repo name: use 1-64 of a-z 0-9 - _ .",
+                e.name
+            ),
             other => format!("{other:?}"),
         });
     }
     None
 }
-

@@ -10,7 +10,7 @@ use super::{
     Deployment,
     bindings::{
         IdentityToken::{self, IdentityTokenEvents as Id},
-        RepoToken::{RepoTokenEvents as Rp},
+        RepoToken::RepoTokenEvents as Rp,
         StakeRegistry::StakeRegistryEvents as Sr,
     },
 };
@@ -88,29 +88,59 @@ fn stake_registry(ev: Sr) -> Result<Vec<Change>, String> {
             stake: e.stake,
         }],
         Sr::NodeKeyChanged(e) => {
-            vec![Change::NodeKeyChanged { operator: e.operator, node_key: node(e.newNodeKey) }]
+            vec![Change::NodeKeyChanged {
+                operator: e.operator,
+                node_key: node(e.newNodeKey),
+            }]
         }
         Sr::EndpointChanged(e) => {
-            vec![Change::EndpointChanged { operator: e.operator, endpoint: e.endpoint }]
+            vec![Change::EndpointChanged {
+                operator: e.operator,
+                endpoint: e.endpoint,
+            }]
         }
         Sr::StakeDeposited(e) => {
-            vec![Change::Stake { account: e.account, role: role(e.role)?, stake: e.stake }]
+            vec![Change::Stake {
+                account: e.account,
+                role: role(e.role)?,
+                stake: e.stake,
+            }]
         }
         Sr::UnstakeRequested(e) => {
             let (account, role) = (e.account, role(e.role)?);
             vec![
-                Change::Stake { account, role, stake: e.stake },
-                Change::Unbonding { account, role, unbonding: e.unbonding },
+                Change::Stake {
+                    account,
+                    role,
+                    stake: e.stake,
+                },
+                Change::Unbonding {
+                    account,
+                    role,
+                    unbonding: e.unbonding,
+                },
             ]
         }
         Sr::Withdrawn(e) => {
-            vec![Change::Unbonding { account: e.account, role: role(e.role)?, unbonding: U256::ZERO }]
+            vec![Change::Unbonding {
+                account: e.account,
+                role: role(e.role)?,
+                unbonding: U256::ZERO,
+            }]
         }
         Sr::Slashed(e) => {
             let (account, role) = (e.account, role(e.role)?);
             vec![
-                Change::Stake { account, role, stake: e.stake },
-                Change::Unbonding { account, role, unbonding: e.unbonding },
+                Change::Stake {
+                    account,
+                    role,
+                    stake: e.stake,
+                },
+                Change::Unbonding {
+                    account,
+                    role,
+                    unbonding: e.unbonding,
+                },
             ]
         }
         _ => Vec::new(),
@@ -129,17 +159,30 @@ pub fn identity_key(kind: u8, key: B256) -> Result<Key, String> {
 fn identity_token(ev: Id) -> Result<Vec<Change>, String> {
     Ok(match ev {
         Id::IdentityMinted(e) => {
-            vec![Change::IdentityMinted { id: id(e.id)?, holder: e.holder, handle: e.handle }]
+            vec![Change::IdentityMinted {
+                id: id(e.id)?,
+                holder: e.holder,
+                handle: e.handle,
+            }]
         }
         // Mints are covered by IdentityMinted; identities are never burned.
         Id::Transfer(IdentityToken::Transfer { from, to, tokenId })
             if !from.is_zero() && !to.is_zero() =>
         {
-            vec![Change::IdentityTransferred { id: id(tokenId)?, holder: to }]
+            vec![Change::IdentityTransferred {
+                id: id(tokenId)?,
+                holder: to,
+            }]
         }
-        Id::KeyAdded(e) => vec![Change::KeyAdded { id: id(e.id)?, key: identity_key(e.kind, e.key)? }],
+        Id::KeyAdded(e) => vec![Change::KeyAdded {
+            id: id(e.id)?,
+            key: identity_key(e.kind, e.key)?,
+        }],
         Id::KeyRevoked(e) => {
-            vec![Change::KeyRevoked { id: id(e.id)?, key: identity_key(e.kind, e.key)? }]
+            vec![Change::KeyRevoked {
+                id: id(e.id)?,
+                key: identity_key(e.kind, e.key)?,
+            }]
         }
         Id::KeysCleared(e) => vec![Change::KeysCleared { id: id(e.id)? }],
         _ => Vec::new(),
@@ -165,13 +208,22 @@ fn repo_token(ev: Rp) -> Result<Vec<Change>, String> {
         }],
         // Mints are covered by RepoCreated, burns by RepoBurned.
         Rp::Transfer(e) if !e.from.is_zero() && !e.to.is_zero() => {
-            vec![Change::RepoTransferred { id: id(e.tokenId)?, holder: e.to }]
+            vec![Change::RepoTransferred {
+                id: id(e.tokenId)?,
+                holder: e.to,
+            }]
         }
         Rp::OwnerIdentityChanged(e) => {
-            vec![Change::RepoOwnerChanged { id: id(e.repoId)?, owner_identity: id(e.ownerIdentity)? }]
+            vec![Change::RepoOwnerChanged {
+                id: id(e.repoId)?,
+                owner_identity: id(e.ownerIdentity)?,
+            }]
         }
         Rp::VisibilityChanged(e) => {
-            vec![Change::RepoVisibility { id: id(e.repoId)?, private: e.isPrivate }]
+            vec![Change::RepoVisibility {
+                id: id(e.repoId)?,
+                private: e.isPrivate,
+            }]
         }
         Rp::MemberAdded(e) => vec![Change::MemberAdded {
             repo: id(e.repoId)?,
@@ -184,10 +236,16 @@ fn repo_token(ev: Rp) -> Result<Vec<Change>, String> {
             role: member(e.role)?,
         }],
         Rp::ReplicatorAdded(e) => {
-            vec![Change::ReplicatorAdded { repo: id(e.repoId)?, node: node(e.nodeKey) }]
+            vec![Change::ReplicatorAdded {
+                repo: id(e.repoId)?,
+                node: node(e.nodeKey),
+            }]
         }
         Rp::ReplicatorRemoved(e) => {
-            vec![Change::ReplicatorRemoved { repo: id(e.repoId)?, node: node(e.nodeKey) }]
+            vec![Change::ReplicatorRemoved {
+                repo: id(e.repoId)?,
+                node: node(e.nodeKey),
+            }]
         }
         Rp::RepoBurned(e) => vec![Change::RepoBurned { id: id(e.repoId)? }],
         _ => Vec::new(),

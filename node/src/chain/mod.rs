@@ -28,15 +28,24 @@ pub use sync::{Status, Syncer};
 #[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach the chain RPC at {url}: {reason}; is the node running and the URL right?")]
+    #[error(
+        "cannot reach the chain RPC at {url}: {reason}; is the node running and the URL right?"
+    )]
     Unreachable { url: String, reason: String },
     #[error("RPC call {call} failed: {reason}")]
     Rpc { call: &'static str, reason: String },
     #[error(
         "chain id mismatch: the RPC at {url} serves chain {actual}, but the deployment file {deployment} is for chain {expected}"
     )]
-    ChainIdMismatch { url: String, actual: u64, expected: u64, deployment: String },
-    #[error("cannot read deployment file {path}: {reason}; deploy with `hanzo-node deploy` or point --chain.deployment at it")]
+    ChainIdMismatch {
+        url: String,
+        actual: u64,
+        expected: u64,
+        deployment: String,
+    },
+    #[error(
+        "cannot read deployment file {path}: {reason}; deploy with `hanzo-node deploy` or point --chain.deployment at it"
+    )]
     Deployment { path: String, reason: String },
     #[error("{0}")]
     Reverted(String),
@@ -68,7 +77,10 @@ pub struct Deployment {
 impl Deployment {
     /// Reads a deployment file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let fail = |reason: String| Error::Deployment { path: path.display().to_string(), reason };
+        let fail = |reason: String| Error::Deployment {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         if text.len() > 64 * 1024 {
             return Err(fail("larger than 64 KiB".into()));
@@ -78,7 +90,10 @@ impl Deployment {
 
     /// Writes the deployment file.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let fail = |reason: String| Error::Deployment { path: path.display().to_string(), reason };
+        let fail = |reason: String| Error::Deployment {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = serde_json::to_string_pretty(self).map_err(|e| fail(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|e| fail(e.to_string()))
     }
@@ -107,7 +122,10 @@ pub struct DeployParams {
 
 /// Connects to `url` (http or ws), optionally signing with `signer`.
 pub async fn connect(url: &str, signer: Option<PrivateKeySigner>) -> Result<DynProvider, Error> {
-    let unreachable = |e: &dyn std::fmt::Display| Error::Unreachable { url: url.to_owned(), reason: e.to_string() };
+    let unreachable = |e: &dyn std::fmt::Display| Error::Unreachable {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    };
     let provider = match signer {
         Some(s) => ProviderBuilder::new()
             .wallet(EthereumWallet::from(s))
@@ -115,7 +133,11 @@ pub async fn connect(url: &str, signer: Option<PrivateKeySigner>) -> Result<DynP
             .await
             .map_err(|e| unreachable(&e))?
             .erased(),
-        None => ProviderBuilder::new().connect(url).await.map_err(|e| unreachable(&e))?.erased(),
+        None => ProviderBuilder::new()
+            .connect(url)
+            .await
+            .map_err(|e| unreachable(&e))?
+            .erased(),
     };
     Ok(provider)
 }
@@ -130,7 +152,10 @@ pub async fn check_chain_id(
     let actual = provider
         .get_chain_id()
         .await
-        .map_err(|e| Error::Unreachable { url: url.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| Error::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
     if actual != deployment.chain_id {
         return Err(Error::ChainIdMismatch {
             url: url.to_owned(),
@@ -149,7 +174,12 @@ pub async fn deploy(
     admin: Address,
     params: &DeployParams,
 ) -> Result<Deployment, Error> {
-    let rpc = |call: &'static str| move |e: alloy::contract::Error| Error::Rpc { call, reason: e.to_string() };
+    let rpc = |call: &'static str| {
+        move |e: alloy::contract::Error| Error::Rpc {
+            call,
+            reason: e.to_string(),
+        }
+    };
     let receipt = StakeRegistry::deploy_builder(
         provider.clone(),
         params.min_operator_stake,
@@ -162,18 +192,26 @@ pub async fn deploy(
     .map_err(rpc("deploy StakeRegistry"))?
     .get_receipt()
     .await
-    .map_err(|e| Error::Rpc { call: "deploy StakeRegistry", reason: e.to_string() })?;
+    .map_err(|e| Error::Rpc {
+        call: "deploy StakeRegistry",
+        reason: e.to_string(),
+    })?;
     let (Some(registry), Some(block)) = (receipt.contract_address, receipt.block_number) else {
-        return Err(Error::Rpc { call: "deploy StakeRegistry", reason: "receipt has no contract address or block".into() });
+        return Err(Error::Rpc {
+            call: "deploy StakeRegistry",
+            reason: "receipt has no contract address or block".into(),
+        });
     };
-    let identities = IdentityToken::deploy(provider.clone()).await.map_err(rpc("deploy IdentityToken"))?;
+    let identities = IdentityToken::deploy(provider.clone())
+        .await
+        .map_err(rpc("deploy IdentityToken"))?;
     let repos = RepoToken::deploy(provider.clone(), *identities.address())
         .await
         .map_err(rpc("deploy RepoToken"))?;
-    let chain_id = provider
-        .get_chain_id()
-        .await
-        .map_err(|e| Error::Rpc { call: "eth_chainId", reason: e.to_string() })?;
+    let chain_id = provider.get_chain_id().await.map_err(|e| Error::Rpc {
+        call: "eth_chainId",
+        reason: e.to_string(),
+    })?;
     Ok(Deployment {
         chain_id,
         stake_registry: registry,

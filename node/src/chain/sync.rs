@@ -38,6 +38,10 @@ const TARGET: &str = "hanzo::chain";
 /// Longest wait between retries after RPC errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Sync progress, for readiness and metrics.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Status {
@@ -61,7 +65,9 @@ impl Status {
     /// Whether the ACL reflects every block that is `confirmations` deep.
     pub fn is_synced(&self) -> bool {
         self.last_error.is_none()
-            && self.synced.is_some_and(|s| s + self.confirmations >= self.head)
+            && self
+                .synced
+                .is_some_and(|s| s + self.confirmations >= self.head)
     }
 }
 
@@ -119,7 +125,20 @@ impl Syncer {
         };
         let (tx, rx) = watch::channel(status);
         let range = AtomicU64::new(config.max_block_range);
-        Ok((Self { provider, deployment, config, store, acl, status: tx, current, range, writing: None }, rx))
+        Ok((
+            Self {
+                provider,
+                deployment,
+                config,
+                store,
+                acl,
+                status: tx,
+                current,
+                range,
+                writing: None,
+            },
+            rx,
+        ))
     }
 
     /// Syncs until `cancel` fires: steps until caught up, then waits for a new head.
@@ -137,11 +156,18 @@ impl Syncer {
             let caught_up = match self.step().await {
                 Ok(step) => {
                     backoff = self.config.poll_interval;
-                    !matches!(step, Step::Advanced { caught_up: false, .. } | Step::RolledBack(_))
+                    !matches!(
+                        step,
+                        Step::Advanced {
+                            caught_up: false,
+                            ..
+                        } | Step::RolledBack(_)
+                    )
                 }
                 Err(err) => {
                     warn!(target: TARGET, %err, retry_in = ?backoff, "sync step failed; serving the last ACL");
-                    self.status.send_modify(|s| s.last_error = Some(err.to_string()));
+                    self.status
+                        .send_modify(|s| s.last_error = Some(err.to_string()));
                     tokio::select! {
                         () = cancel.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -164,7 +190,9 @@ impl Syncer {
         }
     }
 
-    async fn subscribe(&self) -> Option<futures_util::stream::BoxStream<'static, alloy::rpc::types::Header>> {
+    async fn subscribe(
+        &self,
+    ) -> Option<futures_util::stream::BoxStream<'static, alloy::rpc::types::Header>> {
         if !self.config.rpc_url.starts_with("ws") {
             return None;
         }
@@ -188,17 +216,23 @@ impl Syncer {
             .provider
             .get_block_number()
             .await
-            .map_err(|e| Error::Unreachable { url: self.config.rpc_url.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::Unreachable {
+                url: self.config.rpc_url.clone(),
+                reason: e.to_string(),
+            })?;
         self.status.send_modify(|s| s.head = head);
 
         let target = head.saturating_sub(self.config.confirmations);
-        let from = self.current.block.map_or(self.deployment.block, |b| b.number + 1);
+        let from = self
+            .current
+            .block
+            .map_or(self.deployment.block, |b| b.number + 1);
         let checkpoint = self.current.block;
         if target < from {
-            if let Some(cp) = checkpoint {
-                if self.block_hash(cp.number).await? != Some(cp.hash) {
-                    return Ok(Step::RolledBack(self.roll_back().await?));
-                }
+            if let Some(cp) = checkpoint
+                && self.block_hash(cp.number).await? != Some(cp.hash)
+            {
+                return Ok(Step::RolledBack(self.roll_back().await?));
             }
             self.mark_success();
             return Ok(Step::Idle);
@@ -229,7 +263,10 @@ impl Syncer {
         let fetched = started.elapsed();
 
         let mut next = Snapshot {
-            block: Some(BlockRef { number: to, hash: header.0 }),
+            block: Some(BlockRef {
+                number: to,
+                hash: header.0,
+            }),
             block_time: header.1,
             events_applied: self.current.events_applied + logs.len() as u64,
             state: self.current.state.clone(),
@@ -244,18 +281,27 @@ impl Syncer {
             from,
             to,
             logs = logs.len(),
-            fetch_ms = fetched.as_millis() as u64,
-            apply_ms = (started.elapsed() - fetched).as_millis() as u64,
+            fetch_ms = ms(fetched),
+            apply_ms = ms(started.elapsed() - fetched),
             "applied"
         );
         // Publish first: the ACL is derived state, so if the node dies before the
         // checkpoint lands it re-applies these blocks from the previous one.
         self.current = Arc::new(next);
         self.acl.publish(self.current.clone());
-        let (store, snapshot, keep) = (self.store.clone(), self.current.clone(), self.config.checkpoints_kept);
-        self.writing = Some(tokio::task::spawn_blocking(move || store.put_checkpoint(&snapshot, keep)));
+        let (store, snapshot, keep) = (
+            self.store.clone(),
+            self.current.clone(),
+            self.config.checkpoints_kept,
+        );
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            store.put_checkpoint(&snapshot, keep)
+        }));
         self.mark_success();
-        Ok(Step::Advanced { to, caught_up: to >= target })
+        Ok(Step::Advanced {
+            to,
+            caught_up: to >= target,
+        })
     }
 
     /// Waits for the checkpoint write in flight, if any.
@@ -263,13 +309,16 @@ impl Syncer {
         if let Some(write) = self.writing.take() {
             let started = Instant::now();
             write.await.map_err(|e| Error::Task(e.to_string()))??;
-            debug!(target: TARGET, wait_ms = started.elapsed().as_millis() as u64, "checkpoint written");
+            debug!(target: TARGET, wait_ms = ms(started.elapsed()), "checkpoint written");
         }
         Ok(())
     }
 
     fn mark_success(&self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.status.send_modify(|s| {
             s.synced = self.current.block.map(|b| b.number);
             s.events_applied = self.current.events_applied;
@@ -280,7 +329,11 @@ impl Syncer {
 
     /// Logs of `from..=to`, halving the range while the endpoint refuses it as too big;
     /// with the range's new end if it had to shrink.
-    async fn logs(&self, from: u64, to: u64) -> Result<(Vec<alloy::rpc::types::Log>, Option<u64>), Error> {
+    async fn logs(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<(Vec<alloy::rpc::types::Log>, Option<u64>), Error> {
         let mut end = to;
         loop {
             let filter = Filter::new()
@@ -290,12 +343,17 @@ impl Syncer {
             match self.provider.get_logs(&filter).await {
                 Ok(logs) => return Ok((logs, (end != to).then_some(end))),
                 Err(err) if end > from && err.as_error_resp().is_some() => {
-                    let range = ((end - from + 1) / 2).max(1);
+                    let range = (end - from + 1).div_ceil(2);
                     self.range.store(range, Ordering::Relaxed);
                     end = from + range - 1;
                     debug!(target: TARGET, %err, range, "eth_getLogs refused; halving the range");
                 }
-                Err(err) => return Err(Error::Rpc { call: "eth_getLogs", reason: err.to_string() }),
+                Err(err) => {
+                    return Err(Error::Rpc {
+                        call: "eth_getLogs",
+                        reason: err.to_string(),
+                    });
+                }
             }
         }
     }
@@ -305,8 +363,14 @@ impl Syncer {
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(number))
             .await
-            .map_err(|e| Error::Rpc { call: "eth_getBlockByNumber", reason: e.to_string() })?
-            .ok_or_else(|| Error::Rpc { call: "eth_getBlockByNumber", reason: format!("block {number} not found") })?;
+            .map_err(|e| Error::Rpc {
+                call: "eth_getBlockByNumber",
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| Error::Rpc {
+                call: "eth_getBlockByNumber",
+                reason: format!("block {number} not found"),
+            })?;
         Ok((block.header.hash, block.header.timestamp))
     }
 
@@ -315,7 +379,10 @@ impl Syncer {
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(number))
             .await
-            .map_err(|e| Error::Rpc { call: "eth_getBlockByNumber", reason: e.to_string() })?
+            .map_err(|e| Error::Rpc {
+                call: "eth_getBlockByNumber",
+                reason: e.to_string(),
+            })?
             .map(|b| b.header.hash))
     }
 
@@ -332,7 +399,9 @@ impl Syncer {
             }
         }
         match restored.block {
-            Some(_) => self.store.put_checkpoint(&restored, self.config.checkpoints_kept)?,
+            Some(_) => self
+                .store
+                .put_checkpoint(&restored, self.config.checkpoints_kept)?,
             None => self.store.clear_checkpoints()?,
         }
         let to = restored.block.map(|b| b.number);
