@@ -326,13 +326,17 @@ async fn signed(config: &Config, args: &SignerArgs) -> Result<(Client, Address)>
     Ok((client(config, Some(s)).await?, address))
 }
 
+/// Prints a read's result; a closed pipe (`| head`) ends the output quietly.
 fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+    let out = if json {
+        serde_json::to_string_pretty(value)? + "\n"
     } else {
-        print!("{}", text());
+        text()
+    };
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn parse_key(arg: &str) -> Result<Key> {
@@ -378,10 +382,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             node.shutdown().await;
             Ok(())
         }
-        Command::Config { .. } => {
-            print!("{}", config.dump());
-            Ok(())
-        }
+        Command::Config { .. } => print(false, &(), || config.dump()),
         Command::Deploy(args) => {
             let s = signer(&config, &args.signer)?;
             let admin = s.address();
