@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     acl::{self, Key, Member, StakeRole},
-    chain::{self, Client, DeployParams, Deployment},
+    chain::{self, Client, DeployParams},
     config::{CONFIG_FILE, Config, Overrides},
     keys::{self, NODE_KEY_FILE, NodeKey, OPERATOR_KEYSTORE_FILE, SshKey},
     node::Node,
@@ -49,7 +49,7 @@ enum Command {
     Operator(OperatorCmd),
     /// Caller (dApp) stake.
     #[command(subcommand)]
-    Caller(CallerCmd),
+    Caller(StakeCmd),
     /// Identity tokens and their keys.
     #[command(subcommand)]
     Identity(IdentityCmd),
@@ -113,35 +113,6 @@ enum OperatorCmd {
         #[command(flatten)]
         signer: SignerArgs,
     },
-    /// Show an operator's stake [default: this data dir's operator].
-    Status {
-        /// Operator address.
-        #[arg(long)]
-        address: Option<Address>,
-        #[command(flatten)]
-        read: ReadArgs,
-        #[command(flatten)]
-        signer: SignerArgs,
-    },
-    /// Add stake.
-    Deposit {
-        #[arg(value_parser = parse_amount)]
-        amount: U256,
-        #[command(flatten)]
-        signer: SignerArgs,
-    },
-    /// Start unbonding stake; it stops counting at once.
-    Unstake {
-        #[arg(value_parser = parse_amount)]
-        amount: U256,
-        #[command(flatten)]
-        signer: SignerArgs,
-    },
-    /// Withdraw stake whose unbonding period is over.
-    Withdraw {
-        #[command(flatten)]
-        signer: SignerArgs,
-    },
     /// Slash an operator or caller (needs the registry's slasher role).
     Slash {
         /// Account to slash.
@@ -157,31 +128,37 @@ enum OperatorCmd {
         #[command(flatten)]
         signer: SignerArgs,
     },
+    #[command(flatten)]
+    Stake(StakeCmd),
 }
 
+/// Stake commands operators and callers share.
 #[derive(Debug, Subcommand)]
-enum CallerCmd {
-    /// Add caller stake.
+enum StakeCmd {
+    /// Add stake.
     Deposit {
+        /// Amount, e.g. `1ETH`, `0.5`, `100gwei`.
         #[arg(value_parser = parse_amount)]
         amount: U256,
         #[command(flatten)]
         signer: SignerArgs,
     },
-    /// Start unbonding caller stake.
+    /// Start unbonding stake; it stops counting at once.
     Unstake {
+        /// Amount, e.g. `0.5ETH`.
         #[arg(value_parser = parse_amount)]
         amount: U256,
         #[command(flatten)]
         signer: SignerArgs,
     },
-    /// Withdraw unbonded caller stake.
+    /// Withdraw stake whose unbonding period is over.
     Withdraw {
         #[command(flatten)]
         signer: SignerArgs,
     },
-    /// Show a caller's stake [default: the signer's address].
+    /// Show the stake [default: of the signer's address].
     Status {
+        /// Account address.
         #[arg(long)]
         address: Option<Address>,
         #[command(flatten)]
@@ -308,15 +285,8 @@ fn signer(config: &Config, args: &SignerArgs) -> Result<PrivateKeySigner> {
 
 /// Connects a client, checking the chain id against the deployment file.
 async fn client(config: &Config, signer: Option<PrivateKeySigner>) -> Result<Client> {
-    let deployment = Deployment::load(&config.deployment_path())?;
-    let provider = chain::connect(&config.chain.rpc_url, signer).await?;
-    chain::check_chain_id(
-        &provider,
-        &config.chain.rpc_url,
-        &deployment,
-        &config.deployment_path(),
-    )
-    .await?;
+    let (provider, deployment) =
+        chain::open(&config.chain.rpc_url, signer, &config.deployment_path()).await?;
     Ok(Client::new(provider, deployment))
 }
 
@@ -403,7 +373,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Operator(cmd) => operator(&config, cmd).await,
-        Command::Caller(cmd) => caller(&config, cmd).await,
+        Command::Caller(cmd) => stake(&config, StakeRole::Caller, cmd).await,
         Command::Identity(cmd) => identity(&config, cmd).await,
         Command::Repo(cmd) => repo(&config, cmd).await,
         Command::Acl(AclCmd::Show(read)) => {
@@ -478,46 +448,6 @@ async fn operator(config: &Config, cmd: OperatorCmd) -> Result<()> {
                 r.block_number.unwrap_or_default()
             );
         }
-        OperatorCmd::Status {
-            address,
-            read,
-            signer: s,
-        } => {
-            let address = match address {
-                Some(a) => a,
-                None => signer(config, &s)?.address(),
-            };
-            let v = client(config, None)
-                .await?
-                .stake(address, StakeRole::Operator)
-                .await?;
-            print(read.json, &v, || {
-                format!("operator {}node key {}\n", stake_text(&v), v.node_key)
-            })?;
-        }
-        OperatorCmd::Deposit { amount, signer: s } => {
-            signed(config, &s).await?.0.deposit_operator(amount).await?;
-            println!("deposited {} of operator stake", acl::eth(amount));
-        }
-        OperatorCmd::Unstake { amount, signer: s } => {
-            signed(config, &s)
-                .await?
-                .0
-                .request_unstake(StakeRole::Operator, amount)
-                .await?;
-            println!(
-                "unbonding {} of operator stake; it no longer counts",
-                acl::eth(amount)
-            );
-        }
-        OperatorCmd::Withdraw { signer: s } => {
-            signed(config, &s)
-                .await?
-                .0
-                .withdraw(StakeRole::Operator)
-                .await?;
-            println!("withdrew unbonded operator stake");
-        }
         OperatorCmd::Slash {
             account,
             amount,
@@ -537,36 +467,41 @@ async fn operator(config: &Config, cmd: OperatorCmd) -> Result<()> {
                 .await?;
             println!("slashed {} from {account}", acl::eth(amount));
         }
+        OperatorCmd::Stake(cmd) => stake(config, StakeRole::Operator, cmd).await?,
     }
     Ok(())
 }
 
-async fn caller(config: &Config, cmd: CallerCmd) -> Result<()> {
+async fn stake(config: &Config, role: StakeRole, cmd: StakeCmd) -> Result<()> {
+    let what = match role {
+        StakeRole::Operator => "operator",
+        StakeRole::Caller => "caller",
+    };
     match cmd {
-        CallerCmd::Deposit { amount, signer: s } => {
-            signed(config, &s).await?.0.deposit_caller(amount).await?;
-            println!("deposited {} of caller stake", acl::eth(amount));
+        StakeCmd::Deposit { amount, signer: s } => {
+            let (c, _) = signed(config, &s).await?;
+            match role {
+                StakeRole::Operator => c.deposit_operator(amount).await?,
+                StakeRole::Caller => c.deposit_caller(amount).await?,
+            };
+            println!("deposited {} of {what} stake", acl::eth(amount));
         }
-        CallerCmd::Unstake { amount, signer: s } => {
+        StakeCmd::Unstake { amount, signer: s } => {
             signed(config, &s)
                 .await?
                 .0
-                .request_unstake(StakeRole::Caller, amount)
+                .request_unstake(role, amount)
                 .await?;
             println!(
-                "unbonding {} of caller stake; it no longer counts",
+                "unbonding {} of {what} stake; it no longer counts",
                 acl::eth(amount)
             );
         }
-        CallerCmd::Withdraw { signer: s } => {
-            signed(config, &s)
-                .await?
-                .0
-                .withdraw(StakeRole::Caller)
-                .await?;
-            println!("withdrew unbonded caller stake");
+        StakeCmd::Withdraw { signer: s } => {
+            signed(config, &s).await?.0.withdraw(role).await?;
+            println!("withdrew unbonded {what} stake");
         }
-        CallerCmd::Status {
+        StakeCmd::Status {
             address,
             read,
             signer: s,
@@ -575,11 +510,14 @@ async fn caller(config: &Config, cmd: CallerCmd) -> Result<()> {
                 Some(a) => a,
                 None => signer(config, &s)?.address(),
             };
-            let v = client(config, None)
-                .await?
-                .stake(address, StakeRole::Caller)
-                .await?;
-            print(read.json, &v, || format!("caller {}", stake_text(&v)))?;
+            let v = client(config, None).await?.stake(address, role).await?;
+            print(read.json, &v, || {
+                let node = match role {
+                    StakeRole::Operator => format!("node key {}\n", v.node_key),
+                    StakeRole::Caller => String::new(),
+                };
+                format!("{what} {}{node}", stake_text(&v))
+            })?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::{
     acl::{Acl, Snapshot},
-    chain::{self, Deployment, Status, Syncer},
+    chain::{self, Status, Syncer},
     config::Config,
     http,
     keys::{NODE_KEY_FILE, NodeKey},
@@ -52,15 +52,8 @@ impl Node {
     /// serves until [`Node::shutdown`].
     pub async fn start(config: Config) -> Result<Self, Error> {
         let key = NodeKey::load(&config.data_dir.join(NODE_KEY_FILE))?;
-        let deployment = Deployment::load(&config.deployment_path())?;
-        let provider = chain::connect(&config.chain.rpc_url, None).await?;
-        chain::check_chain_id(
-            &provider,
-            &config.chain.rpc_url,
-            &deployment,
-            &config.deployment_path(),
-        )
-        .await?;
+        let (provider, deployment) =
+            chain::open(&config.chain.rpc_url, None, &config.deployment_path()).await?;
         let store = Arc::new(Store::open(&config.db_path())?);
         store.bind_deployment(&deployment.id())?;
 

@@ -74,6 +74,22 @@ fn node(key: B256) -> NodeId {
     NodeId(key.0)
 }
 
+/// Both balances of an account after an unstake request or a slash.
+fn balances(account: Address, role: StakeRole, stake: U256, unbonding: U256) -> Vec<Change> {
+    vec![
+        Change::Stake {
+            account,
+            role,
+            stake,
+        },
+        Change::Unbonding {
+            account,
+            role,
+            unbonding,
+        },
+    ]
+}
+
 fn stake_registry(ev: Sr) -> Result<Vec<Change>, String> {
     Ok(match ev {
         Sr::ParamsChanged(e) => vec![Change::Params(Params {
@@ -106,21 +122,7 @@ fn stake_registry(ev: Sr) -> Result<Vec<Change>, String> {
                 stake: e.stake,
             }]
         }
-        Sr::UnstakeRequested(e) => {
-            let (account, role) = (e.account, role(e.role)?);
-            vec![
-                Change::Stake {
-                    account,
-                    role,
-                    stake: e.stake,
-                },
-                Change::Unbonding {
-                    account,
-                    role,
-                    unbonding: e.unbonding,
-                },
-            ]
-        }
+        Sr::UnstakeRequested(e) => balances(e.account, role(e.role)?, e.stake, e.unbonding),
         Sr::Withdrawn(e) => {
             vec![Change::Unbonding {
                 account: e.account,
@@ -128,21 +130,7 @@ fn stake_registry(ev: Sr) -> Result<Vec<Change>, String> {
                 unbonding: U256::ZERO,
             }]
         }
-        Sr::Slashed(e) => {
-            let (account, role) = (e.account, role(e.role)?);
-            vec![
-                Change::Stake {
-                    account,
-                    role,
-                    stake: e.stake,
-                },
-                Change::Unbonding {
-                    account,
-                    role,
-                    unbonding: e.unbonding,
-                },
-            ]
-        }
+        Sr::Slashed(e) => balances(e.account, role(e.role)?, e.stake, e.unbonding),
         _ => Vec::new(),
     })
 }

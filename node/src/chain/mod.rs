@@ -142,13 +142,15 @@ pub async fn connect(url: &str, signer: Option<PrivateKeySigner>) -> Result<DynP
     Ok(provider)
 }
 
-/// Checks that `provider` serves the deployment's chain.
-pub async fn check_chain_id(
-    provider: &DynProvider,
+/// Loads the deployment file at `deployment_path`, connects to `url` (signing with
+/// `signer`, if any) and checks that the endpoint serves the deployment's chain.
+pub async fn open(
     url: &str,
-    deployment: &Deployment,
+    signer: Option<PrivateKeySigner>,
     deployment_path: &Path,
-) -> Result<(), Error> {
+) -> Result<(DynProvider, Deployment), Error> {
+    let deployment = Deployment::load(deployment_path)?;
+    let provider = connect(url, signer).await?;
     let actual = provider
         .get_chain_id()
         .await
@@ -164,7 +166,7 @@ pub async fn check_chain_id(
             deployment: deployment_path.display().to_string(),
         });
     }
-    Ok(())
+    Ok((provider, deployment))
 }
 
 /// Deploys the three contracts from `provider`'s signer, with `admin` as the registry's

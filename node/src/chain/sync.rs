@@ -358,7 +358,8 @@ impl Syncer {
         }
     }
 
-    async fn header(&self, number: u64) -> Result<(B256, u64), Error> {
+    /// Hash and timestamp of block `number`, if the chain has it.
+    async fn block(&self, number: u64) -> Result<Option<(B256, u64)>, Error> {
         let block = self
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(number))
@@ -366,24 +367,19 @@ impl Syncer {
             .map_err(|e| Error::Rpc {
                 call: "eth_getBlockByNumber",
                 reason: e.to_string(),
-            })?
-            .ok_or_else(|| Error::Rpc {
-                call: "eth_getBlockByNumber",
-                reason: format!("block {number} not found"),
             })?;
-        Ok((block.header.hash, block.header.timestamp))
+        Ok(block.map(|b| (b.header.hash, b.header.timestamp)))
+    }
+
+    async fn header(&self, number: u64) -> Result<(B256, u64), Error> {
+        self.block(number).await?.ok_or_else(|| Error::Rpc {
+            call: "eth_getBlockByNumber",
+            reason: format!("block {number} not found"),
+        })
     }
 
     async fn block_hash(&self, number: u64) -> Result<Option<B256>, Error> {
-        Ok(self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Number(number))
-            .await
-            .map_err(|e| Error::Rpc {
-                call: "eth_getBlockByNumber",
-                reason: e.to_string(),
-            })?
-            .map(|b| b.header.hash))
+        Ok(self.block(number).await?.map(|(hash, _)| hash))
     }
 
     /// Restores the newest stored checkpoint still on the canonical chain.
