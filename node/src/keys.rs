@@ -39,6 +39,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("no node key at {path}: run `hanzo-node init` to create the data dir")]
+    MissingNodeKey { path: String },
     #[error("{path} is not a node key: expected 64 hex characters (a 32-byte ed25519 seed)")]
     MalformedNodeKey { path: String },
     #[error(
@@ -89,10 +91,16 @@ impl NodeKey {
 
     /// Reads the key from `path`.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| Error::Io {
-            action: "read",
-            path: path.display().to_string(),
-            source,
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
+            let path = path.display().to_string();
+            match source.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingNodeKey { path },
+                _ => Error::Io {
+                    action: "read",
+                    path,
+                    source,
+                },
+            }
         })?);
         let malformed = || Error::MalformedNodeKey {
             path: path.display().to_string(),

@@ -255,3 +255,22 @@ async fn shallow_reorg_never_shows_and_deep_reorg_is_rolled_back() {
         "a shallow reorg showed in the ACL"
     );
 }
+
+#[tokio::test]
+async fn websocket_endpoint_syncs_on_new_heads() {
+    let net = Devnet::start().await;
+    let mut config = net.config();
+    config.chain.rpc_url = net.anvil.ws_endpoint();
+    // Polling alone would wait a minute: only the head subscription can drive this.
+    config.chain.poll_interval = Duration::from_secs(60);
+    let node = hanzo_node::node::Node::start(config).await.unwrap();
+    node.synced_to(net.head().await - 2).await;
+
+    net.client(1).await.mint_identity("alice").await.unwrap();
+    let block = net.confirm().await;
+    let snap = tokio::time::timeout(WAIT, node.synced_to(block))
+        .await
+        .expect("no sync on new heads");
+    assert!(snap.state.identity_by_handle("alice").is_some());
+    node.shutdown().await;
+}
