@@ -113,6 +113,13 @@ enum OperatorCmd {
         #[command(flatten)]
         signer: SignerArgs,
     },
+    /// Change the endpoint published on-chain.
+    SetEndpoint {
+        /// New endpoint hint.
+        endpoint: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
     /// Slash an operator or caller (needs the registry's slasher role).
     Slash {
         /// Account to slash.
@@ -447,6 +454,13 @@ async fn operator(config: &Config, cmd: OperatorCmd) -> Result<()> {
                 acl::eth(stake),
                 r.block_number.unwrap_or_default()
             );
+        }
+        OperatorCmd::SetEndpoint {
+            endpoint,
+            signer: s,
+        } => {
+            signed(config, &s).await?.0.set_endpoint(&endpoint).await?;
+            println!("endpoint set to {endpoint:?}");
         }
         OperatorCmd::Slash {
             account,

@@ -9,7 +9,7 @@
 use std::{fmt, fs, io::Write, path::Path};
 
 use alloy::{
-    primitives::{Address, B256},
+    primitives::B256,
     signers::local::{
         LocalSignerError, MnemonicBuilder, PrivateKeySigner,
         coins_bip39::{English, Mnemonic},
@@ -84,11 +84,6 @@ impl NodeKey {
         NodeId(self.0.verifying_key().to_bytes())
     }
 
-    /// The signing key, for the modules that sign with it.
-    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
-        &self.0
-    }
-
     /// Reads the key from `path`.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
@@ -154,20 +149,6 @@ impl fmt::Display for NodeId {
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::str::FromStr for NodeId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let hex_part = s.strip_prefix("0x").unwrap_or(s);
-        let mut out = [0u8; 32];
-        if hex_part.len() != 64 || hex::decode_to_slice(hex_part, &mut out).is_err() {
-            return Err(Error::PrivateKey(format!(
-                "node key {s:?} is not 32 bytes of hex"
-            )));
-        }
-        Ok(Self(out))
     }
 }
 
@@ -332,14 +313,10 @@ impl SshKey {
     }
 }
 
-/// An Ethereum address as the IdentityToken stores it (left-padded to 32 bytes).
-pub fn address_to_b256(address: Address) -> B256 {
-    address.into_word()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy::primitives::Address;
 
     #[test]
     fn ssh_key_round_trips_and_fingerprints_like_ssh_keygen() {

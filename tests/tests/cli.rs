@@ -103,6 +103,10 @@ async fn operator_workflow_through_the_binary() {
         ],
         &[data, PASSWORD],
     ));
+    ok(&net.cli(
+        &["operator", "set-endpoint", "127.0.0.1:7001"],
+        &[data, PASSWORD],
+    ));
     let status = ok(&net.cli(&["operator", "status", "--json"], &[data, PASSWORD]));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["active"], true);
@@ -201,6 +205,7 @@ async fn operator_workflow_through_the_binary() {
         net.dev_address(3).to_string()
     );
     assert_eq!(acl["operators"][0]["stake"], "2 ETH");
+    assert_eq!(acl["operators"][0]["endpoint"], "127.0.0.1:7001");
     assert_eq!(acl["operators"][0]["active"], true);
     assert_eq!(acl["identities"][0]["handle"], "carol");
     assert_eq!(acl["repos"][0]["committers"], serde_json::json!(["carol"]));
