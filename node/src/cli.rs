@@ -39,7 +39,7 @@ enum Command {
     /// Show the effective configuration.
     Config {
         /// Print it as TOML.
-        #[arg(long)]
+        #[arg(long, required = true)]
         dump: bool,
     },
     /// Deploy the contracts and write the deployment file.

@@ -1,6 +1,7 @@
 //! The node's HTTP listener: `/health` (process up), `/liveness` (sync task alive),
 //! `/readiness` (ACL synced within `confirmations` of the head), `/metrics`
-//! (Prometheus) and `/acl` (the current ACL as JSON, for `hanzo-node acl show`).
+//! (Prometheus) and `/acl` (the current ACL as JSON, as `hanzo-node acl show --json`
+//! prints it).
 
 use std::{
     sync::atomic::AtomicU64,
@@ -110,7 +111,7 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     gauge(
         "hanzo_chain_events_applied",
         "Contract logs applied to the ACL since deployment",
-        st.events_applied,
+        snap.events_applied,
     );
     gauge(
         "hanzo_chain_reorgs",

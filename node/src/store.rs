@@ -2,7 +2,7 @@
 //! of record.
 //!
 //! * `meta` — schema version and the deployment the data belongs to.
-//! * `acl` — ACL checkpoints: block number (big-endian) → encoded [`Snapshot`]. The
+//! * `acl` — ACL checkpoints: block number (big-endian) and hash → encoded [`Snapshot`]. The
 //!   newest is where sync resumes; older ones (a bounded window) are the undo log a
 //!   deep reorg rolls back to.
 //!
@@ -15,12 +15,13 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
-use crate::acl::Snapshot;
+use crate::acl::{BlockRef, Snapshot};
 
 const CF_META: &str = "meta";
 const CF_ACL: &str = "acl";
 const COLUMN_FAMILIES: [&str; 2] = [CF_META, CF_ACL];
-const SCHEMA_VERSION: &[u8] = b"1";
+/// 2: checkpoint keys are block number and hash.
+const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
 const KEY_DEPLOYMENT: &[u8] = b"deployment";
 /// Largest encoded snapshot accepted when reading back (a guard against a corrupt record).
@@ -38,6 +39,14 @@ pub enum Error {
     Locked {
         path: String,
         source: rocksdb::Error,
+    },
+    #[error(
+        "the database at {path} has schema version {found}, this node reads version {known}; it holds only state rebuilt from the chain, so remove it and restart"
+    )]
+    Schema {
+        path: String,
+        found: String,
+        known: String,
     },
     #[error("corrupt {what} record: {detail}")]
     Corrupt { what: &'static str, detail: String },
@@ -82,29 +91,34 @@ impl Store {
             }
         })?;
         let store = Self { db };
-        match store.db.get_cf(store.cf(CF_META), KEY_SCHEMA)? {
-            None => store
+        if !store.has_schema(path)? {
+            store
                 .db
-                .put_cf(store.cf(CF_META), KEY_SCHEMA, SCHEMA_VERSION)?,
-            Some(v) if v == SCHEMA_VERSION => {}
-            Some(v) => {
-                return Err(Error::Corrupt {
-                    what: "schema",
-                    detail: format!(
-                        "version {:?}, this node knows {:?}",
-                        String::from_utf8_lossy(&v),
-                        "1"
-                    ),
-                });
-            }
+                .put_cf(store.cf(CF_META), KEY_SCHEMA, SCHEMA_VERSION)?;
         }
         Ok(store)
+    }
+
+    /// Whether the database at `path` records a schema version (a new one does not),
+    /// refusing a version other than this node's.
+    fn has_schema(&self, path: &Path) -> Result<bool, Error> {
+        match self.db.get_cf(self.cf(CF_META), KEY_SCHEMA)? {
+            None => Ok(false),
+            Some(v) if v == SCHEMA_VERSION => Ok(true),
+            Some(v) => Err(Error::Schema {
+                path: path.display().to_string(),
+                found: String::from_utf8_lossy(&v).into_owned(),
+                known: String::from_utf8_lossy(SCHEMA_VERSION).into_owned(),
+            }),
+        }
     }
 
     /// Opens the database read-only, beside a node that may be running on it.
     pub fn open_read_only(path: &Path) -> Result<Self, Error> {
         let db = DB::open_cf_for_read_only(&Options::default(), path, COLUMN_FAMILIES, false)?;
-        Ok(Self { db })
+        let store = Self { db };
+        store.has_schema(path)?;
+        Ok(store)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -138,25 +152,41 @@ impl Store {
             .transpose()
     }
 
-    /// ACL checkpoints from newest to oldest.
-    pub fn checkpoints(&self) -> impl Iterator<Item = Result<Snapshot, Error>> + '_ {
+    /// The blocks of the stored ACL checkpoints, newest first (read from the keys;
+    /// no state is decoded).
+    pub fn checkpoint_blocks(&self) -> Result<Vec<BlockRef>, Error> {
         self.db
             .iterator_cf(self.cf(CF_ACL), IteratorMode::End)
-            .map(|r| r.map_err(Error::from).and_then(|(_, v)| decode(&v)))
+            .map(|r| block_of_key(&r?.0))
+            .collect()
+    }
+
+    /// The ACL checkpoint at `block`.
+    pub fn checkpoint(&self, block: BlockRef) -> Result<Option<Snapshot>, Error> {
+        self.db
+            .get_cf(self.cf(CF_ACL), checkpoint_key(block))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// Writes `snapshot` as the newest checkpoint, deletes checkpoints after it (a
     /// rollback) and keeps at most `keep` in all.
     pub fn put_checkpoint(&self, snapshot: &Snapshot, keep: usize) -> Result<(), Error> {
-        let number = snapshot.block.map(|b| b.number).unwrap_or(0);
-        let key = number.to_be_bytes();
+        let Some(block) = snapshot.block else {
+            return Err(Error::Corrupt {
+                what: "acl",
+                detail: "a checkpoint needs a block".into(),
+            });
+        };
+        let key = checkpoint_key(block);
         let value = postcard::to_stdvec(snapshot).map_err(|e| Error::Corrupt {
             what: "acl",
             detail: e.to_string(),
         })?;
         let cf = self.cf(CF_ACL);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, (number + 1).to_be_bytes(), u64::MAX.to_be_bytes());
+        // Every key of a later block starts with a number >= block + 1.
+        batch.delete_range_cf(cf, &(block.number + 1).to_be_bytes()[..], &KEY_END[..]);
         batch.put_cf(cf, key, value);
         // Checkpoints older than the newest `keep` (this one included) go.
         let mut older = self
@@ -165,7 +195,7 @@ impl Store {
             .filter(|r| r.as_ref().map_or(true, |(k, _)| k[..] != key[..]));
         if let Some(item) = older.nth(keep.max(1) - 1) {
             let (oldest_dropped, _) = item?;
-            batch.delete_range_cf(cf, &0u64.to_be_bytes()[..], &successor(&oldest_dropped)[..]);
+            batch.delete_range_cf(cf, &[][..], &successor(&oldest_dropped)[..]);
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
@@ -175,12 +205,35 @@ impl Store {
     /// Deletes every ACL checkpoint (a rebuild from the deployment block follows).
     pub fn clear_checkpoints(&self) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_ACL), 0u64.to_be_bytes(), u64::MAX.to_be_bytes());
-        batch.delete_cf(self.cf(CF_ACL), u64::MAX.to_be_bytes());
+        batch.delete_range_cf(self.cf(CF_ACL), &[][..], &KEY_END[..]);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         Ok(self.db.write_opt(batch, &opts)?)
     }
+}
+
+/// Checkpoint keys: block number (big-endian, so they sort by number), then block hash.
+fn checkpoint_key(block: BlockRef) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&block.number.to_be_bytes());
+    key[8..].copy_from_slice(block.hash.as_slice());
+    key
+}
+
+/// Past every checkpoint key.
+const KEY_END: [u8; 41] = [0xff; 41];
+
+fn block_of_key(key: &[u8]) -> Result<BlockRef, Error> {
+    let corrupt = || Error::Corrupt {
+        what: "acl",
+        detail: format!("key of {} bytes", key.len()),
+    };
+    let (number, hash) = key.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let hash: [u8; 32] = hash.try_into().map_err(|_| corrupt())?;
+    Ok(BlockRef {
+        number: u64::from_be_bytes(*number),
+        hash: hash.into(),
+    })
 }
 
 fn decode(bytes: &[u8]) -> Result<Snapshot, Error> {
@@ -206,7 +259,6 @@ fn successor(key: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acl::BlockRef;
 
     fn at(number: u64) -> Snapshot {
         Snapshot {
@@ -228,8 +280,10 @@ mod tests {
             store.put_checkpoint(&at(n), 4).unwrap();
         }
         let numbers: Vec<u64> = store
-            .checkpoints()
-            .map(|s| s.unwrap().block.unwrap().number)
+            .checkpoint_blocks()
+            .unwrap()
+            .iter()
+            .map(|b| b.number)
             .collect();
         assert_eq!(numbers, vec![10, 9, 8, 7]);
         // A rollback to 8 drops 9 and 10.
@@ -238,7 +292,13 @@ mod tests {
             store.latest_checkpoint().unwrap().unwrap().events_applied,
             8
         );
-        assert_eq!(store.checkpoints().count(), 2);
+        assert_eq!(store.checkpoint_blocks().unwrap().len(), 2);
+        let seven = store.checkpoint_blocks().unwrap()[1];
+        assert_eq!(store.checkpoint(seven).unwrap().unwrap().events_applied, 7);
+        assert!(
+            store.put_checkpoint(&Snapshot::default(), 4).is_err(),
+            "no block, no checkpoint"
+        );
         drop(store);
         // Survives a reopen.
         let store = Store::open(dir.path()).unwrap();
@@ -265,6 +325,22 @@ mod tests {
         assert!(err.to_string().contains("already running"), "{err}");
         let ro = Store::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.latest_checkpoint().unwrap().unwrap().events_applied, 3);
+    }
+
+    #[test]
+    fn other_schema_version_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .db
+            .put_cf(store.cf(CF_META), KEY_SCHEMA, b"1")
+            .unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Schema { .. }), "{err}");
+        let err = Store::open_read_only(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Schema { .. }), "{err}");
+        assert!(err.to_string().contains("remove it and restart"), "{err}");
     }
 
     #[test]

@@ -220,5 +220,12 @@ async fn operator_workflow_through_the_binary() {
     assert!(metrics.contains("hanzo_chain_synced_block"), "{metrics}");
     assert!(metrics.contains("hanzo_acl_age_seconds"), "{metrics}");
     assert_eq!(http_get(&http, "/liveness").unwrap().0, 200);
+    let (code, body) = http_get(&http, "/acl").unwrap();
+    assert_eq!(code, 200);
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        served["operators"], acl["operators"],
+        "GET /acl and `acl show` disagree"
+    );
     assert!(Path::new(&dir).join("db").exists());
 }

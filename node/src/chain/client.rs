@@ -427,12 +427,6 @@ fn revert(what: &str, err: &alloy::contract::Error) -> Error {
     {
         return Error::Reverted(format!("{what} refused: {text}"));
     }
-    if err.as_revert_data().is_none() && err.to_string().contains("error sending request") {
-        return Error::Unreachable {
-            url: "the chain RPC".into(),
-            reason: err.to_string(),
-        };
-    }
     Error::Reverted(format!("{what} failed: {err}"))
 }
 

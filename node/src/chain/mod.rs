@@ -29,7 +29,7 @@ pub use sync::{Status, Syncer};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "cannot reach the chain RPC at {url}: {reason}; is the node running and the URL right?"
+        "cannot reach the chain RPC at {url}: {reason}; is the chain node running and the URL right?"
     )]
     Unreachable { url: String, reason: String },
     #[error("RPC call {call} failed: {reason}")]

@@ -9,11 +9,8 @@
 //! by subscription on a `ws://` endpoint and by polling otherwise.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use alloy::{
@@ -51,10 +48,6 @@ pub struct Status {
     pub synced: Option<u64>,
     /// Confirmations required.
     pub confirmations: u64,
-    /// Logs applied since the deployment block.
-    pub events_applied: u64,
-    /// Unix time of the last successful sync step.
-    pub last_success: Option<u64>,
     /// The last sync error, cleared by the next success.
     pub last_error: Option<String>,
     /// Reorgs rolled back since start.
@@ -81,7 +74,7 @@ pub struct Syncer {
     status: watch::Sender<Status>,
     current: Arc<Snapshot>,
     /// Blocks per `eth_getLogs`; shrinks when the endpoint refuses a range.
-    range: AtomicU64,
+    range: u64,
     /// The checkpoint write in flight; the next step waits for it.
     writing: Option<JoinHandle<Result<(), crate::store::Error>>>,
 }
@@ -120,11 +113,10 @@ impl Syncer {
         let status = Status {
             synced: current.block.map(|b| b.number),
             confirmations: config.confirmations,
-            events_applied: current.events_applied,
             ..Default::default()
         };
         let (tx, rx) = watch::channel(status);
-        let range = AtomicU64::new(config.max_block_range);
+        let range = config.max_block_range;
         Ok((
             Self {
                 provider,
@@ -237,7 +229,7 @@ impl Syncer {
             self.mark_success();
             return Ok(Step::Idle);
         }
-        let to = target.min(from.saturating_add(self.range.load(Ordering::Relaxed) - 1));
+        let to = target.min(from.saturating_add(self.range - 1));
         // The checkpoint check, the logs and the range's last header are independent:
         // one round trip instead of three.
         let started = Instant::now();
@@ -255,9 +247,13 @@ impl Syncer {
             return Ok(Step::RolledBack(self.roll_back().await?));
         }
         let (logs, shortened) = logs?;
-        // A shortened range (the endpoint refused a big one) needs its own header.
+        // A shortened range (the endpoint refused a big one) is the new range size,
+        // and needs its own header.
         let (to, header) = match shortened {
-            Some(end) => (end, self.header(end).await?),
+            Some(end) => {
+                self.range = end - from + 1;
+                (end, self.header(end).await?)
+            }
             None => (to, header?),
         };
         let fetched = started.elapsed();
@@ -315,14 +311,8 @@ impl Syncer {
     }
 
     fn mark_success(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         self.status.send_modify(|s| {
             s.synced = self.current.block.map(|b| b.number);
-            s.events_applied = self.current.events_applied;
-            s.last_success = Some(now);
             s.last_error = None;
         });
     }
@@ -344,7 +334,6 @@ impl Syncer {
                 Ok(logs) => return Ok((logs, (end != to).then_some(end))),
                 Err(err) if end > from && err.as_error_resp().is_some() => {
                     let range = (end - from + 1).div_ceil(2);
-                    self.range.store(range, Ordering::Relaxed);
                     end = from + range - 1;
                     debug!(target: TARGET, %err, range, "eth_getLogs refused; halving the range");
                 }
@@ -385,12 +374,10 @@ impl Syncer {
     /// Restores the newest stored checkpoint still on the canonical chain.
     async fn roll_back(&mut self) -> Result<Option<u64>, Error> {
         let from = self.current.block.map(|b| b.number);
-        let checkpoints: Vec<Snapshot> = self.store.checkpoints().collect::<Result<_, _>>()?;
         let mut restored = Snapshot::default();
-        for cp in checkpoints {
-            let Some(b) = cp.block else { continue };
+        for b in self.store.checkpoint_blocks()? {
             if self.block_hash(b.number).await? == Some(b.hash) {
-                restored = cp;
+                restored = self.store.checkpoint(b)?.unwrap_or_default();
                 break;
             }
         }
