@@ -59,6 +59,22 @@ enum Command {
     /// This node's ACL.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// A git credential helper that answers with a private-repo read token signed
+    /// by your SSH key (git runs it; see the README).
+    GitCredential(GitCredentialArgs),
+}
+
+#[derive(Debug, Args)]
+struct GitCredentialArgs {
+    /// Your SSH ed25519 private key (or its public key, when the private one is in
+    /// ssh-agent).
+    #[arg(long)]
+    key: PathBuf,
+    /// How long a token lives; the node refuses more than its git.max_token_lifetime.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+    /// What git asks: get, store or erase.
+    action: String,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +251,13 @@ enum RepoCmd {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// The repo's ref tips on this node, each with the identity and push certificate
+    /// that set it.
+    Refs {
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -384,20 +407,47 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Identity(cmd) => identity(&config, cmd).await,
         Command::Repo(cmd) => repo(&config, cmd).await,
         Command::Acl(AclCmd::Show(read)) => {
-            let path = config.db_path();
-            if !path.exists() {
-                bail!(
-                    "no database at {}: start the node with `hanzo-node run` first",
-                    path.display()
-                );
-            }
-            let store = Store::open_read_only(&path)?;
+            let store = local_store(&config)?;
             let snap = store.latest_checkpoint()?.unwrap_or_default();
             print(read.json, &acl::view::json(&snap), || {
                 acl::view::text(&snap)
             })
         }
+        Command::GitCredential(args) => git_credential(&args),
     }
+}
+
+/// The node's database, read-only (the node may be running).
+fn local_store(config: &Config) -> Result<Store> {
+    let path = config.db_path();
+    if !path.exists() {
+        bail!(
+            "no database at {}: start the node with `hanzo-node run` first",
+            path.display()
+        );
+    }
+    Ok(Store::open_read_only(&path)?)
+}
+
+/// git's credential helper protocol: `key=value` lines on stdin, answered on stdout.
+fn git_credential(args: &GitCredentialArgs) -> Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 64 * 1024), &mut input)?;
+    if args.action != "get" {
+        return Ok(()); // nothing is stored
+    }
+    let path = input
+        .lines()
+        .find_map(|l| l.strip_prefix("path="))
+        .unwrap_or_default();
+    // `demo.git` or `demo.git/info/refs` with credential.useHttpPath; `*` without.
+    let first = path.split('/').next().unwrap_or_default();
+    let repo = first.strip_suffix(".git").unwrap_or(first);
+    let repo = if repo.is_empty() { "*" } else { repo };
+    let expires = crate::git::now() + args.lifetime.as_secs();
+    let token = crate::git::token::issue(&args.key, repo, expires)?;
+    println!("username=hanzo\npassword={token}");
+    Ok(())
 }
 
 fn init(config: &Config, args: &InitArgs) -> Result<()> {
@@ -608,6 +658,22 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
         RepoCmd::RemoveCommitter(a) => member(a, Member::Committer, false).await?,
         RepoCmd::AddReader(a) => member(a, Member::Reader, true).await?,
         RepoCmd::RemoveReader(a) => member(a, Member::Reader, false).await?,
+        RepoCmd::Refs { name, read } => {
+            let store = local_store(config)?;
+            let snap = store.latest_checkpoint()?.unwrap_or_default();
+            let (id, _) = snap.repo(&name)?;
+            let refs = crate::git::ref_views(&store, id)?;
+            print(read.json, &refs, || {
+                refs.iter()
+                    .map(|r| {
+                        format!(
+                            "{} {}  by {} ({}), cert {}\n",
+                            r.target, r.name, r.handle, r.key, r.cert
+                        )
+                    })
+                    .collect()
+            })?;
+        }
         RepoCmd::Show { name, read } => {
             let v = client(config, None).await?.repo(&name).await?;
             print(read.json, &v, || {

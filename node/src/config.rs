@@ -42,8 +42,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Chain access.
     pub chain: ChainConfig,
-    /// The HTTP listener (health, readiness, metrics).
+    /// The HTTP listener (git smart HTTP, health, readiness, metrics).
     pub http: HttpConfig,
+    /// Git hosting limits and windows.
+    pub git: GitConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -80,6 +82,44 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
+/// Git hosting: limits on what one request may carry, and how long signed things last.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Largest pack one push may send, in bytes. Default: 4 GiB.
+    pub max_pack_bytes: u64,
+    /// Most objects one pushed pack may hold. Default: 10,000,000.
+    pub max_objects: u32,
+    /// Most ref updates in one push. Default: 1000.
+    pub max_ref_updates: usize,
+    /// Largest request besides the pack (push commands and certificate, fetch
+    /// negotiation), in bytes. Default: 16 MiB.
+    pub max_request_bytes: usize,
+    /// A client that sends nothing for this long is dropped. Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a push-certificate nonce stays valid. Default: `5m`.
+    #[serde(with = "humantime_serde")]
+    pub nonce_window: Duration,
+    /// Longest lifetime accepted for a private-repo read token. Default: `1h`.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self {
+            max_pack_bytes: 4 << 30,
+            max_objects: 10_000_000,
+            max_ref_updates: 1000,
+            max_request_bytes: 16 << 20,
+            idle_timeout: Duration::from_secs(60),
+            nonce_window: Duration::from_secs(300),
+            max_token_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,6 +134,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             chain: ChainConfig::default(),
             http: HttpConfig::default(),
+            git: GitConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -246,6 +287,12 @@ impl Config {
                 reason: "must be above zero".into(),
             });
         }
+        if self.git.idle_timeout.is_zero() || self.git.nonce_window.is_zero() {
+            return Err(Error::Invalid {
+                setting: "git.idle_timeout / git.nonce_window",
+                reason: "must be above zero".into(),
+            });
+        }
         Ok(())
     }
 
@@ -257,6 +304,11 @@ impl Config {
     /// The database's path.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("db")
+    }
+
+    /// Where the bare repositories live.
+    pub fn repos_path(&self) -> PathBuf {
+        self.data_dir.join("repos")
     }
 
     /// The effective configuration as TOML.

@@ -1,7 +1,7 @@
 //! The node's HTTP listener: `/health` (process up), `/liveness` (sync task alive),
 //! `/readiness` (ACL synced within `confirmations` of the head), `/metrics`
-//! (Prometheus) and `/acl` (the current ACL as JSON, as `hanzo-node acl show --json`
-//! prints it).
+//! (Prometheus), `/acl` (the current ACL as JSON, as `hanzo-node acl show --json`
+//! prints it), and git's smart HTTP under `/<repo>.git/` (see [`crate::git`]).
 
 use std::{
     sync::atomic::AtomicU64,
@@ -13,7 +13,7 @@ use prometheus_client::{encoding::text::encode, metrics::gauge::Gauge, registry:
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::{acl::Acl, chain::Status};
+use crate::{acl::Acl, chain::Status, git::Git};
 
 #[derive(Clone)]
 struct Shared {
@@ -29,6 +29,7 @@ pub async fn serve(
     acl: Acl,
     status: watch::Receiver<Status>,
     sync_done: CancellationToken,
+    git: Git,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let shared = Shared {
@@ -42,7 +43,8 @@ pub async fn serve(
         .route("/readiness", get(readiness))
         .route("/metrics", get(metrics))
         .route("/acl", get(acl_json))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(crate::git::router(git));
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -8,6 +8,7 @@ pub mod acl;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod git;
 pub mod http;
 pub mod keys;
 pub mod node;

@@ -11,6 +11,7 @@ use crate::{
     acl::{Acl, Snapshot},
     chain::{self, Status, Syncer},
     config::Config,
+    git::Git,
     http,
     keys::{NODE_KEY_FILE, NodeKey},
     store::{self, Store},
@@ -28,6 +29,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Keys(#[from] crate::keys::Error),
+    #[error("repos: {0}")]
+    Git(#[from] crate::git::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -62,9 +65,19 @@ impl Node {
             provider,
             deployment.clone(),
             config.chain.clone(),
-            store,
+            store.clone(),
             publisher,
         )?;
+        let git = Git::new(
+            config.repos_path(),
+            acl.clone(),
+            store,
+            &key,
+            config.git.clone(),
+        );
+        // The syncer has published the stored checkpoint: make its repos exist and
+        // agree with their push records before serving.
+        git.sync_repos(&acl.snapshot(), true).await?;
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -85,10 +98,19 @@ impl Node {
                 done.cancel();
             })
         };
+        let repos_task = {
+            let (git, cancel) = (git.clone(), cancel.child_token());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = git.follow_acl() => {}
+                    () = cancel.cancelled() => {}
+                }
+            })
+        };
         let http_task = {
             let (acl, status, cancel) = (acl.clone(), status.clone(), cancel.child_token());
             tokio::spawn(async move {
-                if let Err(err) = http::serve(listener, acl, status, sync_done, cancel).await {
+                if let Err(err) = http::serve(listener, acl, status, sync_done, git, cancel).await {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }
             })
@@ -105,7 +127,7 @@ impl Node {
             status,
             http_addr,
             cancel,
-            tasks: vec![sync_task, http_task],
+            tasks: vec![sync_task, repos_task, http_task],
         })
     }
 

@@ -5,6 +5,9 @@
 //! * `acl` — ACL checkpoints: block number (big-endian) and hash → encoded [`Snapshot`]. The
 //!   newest is where sync resumes; older ones (a bounded window) are the undo log a
 //!   deep reorg rolls back to.
+//! * `refs` — per repo and ref, the [`RefRecord`] of the accepted push that set its
+//!   tip: key repo id (big-endian) then ref name.
+//! * `certs` — push certificates by SHA-256 of their text.
 //!
 //! Writes that must land together go in one write batch with a synced WAL, so a crash
 //! leaves either the old or the new checkpoint, never a mix.
@@ -15,17 +18,38 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
+use sha2::Digest;
+
 use crate::acl::{BlockRef, Snapshot};
 
 const CF_META: &str = "meta";
 const CF_ACL: &str = "acl";
-const COLUMN_FAMILIES: [&str; 2] = [CF_META, CF_ACL];
+const CF_REFS: &str = "refs";
+const CF_CERTS: &str = "certs";
+const COLUMN_FAMILIES: [&str; 4] = [CF_META, CF_ACL, CF_REFS, CF_CERTS];
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
 const KEY_DEPLOYMENT: &[u8] = b"deployment";
 /// Largest encoded snapshot accepted when reading back (a guard against a corrupt record).
 const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+
+/// Why a ref has its tip: the accepted push that set it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefRecord {
+    /// The tip (a SHA-1 object id).
+    pub target: [u8; 20],
+    /// SHA-256 of the push certificate, a key of the `certs` column family.
+    pub cert: [u8; 32],
+    /// The pushing identity.
+    pub identity: u64,
+    /// Its handle at the time of the push.
+    pub handle: String,
+    /// Fingerprint of the signing key.
+    pub key: String,
+    /// Unix time on the certificate's `pusher` line.
+    pub timestamp: u64,
+}
 
 /// What went wrong with the database.
 #[allow(missing_docs)] // each variant's #[error] message documents it
@@ -41,7 +65,7 @@ pub enum Error {
         source: rocksdb::Error,
     },
     #[error(
-        "the database at {path} has schema version {found}, this node reads version {known}; it holds only state rebuilt from the chain, so remove it and restart"
+        "the database at {path} has schema version {found}, this node reads version {known}; run the node version that wrote it, or move it aside and restart (the ACL is rebuilt from the chain; repos then have no push records)"
     )]
     Schema {
         path: String,
@@ -202,6 +226,64 @@ impl Store {
         Ok(self.db.write_opt(batch, &opts)?)
     }
 
+    /// The ref records of `repo`, by ref name.
+    pub fn refs(&self, repo: u64) -> Result<Vec<(String, RefRecord)>, Error> {
+        let prefix = repo.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_REFS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            let Some(name) = key.strip_prefix(&prefix[..]) else {
+                break;
+            };
+            let corrupt = |detail: String| Error::Corrupt {
+                what: "refs",
+                detail,
+            };
+            let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+            let record = postcard::from_bytes(&value).map_err(|e| corrupt(e.to_string()))?;
+            out.push((name, record));
+        }
+        Ok(out)
+    }
+
+    /// Records an accepted push to `repo` in one synced write: its certificate, and
+    /// for each ref the new record, or `None` for a deleted ref.
+    pub fn record_push(
+        &self,
+        repo: u64,
+        cert: &[u8],
+        updates: &[(&str, Option<RefRecord>)],
+    ) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
+        batch.put_cf(self.cf(CF_CERTS), hash, cert);
+        for (name, record) in updates {
+            let mut key = repo.to_be_bytes().to_vec();
+            key.extend_from_slice(name.as_bytes());
+            match record {
+                Some(r) => {
+                    let value = postcard::to_stdvec(r).map_err(|e| Error::Corrupt {
+                        what: "refs",
+                        detail: e.to_string(),
+                    })?;
+                    batch.put_cf(self.cf(CF_REFS), key, value);
+                }
+                None => batch.delete_cf(self.cf(CF_REFS), key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// The push certificate whose SHA-256 is `hash`.
+    pub fn cert(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(CF_CERTS), hash)?)
+    }
+
     /// Deletes every ACL checkpoint (a rebuild from the deployment block follows).
     pub fn clear_checkpoints(&self) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
@@ -340,7 +422,7 @@ mod tests {
         assert!(matches!(err, Error::Schema { .. }), "{err}");
         let err = Store::open_read_only(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Schema { .. }), "{err}");
-        assert!(err.to_string().contains("remove it and restart"), "{err}");
+        assert!(err.to_string().contains("move it aside and restart"), "{err}");
     }
 
     #[test]
@@ -353,6 +435,29 @@ mod tests {
             store.bind_deployment("1:0xdef"),
             Err(Error::OtherDeployment { .. })
         ));
+    }
+
+    #[test]
+    fn push_records_per_repo() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let record = |t: u8| RefRecord {
+            target: [t; 20],
+            cert: sha2::Sha256::digest(b"cert").into(),
+            identity: 1,
+            handle: "alice".into(),
+            key: "SHA256:x".into(),
+            timestamp: 5,
+        };
+        store
+            .record_push(1, b"cert", &[("refs/heads/a", Some(record(1))), ("refs/heads/b", Some(record(2)))])
+            .unwrap();
+        store.record_push(2, b"cert", &[("refs/heads/a", Some(record(3)))]).unwrap();
+        store.record_push(1, b"cert", &[("refs/heads/b", None)]).unwrap();
+        assert_eq!(store.refs(1).unwrap(), vec![("refs/heads/a".into(), record(1))]);
+        assert_eq!(store.refs(2).unwrap()[0].1, record(3));
+        assert!(store.refs(3).unwrap().is_empty());
+        assert_eq!(store.cert(&record(1).cert).unwrap().unwrap(), b"cert");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use alloy::{
     providers::{DynProvider, Provider, ext::AnvilApi},
     signers::local::PrivateKeySigner,
 };
+pub mod git;
+
 use hanzo_node::{
     chain::{self, Client, DeployParams, Deployment},
     config::Config,

@@ -116,7 +116,8 @@ pub fn eth(amount: U256) -> String {
 }
 
 impl Snapshot {
-    fn repo_named(&self, name: &str) -> Result<(RepoId, &Repo), Denied> {
+    /// The repo named `name`: its token id and record.
+    pub fn repo(&self, name: &str) -> Result<(RepoId, &Repo), Denied> {
         self.state
             .repo_by_name(name)
             .ok_or_else(|| Denied::UnknownRepo(name.to_owned()))
@@ -180,7 +181,7 @@ impl Snapshot {
         reference: &str,
         rewrite: bool,
     ) -> Result<Pusher, Denied> {
-        let (_, r) = self.repo_named(repo)?;
+        let (_, r) = self.repo(repo)?;
         let (identity, who) = self
             .identity_of(&Key::Ssh(*key))
             .ok_or_else(|| Denied::UnknownKey(key.fingerprint()))?;
@@ -209,7 +210,7 @@ impl Snapshot {
     /// Whether the holder of `key` may read repo `repo`: anyone for a public repo;
     /// readers, committers and the owner for a private one.
     pub fn may_read(&self, key: Option<&Key>, repo: &str) -> Result<(), Denied> {
-        let (_, r) = self.repo_named(repo)?;
+        let (_, r) = self.repo(repo)?;
         if !r.private {
             return Ok(());
         }
@@ -240,7 +241,7 @@ impl Snapshot {
     /// The nodes that should hold repo `repo`: its preferred replicators that are active
     /// operators' nodes, or, when it names none of those, every active operator's node.
     pub fn replicators(&self, repo: &str) -> Result<Vec<NodeId>, Denied> {
-        let (_, r) = self.repo_named(repo)?;
+        let (_, r) = self.repo(repo)?;
         let preferred: Vec<NodeId> = r
             .replicators
             .iter()

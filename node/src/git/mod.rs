@@ -1,0 +1,390 @@
+//! Git hosting: one bare repo per RepoToken, served over smart HTTP.
+//!
+//! * Fetches (protocol v0, v1 and v2) are served by the stock `git upload-pack
+//!   --stateless-rpc`: gix has no server side, and git's negotiation and pack reuse
+//!   are what clones are measured against.
+//! * Pushes are ours: the push certificate is verified (SSH signature, nonce, ACL)
+//!   before the pack is read; gix indexes and verifies the pack in a quarantine; the
+//!   pack's objects must refer only to objects that exist; non-fast-forwards and
+//!   deletions need the repo owner; then, under the repo's push lock, the pack moves
+//!   in, the refs move in one compare-and-swap transaction, and the certificate is
+//!   recorded with every ref it moved.
+
+pub mod cert;
+pub mod pktline;
+mod receive;
+mod repos;
+mod serve;
+pub mod sshsig;
+pub mod token;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncBufRead;
+
+/// A request body being read.
+pub(crate) type BodyReader = Box<dyn AsyncBufRead + Send + Unpin>;
+use tracing::{info, warn};
+
+pub use serve::router;
+
+use crate::{
+    acl::{Acl, RepoId, Snapshot},
+    config::GitConfig,
+    keys::NodeKey,
+    store::{RefRecord, Store},
+};
+use cert::{Command, Nonces};
+use receive::Report;
+
+const TARGET: &str = "hanzo::git";
+/// Most bytes of a refused push read and discarded so that the client sees the
+/// report; beyond it, the connection is closed.
+const MAX_DRAIN: u64 = 64 << 20;
+
+/// Why a git request failed.
+#[allow(missing_docs)] // each variant's #[error] message documents it
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The client's fault; the message is shown to it.
+    #[error("{0}")]
+    Rejected(String),
+    /// The node's fault; logged, and the client is told to look at the node's log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The git service: repos on disk, their push records, and the ACL that rules them.
+#[derive(Clone)]
+pub struct Git {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    acl: Acl,
+    store: Arc<Store>,
+    nonces: Nonces,
+    config: GitConfig,
+    push_locks: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Git {
+    /// The service for repos under `root`. Nonces are keyed by a secret derived from
+    /// the node key, so they stay valid across a restart.
+    pub fn new(
+        root: PathBuf,
+        acl: Acl,
+        store: Arc<Store>,
+        node_key: &NodeKey,
+        config: GitConfig,
+    ) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"hanzo-node push-cert nonce key\0");
+        h.update(node_key.seed().as_slice());
+        let nonces = Nonces::new(h.finalize().into(), config.nonce_window);
+        Self {
+            inner: Arc::new(Inner {
+                root,
+                acl,
+                store,
+                nonces,
+                config,
+                push_locks: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Creates the repos of every RepoToken in `snapshot` that has none yet and
+    /// reconciles existing ones with their push records (after a crash).
+    pub async fn sync_repos(&self, snapshot: &Snapshot, reconcile: bool) -> Result<(), Error> {
+        let this = self.clone();
+        let ids: Vec<RepoId> = snapshot.state.repos.keys().copied().collect();
+        blocking(move || {
+            for id in ids {
+                let existed = repos::path(&this.inner.root, id).exists();
+                let dir = repos::ensure(&this.inner.root, id)?;
+                if existed && reconcile {
+                    let records = this.records(id)?;
+                    let fixed = repos::reconcile(&dir, &records)?;
+                    if fixed > 0 {
+                        warn!(target: TARGET, repo = id, fixed, "restored refs to their push records");
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates repos as RepoTokens appear, until the ACL's publisher goes away.
+    pub async fn follow_acl(self) {
+        let mut acl = self.inner.acl.clone();
+        while let Ok(snapshot) = acl.changed().await {
+            if let Err(err) = self.sync_repos(&snapshot, false).await {
+                warn!(target: TARGET, %err, "cannot create repos");
+            }
+        }
+    }
+
+    fn records(&self, id: RepoId) -> Result<Vec<(String, RefRecord)>, Error> {
+        self.inner
+            .store
+            .refs(id)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The repo named `name`: its token id and directory, created if missing.
+    async fn open(&self, snapshot: &Snapshot, name: &str) -> Result<(RepoId, PathBuf), Error> {
+        let (id, _) = snapshot
+            .repo(name)
+            .map_err(|e| Error::Rejected(e.to_string()))?;
+        let root = self.inner.root.clone();
+        let dir = blocking(move || repos::ensure(&root, id)).await?;
+        Ok((id, dir))
+    }
+
+    /// Handles a push request whose head is already parsed; the pack follows in `body`.
+    async fn push(
+        &self,
+        name: &str,
+        request: &receive::Request,
+        body: &mut BodyReader,
+    ) -> Report {
+        let commands = &request.commands;
+        match self.try_push(name, request, body).await {
+            Ok(report) => report,
+            Err(err) => {
+                let reason = match &err {
+                    Error::Rejected(why) => why.clone(),
+                    Error::Internal(why) => {
+                        warn!(target: TARGET, repo = name, %why, "push failed");
+                        "internal error; see the node's log".into()
+                    }
+                };
+                info!(target: TARGET, repo = name, %reason, "push refused");
+                // Let the client finish sending (discarded, not buffered) so that it
+                // reads the report.
+                drain(body, MAX_DRAIN).await;
+                Report::refused(commands, &reason)
+            }
+        }
+    }
+
+    async fn try_push(
+        &self,
+        name: &str,
+        request: &receive::Request,
+        body: &mut BodyReader,
+    ) -> Result<Report, Error> {
+        let max = self.inner.config.max_ref_updates;
+        if request.commands.len() > max {
+            return Err(Error::Rejected(format!(
+                "{} ref updates in one push, more than {max} (git.max_ref_updates)",
+                request.commands.len()
+            )));
+        }
+        let snapshot = self.inner.acl.snapshot();
+        let (id, dir) = self.open(&snapshot, name).await?;
+        let cert = request.cert.as_ref().ok_or_else(|| {
+            Error::Rejected(
+                "pushes must be signed: run `git push --signed` with gpg.format=ssh and user.signingkey set to your ed25519 key (or set push.gpgSign=true)".into(),
+            )
+        })?;
+        let key = cert
+            .verify()
+            .map_err(|e| Error::Rejected(e.to_string()))?;
+        self.inner
+            .nonces
+            .check(&cert.nonce, id, now())
+            .map_err(|e| Error::Rejected(e.to_string()))?;
+        for cmd in &request.commands {
+            snapshot
+                .may_push(&key, name, &cmd.name, false)
+                .map_err(|e| Error::Rejected(e.to_string()))?;
+        }
+
+        let incoming = if request.commands.iter().all(Command::is_delete) {
+            let dir = dir.clone();
+            blocking(move || repos::Incoming::none(&dir)).await
+        } else {
+            self.receive_pack(&dir, body).await
+        }
+        ?;
+        let objects = incoming.object_count();
+
+        // Checks that need the objects: they depend on objects only, which only grow.
+        let (check_dir, cmds) = (dir.clone(), request.commands.clone());
+        let (incoming, rewrites) = blocking(move || {
+            let rewrites = incoming.check(&check_dir, &cmds)?;
+            Ok((incoming, rewrites))
+        })
+        .await?;
+        // The push itself, under the repo's lock.
+        let lock = self.push_lock(id);
+        let _guard = lock.lock().await;
+        // The ACL may have moved while the pack arrived: ask the newest.
+        let snapshot = self.inner.acl.snapshot();
+        let mut pusher = None;
+        for (cmd, rewrite) in request.commands.iter().zip(&rewrites) {
+            pusher = Some(
+                snapshot
+                    .may_push(&key, name, &cmd.name, *rewrite)
+                    .map_err(|e| Error::Rejected(e.to_string()))?,
+            );
+        }
+        let Some(pusher) = pusher else {
+            return Err(Error::Rejected("no commands".into()));
+        };
+
+        let (apply_dir, cmds) = (dir.clone(), request.commands.clone());
+        blocking(move || repos::apply(&apply_dir, incoming, &cmds))
+            .await
+            ?;
+        let hash = cert.hash();
+        let fingerprint = key.fingerprint();
+        let updates: Vec<(&str, Option<RefRecord>)> = request
+            .commands
+            .iter()
+            .map(|c| {
+                let record = (!c.is_delete()).then(|| RefRecord {
+                    target: *c.new.as_bytes().first_chunk().unwrap_or(&[0; 20]),
+                    cert: hash,
+                    identity: pusher.identity,
+                    handle: pusher.handle.clone(),
+                    key: fingerprint.clone(),
+                    timestamp: cert.timestamp,
+                });
+                (c.name.as_str(), record)
+            })
+            .collect();
+        if let Err(e) = self.inner.store.record_push(id, &cert.text, &updates) {
+            // The refs moved but cannot be justified: put them back.
+            let records = self.records(id).unwrap_or_default();
+            let _ = blocking(move || repos::reconcile(&dir, &records)).await;
+            return Err(Error::Internal(format!("record push: {e}")));
+        }
+        info!(
+            target: TARGET,
+            repo = name,
+            pusher = %pusher.handle,
+            key = %fingerprint,
+            refs = request.commands.len(),
+            objects,
+            cert = %hex::encode(hash),
+            "push accepted"
+        );
+        let mut messages = Vec::new();
+        if !request.caps.quiet {
+            messages.push(format!(
+                "hanzo: accepted {} ref update(s), {objects} object(s), signed by {} ({fingerprint})",
+                request.commands.len(),
+                pusher.handle
+            ));
+        }
+        Ok(Report {
+            unpack: Ok(()),
+            refs: request
+                .commands
+                .iter()
+                .map(|c| (c.name.clone(), Ok(())))
+                .collect(),
+            messages,
+        })
+    }
+
+    async fn receive_pack(
+        &self,
+        dir: &std::path::Path,
+        body: &mut BodyReader,
+    ) -> Result<repos::Incoming, Error> {
+        let limits = repos::PackLimits {
+            max_bytes: self.inner.config.max_pack_bytes,
+            max_objects: self.inner.config.max_objects,
+        };
+        let dir = dir.to_owned();
+        // The body moves to the blocking pool and back.
+        let owned = std::mem::replace(body, Box::new(tokio::io::empty()));
+        let (result, owned) = tokio::task::spawn_blocking(move || {
+            let mut sync = tokio_util::io::SyncIoBridge::new(owned);
+            let result = repos::receive(&dir, &mut sync, limits);
+            (result, sync.into_inner())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("pack task: {e}")))?;
+        *body = owned;
+        result
+    }
+
+    fn push_lock(&self, id: RepoId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .push_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(id).or_default().clone()
+    }
+}
+
+/// Reads and discards up to `limit` bytes of `body`.
+async fn drain(body: &mut BodyReader, limit: u64) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::io::copy(&mut body.take(limit), &mut tokio::io::sink()).await;
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+}
+
+/// A ref of a repo as `hanzo-node repo refs` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct RefView {
+    /// Full ref name.
+    #[serde(rename = "ref")]
+    pub name: String,
+    /// Tip.
+    pub target: String,
+    /// Pushing identity's token id.
+    pub identity: u64,
+    /// Its handle.
+    pub handle: String,
+    /// Signing key fingerprint.
+    pub key: String,
+    /// SHA-256 of the push certificate.
+    pub cert: String,
+    /// Certificate time (unix seconds).
+    pub timestamp: u64,
+}
+
+/// The recorded refs of repo `id`.
+pub fn ref_views(store: &Store, id: RepoId) -> Result<Vec<RefView>, crate::store::Error> {
+    Ok(store
+        .refs(id)?
+        .into_iter()
+        .map(|(name, r)| RefView {
+            name,
+            target: hex::encode(r.target),
+            identity: r.identity,
+            handle: r.handle,
+            key: r.key,
+            cert: hex::encode(r.cert),
+            timestamp: r.timestamp,
+        })
+        .collect())
+}

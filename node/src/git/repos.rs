@@ -1,0 +1,474 @@
+//! The bare repositories on disk, through gix: creation, ref listing, receiving a
+//! pack into a quarantine, checking it, and moving refs with compare-and-swap.
+//!
+//! Everything here blocks; callers run it on the blocking pool.
+
+use std::{
+    collections::HashSet,
+    io::{self, BufRead, Read},
+    path::{Path, PathBuf},
+    sync::atomic::AtomicBool,
+};
+
+use gix::{
+    ObjectId, Repository,
+    objs::{CommitRefIter, Kind, TagRefIter, TreeRefIter},
+    refs::{
+        Target,
+        transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog},
+    },
+};
+use tracing::{info, warn};
+
+use super::{Error, cert::Command};
+use crate::{acl::RepoId, store::RefRecord};
+
+const TARGET: &str = "hanzo::git";
+/// Largest single object (or delta result) accepted while indexing a pack.
+const MAX_OBJECT_BYTES: usize = 1 << 30;
+const QUARANTINE_PREFIX: &str = "incoming-";
+const SHA1: gix::hash::Kind = gix::hash::Kind::Sha1;
+
+fn internal(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{context}: {e}"))
+}
+
+/// The directory of repo `id` under `root`.
+pub fn path(root: &Path, id: RepoId) -> PathBuf {
+    root.join(format!("{id}.git"))
+}
+
+/// Creates the bare repo `id` under `root` unless it exists; new repos start with
+/// `HEAD` at `refs/heads/main`. Creation happens in a temporary directory renamed
+/// into place, so a crash never leaves half a repo.
+pub fn ensure(root: &Path, id: RepoId) -> Result<PathBuf, Error> {
+    let dir = path(root, id);
+    if dir.exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(root).map_err(|e| internal("create repos dir", e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".init-")
+        .tempdir_in(root)
+        .map_err(|e| internal("create temp dir", e))?;
+    gix::init_bare(tmp.path()).map_err(|e| internal("init bare repo", e))?;
+    std::fs::write(tmp.path().join("HEAD"), "ref: refs/heads/main\n")
+        .map_err(|e| internal("write HEAD", e))?;
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.exists() {
+            return Err(internal("move new repo into place", e));
+        }
+    }
+    info!(target: TARGET, repo = id, path = %dir.display(), "created bare repo");
+    Ok(dir)
+}
+
+fn open(dir: &Path) -> Result<Repository, Error> {
+    let mut repo = gix::open(dir).map_err(|e| internal("open repo", e))?;
+    repo.object_cache_size_if_unset(16 << 20);
+    Ok(repo)
+}
+
+/// Every ref of the repo at `dir` pointing at an object, sorted by name.
+pub fn refs(dir: &Path) -> Result<Vec<(String, ObjectId)>, Error> {
+    let repo = open(dir)?;
+    list_refs(&repo)
+}
+
+fn list_refs(repo: &Repository) -> Result<Vec<(String, ObjectId)>, Error> {
+    let platform = repo.references().map_err(|e| internal("list refs", e))?;
+    let mut out = Vec::new();
+    for r in platform.all().map_err(|e| internal("list refs", e))? {
+        let r = r.map_err(|e| internal("read ref", e))?;
+        if let Some(id) = r.target().try_id() {
+            out.push((r.name().as_bstr().to_string(), id.to_owned()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Limits on one received pack.
+#[derive(Debug, Clone, Copy)]
+pub struct PackLimits {
+    /// Largest pack in bytes.
+    pub max_bytes: u64,
+    /// Most objects.
+    pub max_objects: u32,
+}
+
+/// A received pack, indexed in a quarantine directory inside the repo's object
+/// store, invisible to the repo until [`apply`] moves it in. Dropping it deletes it.
+pub struct Incoming {
+    dir: tempfile::TempDir,
+    pack: Option<(PathBuf, PathBuf)>,
+    objects: Vec<ObjectId>,
+}
+
+/// Reads a pack from `reader` into a new quarantine of the repo at `repo_dir`,
+/// completing a thin pack from the repo's objects and verifying every entry.
+pub fn receive(
+    repo_dir: &Path,
+    reader: &mut dyn BufRead,
+    limits: PackLimits,
+) -> Result<Incoming, Error> {
+    let repo = open(repo_dir)?;
+    let objects_dir = repo_dir.join("objects");
+    let dir = tempfile::Builder::new()
+        .prefix(QUARANTINE_PREFIX)
+        .tempdir_in(&objects_dir)
+        .map_err(|e| internal("create quarantine", e))?;
+    let pack_dir = dir.path().join("pack");
+    std::fs::create_dir_all(&pack_dir).map_err(|e| internal("create quarantine", e))?;
+    std::fs::create_dir_all(dir.path().join("info"))
+        .and_then(|()| {
+            let objects = objects_dir.canonicalize()?;
+            std::fs::write(
+                dir.path().join("info/alternates"),
+                format!("{}\n", objects.display()),
+            )
+        })
+        .map_err(|e| internal("create quarantine", e))?;
+
+    let mut limited = io::BufReader::with_capacity(
+        1 << 16,
+        Limited {
+            inner: reader,
+            read: 0,
+            header: Vec::with_capacity(12),
+            limits,
+            violation: None,
+        },
+    );
+    let interrupt = AtomicBool::new(false);
+    let outcome = gix::odb::pack::Bundle::write_to_directory(
+        &mut limited,
+        Some(&pack_dir),
+        &mut gix::progress::Discard,
+        &interrupt,
+        Some(repo.objects.clone()),
+        SHA1,
+        gix::odb::pack::bundle::write::Options {
+            alloc_limit_bytes: Some(MAX_OBJECT_BYTES),
+            ..Default::default()
+        },
+    );
+    let outcome = match (outcome, limited.into_inner().violation) {
+        (_, Some(limit)) => return Err(Error::Rejected(limit)),
+        (Ok(o), None) => o,
+        (Err(e), None) => return Err(Error::Rejected(format!("pack rejected: {e}"))),
+    };
+    if let Some(keep) = &outcome.keep_path {
+        let _ = std::fs::remove_file(keep);
+    }
+    let objects = match outcome.to_bundle() {
+        Some(bundle) => {
+            let bundle = bundle.map_err(|e| internal("open received pack", e))?;
+            bundle.index.iter().map(|e| e.oid).collect()
+        }
+        None => Vec::new(),
+    };
+    let pack = outcome.data_path.zip(outcome.index_path);
+    Ok(Incoming { dir, pack, objects })
+}
+
+/// Passes a pack through while enforcing [`PackLimits`]; the object count is checked
+/// from the header before any object is read.
+struct Limited<'a> {
+    inner: &'a mut dyn BufRead,
+    read: u64,
+    header: Vec<u8>,
+    limits: PackLimits,
+    violation: Option<String>,
+}
+
+impl Read for Limited<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limits.max_bytes {
+            return Err(self.violate(format!(
+                "pack is larger than {} bytes (git.max_pack_bytes)",
+                self.limits.max_bytes
+            )));
+        }
+        if self.header.len() < 12 {
+            let want = (12 - self.header.len()).min(n);
+            self.header.extend_from_slice(&buf[..want]);
+            if self.header.len() == 12 && self.header.starts_with(b"PACK") {
+                let count = u32::from_be_bytes([
+                    self.header[8],
+                    self.header[9],
+                    self.header[10],
+                    self.header[11],
+                ]);
+                if count > self.limits.max_objects {
+                    return Err(self.violate(format!(
+                        "pack holds {count} objects, more than {} (git.max_objects)",
+                        self.limits.max_objects
+                    )));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Limited<'_> {
+    fn violate(&mut self, why: String) -> io::Error {
+        self.violation = Some(why.clone());
+        io::Error::other(why)
+    }
+}
+
+impl Incoming {
+    /// An empty quarantine, for pushes that only delete refs.
+    pub fn none(repo_dir: &Path) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix(QUARANTINE_PREFIX)
+            .tempdir_in(repo_dir.join("objects"))
+            .map_err(|e| internal("create quarantine", e))?;
+        Ok(Self {
+            dir,
+            pack: None,
+            objects: Vec::new(),
+        })
+    }
+
+    /// Objects in the received pack.
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Checks the push against the repo at `repo_dir` as the quarantine completes it:
+    /// every object the pack holds refers only to objects that exist (so the repo
+    /// stays closed, as every pack entering it was checked so); every new tip exists;
+    /// and for each command whether it rewrites history (deletes a ref, or moves it to
+    /// a commit that does not descend from the old one).
+    pub fn check(&self, repo_dir: &Path, commands: &[Command]) -> Result<Vec<bool>, Error> {
+        let main = open(repo_dir)?;
+        let mut view = main.clone();
+        let handle =
+            gix::odb::at(self.dir.path(), SHA1).map_err(|e| internal("open quarantine", e))?;
+        view.objects = gix::odb::memory::Proxy::new(handle, SHA1);
+
+        let known: HashSet<ObjectId> = self.objects.iter().copied().collect();
+        let exists = |id: &ObjectId| known.contains(id) || main.has_object(id);
+        let missing = |id: &ObjectId, from: &ObjectId| {
+            Error::Rejected(format!(
+                "object {from} refers to {id}, which is neither in the pack nor in the repo"
+            ))
+        };
+        for id in &self.objects {
+            let header = view
+                .find_header(*id)
+                .map_err(|e| internal("read pushed object", e))?;
+            if header.kind() == Kind::Blob {
+                continue;
+            }
+            let object = view
+                .find_object(*id)
+                .map_err(|e| internal("read pushed object", e))?;
+            let bad = |e: &dyn std::fmt::Display| {
+                Error::Rejected(format!("pushed {} {id} is malformed: {e}", object.kind))
+            };
+            let mut referents = Vec::new();
+            match object.kind {
+                Kind::Commit => {
+                    let mut iter = CommitRefIter::from_bytes(&object.data, SHA1);
+                    referents.push(iter.tree_id().map_err(|e| bad(&e))?);
+                    referents.extend(iter.parent_ids());
+                }
+                Kind::Tree => {
+                    for entry in TreeRefIter::from_bytes(&object.data, SHA1) {
+                        let entry = entry.map_err(|e| bad(&e))?;
+                        // Submodule commits live in other repos.
+                        if !entry.mode.is_commit() {
+                            referents.push(entry.oid.to_owned());
+                        }
+                    }
+                }
+                Kind::Tag => {
+                    referents.push(
+                        TagRefIter::from_bytes(&object.data, SHA1)
+                            .target_id()
+                            .map_err(|e| bad(&e))?,
+                    );
+                }
+                Kind::Blob => {}
+            }
+            if let Some(gone) = referents.iter().find(|r| !exists(r)) {
+                return Err(missing(gone, id));
+            }
+        }
+
+        let mut rewrites = Vec::with_capacity(commands.len());
+        for cmd in commands {
+            if cmd.is_delete() {
+                rewrites.push(true);
+                continue;
+            }
+            if !exists(&cmd.new) {
+                return Err(Error::Rejected(format!(
+                    "{} would point at {}, which was not pushed",
+                    cmd.name, cmd.new
+                )));
+            }
+            if cmd.old.is_null() {
+                rewrites.push(false);
+                continue;
+            }
+            // Not a fast-forward when old is no ancestor of new, or either is no commit.
+            let fast_forward = view
+                .merge_base(cmd.old, cmd.new)
+                .is_ok_and(|base| base.is_some_and(|b| b.detach() == cmd.old));
+            rewrites.push(!fast_forward);
+        }
+        Ok(rewrites)
+    }
+}
+
+/// Applies an accepted push to the repo at `repo_dir`: checks that every ref still
+/// holds the value its command expects (else nothing changes: "fetch first"), moves
+/// the quarantined pack into the repo, and updates all refs in one transaction whose
+/// old values are compared and swapped. The caller holds the repo's push lock and
+/// records the push once this returns.
+pub fn apply(repo_dir: &Path, incoming: Incoming, commands: &[Command]) -> Result<(), Error> {
+    let repo = open(repo_dir)?;
+    for cmd in commands {
+        let current = repo
+            .try_find_reference(cmd.name.as_str())
+            .map_err(|e| internal("read ref", e))?
+            .and_then(|r| r.target().try_id().map(ToOwned::to_owned))
+            .unwrap_or_else(|| ObjectId::null(SHA1));
+        if current != cmd.old {
+            return Err(Error::Rejected(format!(
+                "fetch first: {} is at {current} now, not {} as your push expected; run git fetch (or git pull) and push again",
+                cmd.name, cmd.old
+            )));
+        }
+    }
+    if let Some((pack, index)) = &incoming.pack {
+        let pack_dir = repo_dir.join("objects/pack");
+        // The index goes last: git and gix only look at packs that have one.
+        for file in [pack, index] {
+            let to = pack_dir.join(file.file_name().unwrap_or_default());
+            if !to.exists() {
+                std::fs::rename(file, &to).map_err(|e| internal("move pack into repo", e))?;
+            }
+        }
+    }
+    drop(incoming);
+
+    let edits = commands.iter().map(|cmd| {
+        let expected = if cmd.old.is_null() {
+            PreviousValue::MustNotExist
+        } else {
+            PreviousValue::MustExistAndMatch(Target::Object(cmd.old))
+        };
+        let change = if cmd.is_delete() {
+            Change::Delete {
+                expected,
+                log: RefLog::AndReference,
+            }
+        } else {
+            Change::Update {
+                log: LogChange {
+                    message: "push".into(),
+                    ..Default::default()
+                },
+                expected,
+                new: Target::Object(cmd.new),
+            }
+        };
+        // Names were validated when the command was parsed.
+        #[allow(clippy::expect_used)]
+        let name = cmd.name.as_str().try_into().expect("validated ref name");
+        RefEdit::new(name, change)
+    });
+    repo.edit_references(edits).map_err(|e| {
+        Error::Rejected(format!(
+            "fetch first: a ref moved while your push was applied ({e}); run git fetch and push again"
+        ))
+    })?;
+    point_head_at_a_branch(repo_dir, &repo)
+}
+
+/// Keeps `HEAD` useful to cloners: when it names a branch that does not exist and
+/// another branch does, it moves to `main`, `master` or the first branch.
+fn point_head_at_a_branch(repo_dir: &Path, repo: &Repository) -> Result<(), Error> {
+    let head = std::fs::read_to_string(repo_dir.join("HEAD")).unwrap_or_default();
+    let current = head.trim().strip_prefix("ref: ").unwrap_or_default();
+    let branches: Vec<String> = list_refs(repo)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.starts_with("refs/heads/"))
+        .collect();
+    if branches.is_empty() || branches.iter().any(|b| b == current) {
+        return Ok(());
+    }
+    let pick = ["refs/heads/main", "refs/heads/master"]
+        .into_iter()
+        .find(|p| branches.iter().any(|b| b == p))
+        .unwrap_or(&branches[0]);
+    let tmp = repo_dir.join("HEAD.hanzo-tmp");
+    std::fs::write(&tmp, format!("ref: {pick}\n"))
+        .and_then(|()| std::fs::rename(&tmp, repo_dir.join("HEAD")))
+        .map_err(|e| internal("update HEAD", e))
+}
+
+/// Makes the repo at `repo_dir` agree with its push records after a crash: refs the
+/// records do not justify are set back to the recorded tip or removed, and
+/// quarantines left behind are deleted. Returns how many refs were changed.
+pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usize, Error> {
+    if let Ok(entries) = std::fs::read_dir(repo_dir.join("objects")) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(QUARANTINE_PREFIX)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let repo = open(repo_dir)?;
+    let actual = list_refs(&repo)?;
+    let mut edits = Vec::new();
+    for (name, id) in &actual {
+        let recorded = records.iter().find(|(n, _)| n == name);
+        match recorded {
+            Some((_, r)) if r.target == *id.as_bytes() => {}
+            Some((_, r)) => edits.push((name.clone(), Some(ObjectId::Sha1(r.target)))),
+            None => edits.push((name.clone(), None)),
+        }
+    }
+    for (name, r) in records {
+        if !actual.iter().any(|(n, _)| n == name) {
+            edits.push((name.clone(), Some(ObjectId::Sha1(r.target))));
+        }
+    }
+    let count = edits.len();
+    for (name, target) in edits {
+        warn!(target: TARGET, repo = %repo_dir.display(), reference = %name, ?target, "ref disagrees with its push record; restoring the recorded tip");
+        let change = match target {
+            Some(id) => Change::Update {
+                log: LogChange::default(),
+                expected: PreviousValue::Any,
+                new: Target::Object(id),
+            },
+            None => Change::Delete {
+                expected: PreviousValue::Any,
+                log: RefLog::AndReference,
+            },
+        };
+        let Ok(full) = name.as_str().try_into() else {
+            continue;
+        };
+        repo.edit_reference(RefEdit::new(full, change))
+            .map_err(|e| internal("restore ref", e))?;
+    }
+    Ok(count)
+}

@@ -1,0 +1,346 @@
+//! Smart HTTP: `GET /<repo>.git/info/refs?service=…`, `POST /<repo>.git/git-upload-pack`
+//! and `POST /<repo>.git/git-receive-pack`. Errors are `text/plain`, which git shows
+//! on `remote:` lines.
+
+use std::{io::Read, process::Stdio, time::Duration};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::{ReaderStream, StreamReader};
+use tracing::warn;
+
+use super::{BodyReader, Error, Git, TARGET, now, pktline, receive, repos, token};
+use crate::acl::{Key, Snapshot};
+
+/// The git routes, served beside the node's other HTTP endpoints.
+pub fn router(git: Git) -> Router {
+    Router::new()
+        .route("/{repo}/info/refs", get(info_refs))
+        .route("/{repo}/git-upload-pack", post(upload_pack))
+        .route("/{repo}/git-receive-pack", post(receive_pack))
+        .with_state(git)
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut body = message.into();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn error_response(err: &Error) -> Response {
+    match err {
+        Error::Rejected(why) if why.starts_with("no repo named") => {
+            text(StatusCode::NOT_FOUND, why.clone())
+        }
+        Error::Rejected(why) => text(StatusCode::BAD_REQUEST, why.clone()),
+        Error::Internal(why) => {
+            warn!(target: TARGET, %why, "git request failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; see the node's log",
+            )
+        }
+    }
+}
+
+fn git_response(content_type: &str, body: Body) -> Response {
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// `demo.git` or `demo` → `demo`.
+fn repo_name(segment: &str) -> &str {
+    segment.strip_suffix(".git").unwrap_or(segment)
+}
+
+/// The `Git-Protocol` header, passed to git as `GIT_PROTOCOL` when it is well formed.
+fn git_protocol(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("git-protocol")?.to_str().ok()?;
+    (value.len() < 256
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=:.,-_".contains(&b)))
+    .then(|| value.to_owned())
+}
+
+impl Git {
+    /// Whether the request may read repo `name`: public repos are open; private ones
+    /// need a read token (HTTP basic auth password) whose key may read.
+    fn authorize_read(
+        &self,
+        snapshot: &Snapshot,
+        name: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), Response> {
+        let (_, repo) = snapshot
+            .repo(name)
+            .map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+        if !repo.private {
+            return Ok(());
+        }
+        let Some(token) = basic_password(headers) else {
+            let mut res = text(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "repo {name} is private: set up the credential helper (see the README: `git config credential.helper '!hanzo-node git-credential --key ~/.ssh/id_ed25519'` and credential.useHttpPath true)"
+                ),
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hanzo-node\""),
+            );
+            return Err(res);
+        };
+        let lifetime = self.inner.config.max_token_lifetime.as_secs();
+        let key = token::verify(&token, name, now(), lifetime)
+            .map_err(|e| text(StatusCode::FORBIDDEN, e.to_string()))?;
+        snapshot
+            .may_read(Some(&Key::Ssh(key)), name)
+            .map_err(|e| text(StatusCode::FORBIDDEN, e.to_string()))
+    }
+
+    fn idle(&self) -> Duration {
+        self.inner.config.idle_timeout
+    }
+}
+
+fn basic_password(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (_, password) = decoded.split_once(':')?;
+    Some(password.to_owned())
+}
+
+#[derive(serde::Deserialize)]
+struct Service {
+    service: Option<String>,
+}
+
+async fn info_refs(
+    State(git): State<Git>,
+    Path(segment): Path<String>,
+    Query(q): Query<Service>,
+    headers: HeaderMap,
+) -> Response {
+    let name = repo_name(&segment);
+    let snapshot = git.inner.acl.snapshot();
+    if let Err(res) = git.authorize_read(&snapshot, name, &headers) {
+        return res;
+    }
+    let (id, dir) = match git.open(&snapshot, name).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    match q.service.as_deref() {
+        Some("git-upload-pack") => {
+            let protocol = git_protocol(&headers);
+            let v2 = protocol.as_deref().is_some_and(|p| p.contains("version=2"));
+            let mut cmd = tokio::process::Command::new("git");
+            cmd.args(["upload-pack", "--stateless-rpc", "--advertise-refs"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(p) = &protocol {
+                cmd.env("GIT_PROTOCOL", p);
+            }
+            let out = match cmd.output().await {
+                Ok(out) if out.status.success() => out.stdout,
+                Ok(out) => {
+                    return error_response(&Error::Internal(format!(
+                        "git upload-pack --advertise-refs: {}",
+                        out.status
+                    )));
+                }
+                Err(e) => {
+                    return error_response(&Error::Internal(format!("cannot run git: {e}")));
+                }
+            };
+            let mut body = Vec::with_capacity(out.len() + 40);
+            if !v2 {
+                pktline::write(&mut body, b"# service=git-upload-pack\n");
+                pktline::flush(&mut body);
+            }
+            body.extend_from_slice(&out);
+            git_response(
+                "application/x-git-upload-pack-advertisement",
+                Body::from(body),
+            )
+        }
+        Some("git-receive-pack") => {
+            let refs = match tokio::task::spawn_blocking(move || repos::refs(&dir)).await {
+                Ok(Ok(refs)) => refs,
+                Ok(Err(e)) => return error_response(&e),
+                Err(e) => return error_response(&Error::Internal(e.to_string())),
+            };
+            let nonce = git.inner.nonces.issue(id, now());
+            git_response(
+                "application/x-git-receive-pack-advertisement",
+                Body::from(receive::advertise(&refs, &nonce)),
+            )
+        }
+        _ => text(
+            StatusCode::FORBIDDEN,
+            "only git's smart HTTP protocol is served (use git 1.6.6 or newer)",
+        ),
+    }
+}
+
+/// The request body as a reader that fails when the client sends nothing for `idle`.
+fn body_reader(body: Body, idle: Duration) -> BodyReader {
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |s| async move {
+        let mut s = s?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "client sent nothing for {} (git.idle_timeout)",
+                        humantime::format_duration(idle)
+                    ),
+                )),
+                None,
+            )),
+            Ok(None) => None,
+            Ok(Some(item)) => Some((item.map_err(std::io::Error::other), Some(s))),
+        }
+    });
+    Box::new(StreamReader::new(Box::pin(stream)))
+}
+
+/// Reads the whole body, at most `max` bytes after gzip decoding.
+async fn read_small_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, Error> {
+    let too_big = || Error::Rejected(format!("request larger than {max} bytes (git.max_request_bytes)"));
+    let mut raw = Vec::new();
+    body_reader(body, idle)
+        .take(max as u64 + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| Error::Rejected(format!("reading request: {e}")))?;
+    if raw.len() > max {
+        return Err(too_big());
+    }
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if !gzip {
+        return Ok(raw);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..])
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Rejected(format!("request is not valid gzip: {e}")))?;
+    if out.len() > max {
+        return Err(too_big());
+    }
+    Ok(out)
+}
+
+async fn upload_pack(
+    State(git): State<Git>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = repo_name(&segment);
+    let snapshot = git.inner.acl.snapshot();
+    if let Err(res) = git.authorize_read(&snapshot, name, &headers) {
+        return res;
+    }
+    let dir = match git.open(&snapshot, name).await {
+        Ok((_, dir)) => dir,
+        Err(e) => return error_response(&e),
+    };
+    let request =
+        match read_small_body(body, &headers, git.inner.config.max_request_bytes, git.idle()).await
+        {
+            Ok(r) => r,
+            Err(e) => return error_response(&e),
+        };
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.args(["upload-pack", "--stateless-rpc"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(p) = git_protocol(&headers) {
+        cmd.env("GIT_PROTOCOL", p);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return error_response(&Error::Internal(format!("cannot run git: {e}"))),
+    };
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return error_response(&Error::Internal("git upload-pack has no pipes".into()));
+    };
+    tokio::spawn(async move {
+        // A client that hangs up early makes git fail to write; that is not our error.
+        let _ = stdin.write_all(&request).await;
+        drop(stdin);
+        let _ = child.wait().await;
+    });
+    let stream = ReaderStream::with_capacity(stdout, 1 << 16).map_ok(Bytes::from);
+    git_response(
+        "application/x-git-upload-pack-result",
+        Body::from_stream(stream),
+    )
+}
+
+async fn receive_pack(
+    State(git): State<Git>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = repo_name(&segment);
+    let snapshot = git.inner.acl.snapshot();
+    if let Err(res) = git.authorize_read(&snapshot, name, &headers) {
+        return res;
+    }
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "compressed push requests are not accepted",
+        );
+    }
+    let mut reader = body_reader(body, git.idle());
+    let request =
+        match receive::read_request(&mut reader, git.inner.config.max_request_bytes).await {
+            Ok(r) => r,
+            Err(e) => return error_response(&e),
+        };
+    let report = git.push(name, &request, &mut reader).await;
+    git_response(
+        "application/x-git-receive-pack-result",
+        Body::from(report.encode(request.caps)),
+    )
+}

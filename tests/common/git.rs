@@ -1,0 +1,147 @@
+//! Git users for the tests: an ed25519 key made by `ssh-keygen`, a `$HOME` with a
+//! `.gitconfig` that signs pushes with it, and the stock `git` binary.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use hanzo_node::{acl::Key, keys::SshKey};
+
+use crate::{Devnet, ok};
+
+/// A person with an SSH key and a git configuration.
+pub struct GitUser {
+    /// Their name (also the identity handle the tests give them).
+    pub name: String,
+    /// `$HOME` for their git runs; work trees go under it too.
+    pub home: tempfile::TempDir,
+    /// Private key file.
+    pub key: PathBuf,
+    /// Public key.
+    pub ssh: SshKey,
+}
+
+impl GitUser {
+    /// A new user with a fresh key; pushes are signed with `gpg.format=ssh`.
+    pub fn new(name: &str) -> Self {
+        let home = tempfile::tempdir().expect("tempdir");
+        let key = home.path().join("id_ed25519");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen");
+        ok(&out);
+        let line = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+        let ssh = SshKey::parse_line(&line).expect("ssh key");
+        std::fs::write(
+            home.path().join(".gitconfig"),
+            format!(
+                "[user]\n\tname = {name}\n\temail = {name}@example.com\n\tsigningkey = {}\n[gpg]\n\tformat = ssh\n[init]\n\tdefaultBranch = main\n[commit]\n\tgpgsign = false\n[advice]\n\tdetachedHead = false\n",
+                key.display()
+            ),
+        )
+        .expect("gitconfig");
+        Self {
+            name: name.into(),
+            home,
+            key,
+            ssh,
+        }
+    }
+
+    /// The key as the ACL knows it.
+    pub fn acl_key(&self) -> Key {
+        Key::Ssh(self.ssh)
+    }
+
+    /// Sets a git config value in this user's global config.
+    pub fn config(&self, key: &str, value: &str) {
+        ok(&self.git(self.home.path(), &["config", "--global", key, value]));
+    }
+
+    /// Runs `git args` in `dir` as this user.
+    pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LANG", "C")
+            .output()
+            .expect("run git")
+    }
+
+    /// Runs git and returns stdout and stderr together, panicking on failure.
+    pub fn git_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git(dir, args);
+        let text = output_text(&out);
+        assert!(out.status.success(), "git {args:?} failed:\n{text}");
+        text
+    }
+
+    /// Runs git, expecting failure; returns stdout and stderr together.
+    pub fn git_err(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git(dir, args);
+        let text = output_text(&out);
+        assert!(!out.status.success(), "git {args:?} succeeded:\n{text}");
+        text
+    }
+
+    /// A work tree `name` under this user's home, made by `git init`.
+    pub fn init(&self, name: &str) -> PathBuf {
+        let dir = self.home.path().join(name);
+        std::fs::create_dir_all(&dir).expect("work tree");
+        self.git_ok(&dir, &["init", "-q"]);
+        dir
+    }
+
+    /// Writes `file` and commits it; returns the new commit id.
+    pub fn commit(&self, dir: &Path, file: &str, content: &str) -> String {
+        std::fs::write(dir.join(file), content).expect("write file");
+        self.git_ok(dir, &["add", file]);
+        self.git_ok(dir, &["commit", "-q", "-m", &format!("{file}: {content}")]);
+        self.rev(dir, "HEAD")
+    }
+
+    /// `git rev-parse rev` in `dir`.
+    pub fn rev(&self, dir: &Path, rev: &str) -> String {
+        self.git_ok(dir, &["rev-parse", rev]).trim().to_owned()
+    }
+
+    /// The refs `git ls-remote url` shows, as `(id, name)`.
+    pub fn ls_remote(&self, url: &str) -> Vec<(String, String)> {
+        let out = self.git_ok(self.home.path(), &["ls-remote", url]);
+        out.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(id, name)| (id.to_owned(), name.to_owned()))
+            .collect()
+    }
+}
+
+/// stdout then stderr as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl Devnet {
+    /// Dev account `i` mints identity `user.name` and adds the user's SSH key.
+    pub async fn identity_for(&self, i: usize, user: &GitUser) {
+        let c = self.client(i).await;
+        c.mint_identity(&user.name).await.expect("mint identity");
+        c.add_key(&user.name, &user.acl_key()).await.expect("add key");
+    }
+
+    /// Where the node keeps repo token `id`.
+    pub fn repo_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join("repos").join(format!("{id}.git"))
+    }
+}
