@@ -182,7 +182,7 @@ fn signed_request(w: &World, user: &GitUser, repo: &str, nonce: &str, commands: 
     body
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     let w = World::start(|c| c.git.nonce_window = Duration::from_secs(8)).await;
     let url = w.url("demo");
@@ -191,8 +191,9 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     // Alice, the owner, pushes; a stranger clones the same tree.
     let work = alice.init("demo");
     let first = alice.commit(&work, "README", "hello");
-    let out = alice.git_ok(&work, &["push", "--signed", &url, "main"]);
-    assert!(out.contains("hanzo: accepted 1 ref update(s)"), "{out}");
+    // (--progress: git asks for quiet when stderr is no terminal.)
+    let out = alice.git_ok(&work, &["push", "--signed", "--progress", &url, "main"]);
+    assert!(out.contains("remote: hanzo: accepted 1 ref update(s), 3 object(s), signed by alice"), "{out}");
     assert_eq!(w.tips("demo"), vec![(first.clone(), "HEAD".into()), (first.clone(), "refs/heads/main".into())]);
     let clone = dave.home.path().join("clone");
     dave.git_ok(dave.home.path(), &["clone", "-q", &url, clone.to_str().unwrap()]);
@@ -294,7 +295,7 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     w.node.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_pushes_to_one_ref_exactly_one_wins() {
     let w = World::start(|_| {}).await;
     let url = w.url("demo");
@@ -331,7 +332,7 @@ async fn concurrent_pushes_to_one_ref_exactly_one_wins() {
     w.assert_repo_clean(w.demo);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn private_repo_clones_need_a_reader_key() {
     let w = World::start(|_| {}).await;
     let url = w.url("secret");
@@ -361,7 +362,7 @@ async fn private_repo_clones_need_a_reader_key() {
     w.assert_repo_clean(w.secret);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_and_malformed_requests_get_reasons() {
     let w = World::start(|c| {
         c.git.max_pack_bytes = 64 * 1024;
