@@ -63,9 +63,6 @@ fn generate(user: &GitUser, dir: &Path, commits: u64, bytes: usize) {
             "commit refs/heads/main\ncommitter Bench <bench@example.com> {time} +0000\ndata <<EOF\ncommit {i}\nEOF\n"
         )
         .unwrap();
-        if i > 0 {
-            writeln!(stdin, "from refs/heads/main^0").unwrap();
-        }
         write!(stdin, "M 644 inline file{:02}\ndata {}\n", i % 64, data.len()).unwrap();
         stdin.write_all(&data).unwrap();
         stdin.write_all(b"\n").unwrap();
@@ -179,7 +176,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 #[tokio::main]
 async fn main() {
     let commits = arg("--commits", 5000);
-    let mb = arg("--mb", 60);
+    let mb = arg("--mb", 70);
     let rounds = usize::try_from(arg("--rounds", 3)).unwrap();
     let bytes = usize::try_from(mb * 1_000_000 / commits).unwrap();
 

@@ -54,13 +54,13 @@ pub fn anvil_bin() -> PathBuf {
 
 /// The `hanzo-node` binary of this build (built on demand).
 pub fn node_bin() -> PathBuf {
-    // target/debug/deps/<test> → target/debug/hanzo-node
+    // target/debug/deps/<test> or target/debug/<bench> → target/debug/hanzo-node
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("hanzo-node");
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
+    let bin = dir.join("hanzo-node");
     if !bin.exists() {
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", "hanzo-node", "--bin", "hanzo-node"])

@@ -66,7 +66,7 @@ impl Caps {
 /// The head of a push request: everything before the pack.
 #[derive(Debug)]
 pub struct Request {
-    /// The ref updates.
+    /// The ref updates; none for the probe git sends before a large push.
     pub commands: Vec<Command>,
     /// The push certificate, when the push was signed.
     pub cert: Option<PushCert>,
@@ -93,7 +93,14 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     while line.as_ref().is_some_and(|l| l.starts_with(b"shallow ")) {
         line = next(&mut budget).await?;
     }
-    let first = line.ok_or_else(|| Error::Rejected("push request has no commands".into()))?;
+    // No commands: git's probe before a large (chunked) push; nothing to do.
+    let Some(first) = line else {
+        return Ok(Request {
+            commands: Vec::new(),
+            cert: None,
+            caps: Caps::default(),
+        });
+    };
 
     if let Some(rest) = first.strip_prefix(b"push-cert\0") {
         let caps = Caps::parse(rest.strip_suffix(b"\n").unwrap_or(rest));
@@ -225,6 +232,8 @@ mod tests {
         assert!(req.caps.side_band && req.caps.report_status && !req.caps.quiet);
         assert_eq!(req.commands.len(), 2);
         assert!(req.commands[1].is_delete());
+        let probe = read_request(&mut &b"0000"[..], 1 << 16).await.unwrap();
+        assert!(probe.commands.is_empty());
         let err = read_request(&mut &body[..20], 1 << 16).await.unwrap_err();
         assert!(err.to_string().contains("ended inside"), "{err}");
         let err = read_request(&mut &body[..], 30).await.unwrap_err();

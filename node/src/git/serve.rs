@@ -338,6 +338,9 @@ async fn receive_pack(
             Ok(r) => r,
             Err(e) => return error_response(&e),
         };
+    if request.commands.is_empty() {
+        return git_response("application/x-git-receive-pack-result", Body::empty());
+    }
     let report = git.push(name, &request, &mut reader).await;
     git_response(
         "application/x-git-receive-pack-result",
