@@ -432,7 +432,10 @@ fn local_store(config: &Config) -> Result<Store> {
 /// git's credential helper protocol: `key=value` lines on stdin, answered on stdout.
 fn git_credential(args: &GitCredentialArgs) -> Result<()> {
     let mut input = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 64 * 1024), &mut input)?;
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::io::stdin(), 64 * 1024),
+        &mut input,
+    )?;
     if args.action != "get" {
         return Ok(()); // nothing is stored
     }

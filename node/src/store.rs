@@ -422,7 +422,10 @@ mod tests {
         assert!(matches!(err, Error::Schema { .. }), "{err}");
         let err = Store::open_read_only(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Schema { .. }), "{err}");
-        assert!(err.to_string().contains("move it aside and restart"), "{err}");
+        assert!(
+            err.to_string().contains("move it aside and restart"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -450,11 +453,25 @@ mod tests {
             timestamp: 5,
         };
         store
-            .record_push(1, b"cert", &[("refs/heads/a", Some(record(1))), ("refs/heads/b", Some(record(2)))])
+            .record_push(
+                1,
+                b"cert",
+                &[
+                    ("refs/heads/a", Some(record(1))),
+                    ("refs/heads/b", Some(record(2))),
+                ],
+            )
             .unwrap();
-        store.record_push(2, b"cert", &[("refs/heads/a", Some(record(3)))]).unwrap();
-        store.record_push(1, b"cert", &[("refs/heads/b", None)]).unwrap();
-        assert_eq!(store.refs(1).unwrap(), vec![("refs/heads/a".into(), record(1))]);
+        store
+            .record_push(2, b"cert", &[("refs/heads/a", Some(record(3)))])
+            .unwrap();
+        store
+            .record_push(1, b"cert", &[("refs/heads/b", None)])
+            .unwrap();
+        assert_eq!(
+            store.refs(1).unwrap(),
+            vec![("refs/heads/a".into(), record(1))]
+        );
         assert_eq!(store.refs(2).unwrap()[0].1, record(3));
         assert!(store.refs(3).unwrap().is_empty());
         assert_eq!(store.cert(&record(1).cert).unwrap().unwrap(), b"cert");

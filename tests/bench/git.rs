@@ -63,7 +63,13 @@ fn generate(user: &GitUser, dir: &Path, commits: u64, bytes: usize) {
             "commit refs/heads/main\ncommitter Bench <bench@example.com> {time} +0000\ndata <<EOF\ncommit {i}\nEOF\n"
         )
         .unwrap();
-        write!(stdin, "M 644 inline file{:02}\ndata {}\n", i % 64, data.len()).unwrap();
+        write!(
+            stdin,
+            "M 644 inline file{:02}\ndata {}\n",
+            i % 64,
+            data.len()
+        )
+        .unwrap();
         stdin.write_all(&data).unwrap();
         stdin.write_all(b"\n").unwrap();
     }
@@ -186,7 +192,9 @@ async fn main() {
     net.identity_for(1, &alice).await;
     let c = net.client(1).await;
     for r in 0..rounds {
-        c.create_repo(&format!("bench-{r}"), "alice", false).await.unwrap();
+        c.create_repo(&format!("bench-{r}"), "alice", false)
+            .await
+            .unwrap();
     }
     net.mine(2).await;
 
@@ -203,10 +211,21 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    let ready = format!("http://{node_addr}/bench-{}.git/info/refs?service=git-upload-pack", rounds - 1);
+    let ready = format!(
+        "http://{node_addr}/bench-{}.git/info/refs?service=git-upload-pack",
+        rounds - 1
+    );
     let start = Instant::now();
-    while !Command::new("curl").args(["-sf", "-o", "/dev/null", &ready]).status().unwrap().success() {
-        assert!(start.elapsed() < Duration::from_secs(60), "node did not serve the repos");
+    while !Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", &ready])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "node did not serve the repos"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -220,7 +239,13 @@ async fn main() {
     let daemon_port = free_addr().port();
     let _daemon = Killed(
         Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                "--listen=127.0.0.1",
+            ])
             .arg(format!("--port={daemon_port}"))
             .arg(format!("--base-path={}", base.path().display()))
             .stderr(Stdio::null())
@@ -239,7 +264,10 @@ async fn main() {
         .map(|e| e.metadata().unwrap().len() as f64)
         .sum::<f64>()
         / 1e6;
-    eprintln!("generated in {:.1}s: packed {pack_mb:.1} MB", t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated in {:.1}s: packed {pack_mb:.1} MB",
+        t.elapsed().as_secs_f64()
+    );
 
     let (mut push, mut clone) = (Vec::new(), Vec::new());
     let (mut http_push, mut http_clone) = (Vec::new(), Vec::new());
@@ -249,17 +277,28 @@ async fn main() {
         let name = format!("bench-{r}");
         for server in ["http", "daemon"] {
             let bare = base.path().join(format!("{name}-{server}.git"));
-            alice.git_ok(base.path(), &["init", "-q", "--bare", bare.to_str().unwrap()]);
+            alice.git_ok(
+                base.path(),
+                &["init", "-q", "--bare", bare.to_str().unwrap()],
+            );
             alice.git_ok(&bare, &["config", "http.receivepack", "true"]);
         }
         let node_url = format!("http://{node_addr}/{name}.git");
         let http_url = format!("http://{cgi_addr}/{name}-http.git");
         let daemon_url = format!("git://127.0.0.1:{daemon_port}/{name}-daemon.git");
         // Alternate which goes first.
-        let order: Vec<&str> = if r % 2 == 0 { vec!["node", "http", "daemon"] } else { vec!["daemon", "http", "node"] };
+        let order: Vec<&str> = if r % 2 == 0 {
+            vec!["node", "http", "daemon"]
+        } else {
+            vec!["daemon", "http", "node"]
+        };
         for who in &order {
             match *who {
-                "node" => push.push(timed(&alice, &work, &["push", "-q", "--signed", &node_url, "main"])),
+                "node" => push.push(timed(
+                    &alice,
+                    &work,
+                    &["push", "-q", "--signed", &node_url, "main"],
+                )),
                 "http" => http_push.push(timed(&alice, &work, &["push", "-q", &http_url, "main"])),
                 _ => daemon_push.push(timed(&alice, &work, &["push", "-q", &daemon_url, "main"])),
             }
@@ -271,13 +310,21 @@ async fn main() {
                 "http" => &http_url,
                 _ => &daemon_url,
             };
-            let secs = timed(&alice, alice.home.path(), &["clone", "-q", "--bare", url, dest.to_str().unwrap()]);
+            let secs = timed(
+                &alice,
+                alice.home.path(),
+                &["clone", "-q", "--bare", url, dest.to_str().unwrap()],
+            );
             match *who {
                 "node" => clone.push(secs),
                 "http" => http_clone.push(secs),
                 _ => daemon_clone.push(secs),
             }
-            assert_eq!(alice.rev(&dest, "main"), alice.rev(&work, "main"), "clone from {who} matches");
+            assert_eq!(
+                alice.rev(&dest, "main"),
+                alice.rev(&work, "main"),
+                "clone from {who} matches"
+            );
             std::fs::remove_dir_all(&dest).unwrap();
         }
         eprintln!(
@@ -287,10 +334,15 @@ async fn main() {
     }
     let rss = peak_rss_mb(node.0.id());
     let (push, http_push, daemon_push) = (median(push), median(http_push), median(daemon_push));
-    let (clone, http_clone, daemon_clone) = (median(clone), median(http_clone), median(daemon_clone));
+    let (clone, http_clone, daemon_clone) =
+        (median(clone), median(http_clone), median(daemon_clone));
     println!("repository: {commits} commits, {pack_mb:.1} MB packed; medians of {rounds} rounds");
-    println!("push   node {push:.2}s   git http-backend {http_push:.2}s   git daemon {daemon_push:.2}s");
-    println!("clone  node {clone:.2}s   git http-backend {http_clone:.2}s   git daemon {daemon_clone:.2}s");
+    println!(
+        "push   node {push:.2}s   git http-backend {http_push:.2}s   git daemon {daemon_push:.2}s"
+    );
+    println!(
+        "clone  node {clone:.2}s   git http-backend {http_clone:.2}s   git daemon {daemon_clone:.2}s"
+    );
     println!("node peak RSS {rss:.0} MB");
     println!("commits={commits}");
     println!("pack_mb={pack_mb:.1}");

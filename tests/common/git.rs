@@ -137,7 +137,9 @@ impl Devnet {
     pub async fn identity_for(&self, i: usize, user: &GitUser) {
         let c = self.client(i).await;
         c.mint_identity(&user.name).await.expect("mint identity");
-        c.add_key(&user.name, &user.acl_key()).await.expect("add key");
+        c.add_key(&user.name, &user.acl_key())
+            .await
+            .expect("add key");
     }
 
     /// Where the node keeps repo token `id`.

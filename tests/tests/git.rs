@@ -84,7 +84,9 @@ impl World {
     /// `git fsck` of the node's copy of repo `id` is clean and no quarantine is left.
     fn assert_repo_clean(&self, id: u64) {
         let dir = self.net.repo_dir(id);
-        let out = self.dave.git_ok(&dir, &["fsck", "--strict", "--no-dangling"]);
+        let out = self
+            .dave
+            .git_ok(&dir, &["fsck", "--strict", "--no-dangling"]);
         assert!(!out.contains("error"), "{out}");
         let leftovers: Vec<_> = std::fs::read_dir(dir.join("objects"))
             .unwrap()
@@ -143,7 +145,10 @@ fn pkt(out: &mut Vec<u8>, line: &[u8]) {
 /// The push-cert nonce the node advertises for `repo`.
 fn nonce(w: &World, repo: &str) -> String {
     let out = Command::new("curl")
-        .args(["-sf", &format!("{}/info/refs?service=git-receive-pack", w.url(repo))])
+        .args([
+            "-sf",
+            &format!("{}/info/refs?service=git-receive-pack", w.url(repo)),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -156,7 +161,14 @@ fn nonce(w: &World, repo: &str) -> String {
 }
 
 /// A push request with a certificate for `commands` signed by `user`, then `pack`.
-fn signed_request(w: &World, user: &GitUser, repo: &str, nonce: &str, commands: &str, pack: &[u8]) -> Vec<u8> {
+fn signed_request(
+    w: &World,
+    user: &GitUser,
+    repo: &str,
+    nonce: &str,
+    commands: &str,
+    pack: &[u8],
+) -> Vec<u8> {
     let cert = format!(
         "certificate version 0.1\npusher {} 1700000000 +0000\npushee {}\nnonce {nonce}\n\n{commands}",
         user.ssh.fingerprint(),
@@ -169,7 +181,12 @@ fn signed_request(w: &World, user: &GitUser, repo: &str, nonce: &str, commands: 
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(cert.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cert.as_bytes())
+        .unwrap();
     let sig = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
     let mut body = Vec::new();
     pkt(&mut body, b"push-cert\0report-status\n");
@@ -193,14 +210,32 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     let first = alice.commit(&work, "README", "hello");
     // (--progress: git asks for quiet when stderr is no terminal.)
     let out = alice.git_ok(&work, &["push", "--signed", "--progress", &url, "main"]);
-    assert!(out.contains("remote: hanzo: accepted 1 ref update(s), 3 object(s), signed by alice"), "{out}");
-    assert_eq!(w.tips("demo"), vec![(first.clone(), "HEAD".into()), (first.clone(), "refs/heads/main".into())]);
+    assert!(
+        out.contains("remote: hanzo: accepted 1 ref update(s), 3 object(s), signed by alice"),
+        "{out}"
+    );
+    assert_eq!(
+        w.tips("demo"),
+        vec![
+            (first.clone(), "HEAD".into()),
+            (first.clone(), "refs/heads/main".into())
+        ]
+    );
     let clone = dave.home.path().join("clone");
-    dave.git_ok(dave.home.path(), &["clone", "-q", &url, clone.to_str().unwrap()]);
+    dave.git_ok(
+        dave.home.path(),
+        &["clone", "-q", &url, clone.to_str().unwrap()],
+    );
     assert_eq!(dave.rev(&clone, "HEAD"), first);
-    assert_eq!(std::fs::read_to_string(clone.join("README")).unwrap(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README")).unwrap(),
+        "hello"
+    );
     // Protocol v0 fetches work too.
-    dave.git_ok(&clone, &["-c", "protocol.version=0", "fetch", "-q", "origin"]);
+    dave.git_ok(
+        &clone,
+        &["-c", "protocol.version=0", "fetch", "-q", "origin"],
+    );
 
     // The tip is justified by alice's certificate.
     let refs = ok(&w.net.cli(&["repo", "refs", "demo", "--json"], &[]));
@@ -213,7 +248,10 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
 
     // Bob, a committer, works on a clone.
     let bwork = bob.home.path().join("demo");
-    bob.git_ok(bob.home.path(), &["clone", "-q", &url, bwork.to_str().unwrap()]);
+    bob.git_ok(
+        bob.home.path(),
+        &["clone", "-q", &url, bwork.to_str().unwrap()],
+    );
     let second = bob.commit(&bwork, "b.txt", "from bob");
     let unchanged = w.tips("demo");
 
@@ -222,7 +260,10 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     assert!(out.contains("pushes must be signed"), "{out}");
     // A key whose identity is no committer.
     let cwork = carol.home.path().join("demo");
-    carol.git_ok(carol.home.path(), &["clone", "-q", &url, cwork.to_str().unwrap()]);
+    carol.git_ok(
+        carol.home.path(),
+        &["clone", "-q", &url, cwork.to_str().unwrap()],
+    );
     carol.commit(&cwork, "c.txt", "from carol");
     let out = carol.git_err(&cwork, &["push", "--signed", "origin", "main"]);
     let expected = format!(
@@ -234,57 +275,137 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     let dwork = dave.home.path().join("clone");
     dave.commit(&dwork, "d.txt", "from dave");
     let out = dave.git_err(&dwork, &["push", "--signed", "origin", "main"]);
-    assert!(out.contains(&format!("key {} belongs to no identity", dave.ssh.fingerprint())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "key {} belongs to no identity",
+            dave.ssh.fingerprint()
+        )),
+        "{out}"
+    );
     // A signature that does not verify.
-    let broken = signer_script(bob, "broken-signer", "", "sed -i '3y/ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz/BCDEFGHIJKLMNOPQRSTUVWXYZAbcdefghijklmnopqrstuvwxyza/' \"$last.sig\"");
-    let out = bob.git_err(&bwork, &["-c", &format!("gpg.ssh.program={broken}"), "push", "--signed", "origin", "main"]);
+    let broken = signer_script(
+        bob,
+        "broken-signer",
+        "",
+        "sed -i '3y/ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz/BCDEFGHIJKLMNOPQRSTUVWXYZAbcdefghijklmnopqrstuvwxyza/' \"$last.sig\"",
+    );
+    let out = bob.git_err(
+        &bwork,
+        &[
+            "-c",
+            &format!("gpg.ssh.program={broken}"),
+            "push",
+            "--signed",
+            "origin",
+            "main",
+        ],
+    );
     assert!(out.contains("SSH signature"), "{out}");
     // A nonce older than the window (8 s here): the signer takes 10 s.
     let slow = signer_script(bob, "slow-signer", "sleep 10", "");
-    let out = bob.git_err(&bwork, &["-c", &format!("gpg.ssh.program={slow}"), "push", "--signed", "origin", "main"]);
-    assert!(out.contains("nonce is") && out.contains("beyond the 8s window"), "{out}");
+    let out = bob.git_err(
+        &bwork,
+        &[
+            "-c",
+            &format!("gpg.ssh.program={slow}"),
+            "push",
+            "--signed",
+            "origin",
+            "main",
+        ],
+    );
+    assert!(
+        out.contains("nonce is") && out.contains("beyond the 8s window"),
+        "{out}"
+    );
     // A nonce issued for another repo, on a certificate that would delete main.
     let foreign = nonce(&w, "other");
-    let body = signed_request(&w, alice, "demo", &foreign, &format!("{first} {} refs/heads/main\n", "0".repeat(40)), b"");
+    let body = signed_request(
+        &w,
+        alice,
+        "demo",
+        &foreign,
+        &format!("{first} {} refs/heads/main\n", "0".repeat(40)),
+        b"",
+    );
     let (status, resp) = http_post(w.node.http_addr, "/demo.git/git-receive-pack", &body);
     let resp = String::from_utf8_lossy(&resp);
     assert_eq!(status, 200);
-    assert!(resp.contains("ng refs/heads/main push certificate nonce") && resp.contains("was not issued by this node for this repo"), "{resp}");
+    assert!(
+        resp.contains("ng refs/heads/main push certificate nonce")
+            && resp.contains("was not issued by this node for this repo"),
+        "{resp}"
+    );
     assert_eq!(w.tips("demo"), unchanged, "no refusal moved a ref");
 
     // Bob's signed fast-forward is accepted.
     bob.git_ok(&bwork, &["push", "--signed", "origin", "main"]);
-    assert_eq!(w.tips("demo")[1], (second.clone(), "refs/heads/main".into()));
+    assert_eq!(
+        w.tips("demo")[1],
+        (second.clone(), "refs/heads/main".into())
+    );
 
     // Rewriting history: refused to a committer, allowed to the owner.
     bob.git_ok(&bwork, &["commit", "-q", "--amend", "-m", "rewritten"]);
     let out = bob.git_err(&bwork, &["push", "--signed", "--force", "origin", "main"]);
-    assert!(out.contains("only the owner of repo demo may rewrite or delete refs/heads/main; bob is a committer"), "{out}");
-    bob.git_ok(&bwork, &["push", "--signed", "origin", "HEAD:refs/heads/topic"]);
+    assert!(
+        out.contains(
+            "only the owner of repo demo may rewrite or delete refs/heads/main; bob is a committer"
+        ),
+        "{out}"
+    );
+    bob.git_ok(
+        &bwork,
+        &["push", "--signed", "origin", "HEAD:refs/heads/topic"],
+    );
     let out = bob.git_err(&bwork, &["push", "--signed", "origin", ":refs/heads/topic"]);
-    assert!(out.contains("may rewrite or delete refs/heads/topic"), "{out}");
+    assert!(
+        out.contains("may rewrite or delete refs/heads/topic"),
+        "{out}"
+    );
     alice.git_ok(&work, &["commit", "-q", "--amend", "-m", "owner rewrites"]);
     let rewritten = alice.rev(&work, "HEAD");
     alice.git_ok(&work, &["push", "--signed", "--force", &url, "main"]);
     alice.git_ok(&work, &["push", "--signed", &url, ":refs/heads/topic"]);
-    assert_eq!(w.tips("demo"), vec![(rewritten.clone(), "HEAD".into()), (rewritten.clone(), "refs/heads/main".into())]);
+    assert_eq!(
+        w.tips("demo"),
+        vec![
+            (rewritten.clone(), "HEAD".into()),
+            (rewritten.clone(), "refs/heads/main".into())
+        ]
+    );
 
     // On-chain changes take effect: a revoked key, then a removed committer.
     bob.git_ok(&bwork, &["fetch", "-q", "origin"]);
     bob.git_ok(&bwork, &["reset", "-q", "--hard", "origin/main"]);
     bob.commit(&bwork, "b2.txt", "again");
-    w.net.client(2).await.revoke_key("bob", &bob.acl_key()).await.unwrap();
+    w.net
+        .client(2)
+        .await
+        .revoke_key("bob", &bob.acl_key())
+        .await
+        .unwrap();
     w.sync().await;
     let out = bob.git_err(&bwork, &["push", "--signed", "origin", "main"]);
-    assert!(out.contains(&format!("key {} belongs to no identity", bob.ssh.fingerprint())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "key {} belongs to no identity",
+            bob.ssh.fingerprint()
+        )),
+        "{out}"
+    );
     let a = w.net.client(1).await;
-    a.set_member("demo", "carol", Member::Committer, true).await.unwrap();
+    a.set_member("demo", "carol", Member::Committer, true)
+        .await
+        .unwrap();
     w.sync().await;
     carol.git_ok(&cwork, &["fetch", "-q", "origin"]);
     carol.git_ok(&cwork, &["reset", "-q", "--hard", "origin/main"]);
     let by_carol = carol.commit(&cwork, "c.txt", "now a committer");
     carol.git_ok(&cwork, &["push", "--signed", "origin", "main"]);
-    a.set_member("demo", "carol", Member::Committer, false).await.unwrap();
+    a.set_member("demo", "carol", Member::Committer, false)
+        .await
+        .unwrap();
     w.sync().await;
     carol.commit(&cwork, "c.txt", "no longer");
     let out = carol.git_err(&cwork, &["push", "--signed", "origin", "main"]);
@@ -307,7 +428,10 @@ async fn concurrent_pushes_to_one_ref_exactly_one_wins() {
     let mut pushes = Vec::new();
     for user in [&w.alice, &w.bob] {
         let dir = user.home.path().join("race");
-        user.git_ok(user.home.path(), &["clone", "-q", &url, dir.to_str().unwrap()]);
+        user.git_ok(
+            user.home.path(),
+            &["clone", "-q", &url, dir.to_str().unwrap()],
+        );
         let tip = user.commit(&dir, &format!("{}.txt", user.name), "mine");
         let slow = signer_script(user, "slow-signer", "sleep 1", "");
         pushes.push((tip, dir, slow));
@@ -317,13 +441,32 @@ async fn concurrent_pushes_to_one_ref_exactly_one_wins() {
             .into_iter()
             .zip(&pushes)
             .map(|(user, (_, dir, slow))| {
-                s.spawn(move || user.git(dir, &["-c", &format!("gpg.ssh.program={slow}"), "push", "--signed", "origin", "main"]))
+                s.spawn(move || {
+                    user.git(
+                        dir,
+                        &[
+                            "-c",
+                            &format!("gpg.ssh.program={slow}"),
+                            "push",
+                            "--signed",
+                            "origin",
+                            "main",
+                        ],
+                    )
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
     let won: Vec<bool> = outcomes.iter().map(|o| o.status.success()).collect();
-    assert_eq!(won.iter().filter(|w| **w).count(), 1, "exactly one push wins: {outcomes:?}");
+    assert_eq!(
+        won.iter().filter(|w| **w).count(),
+        1,
+        "exactly one push wins: {outcomes:?}"
+    );
     let loser = outcomes.iter().find(|o| !o.status.success()).unwrap();
     let text = git::output_text(loser);
     assert!(text.contains("fetch first"), "{text}");
@@ -338,7 +481,10 @@ async fn private_repo_clones_need_a_reader_key() {
     let url = w.url("secret");
     let helper = format!("!{} git-credential --key", node_bin().display());
     for user in [&w.alice, &w.carol, &w.dave] {
-        user.config("credential.helper", &format!("{helper} {}", user.key.display()));
+        user.config(
+            "credential.helper",
+            &format!("{helper} {}", user.key.display()),
+        );
         user.config("credential.useHttpPath", "true");
     }
     let work = w.alice.init("secret");
@@ -350,15 +496,29 @@ async fn private_repo_clones_need_a_reader_key() {
     assert!(out.contains("terminal prompts disabled"), "{out}");
     // A key of no identity: refused with the reason.
     let out = w.dave.git_err(w.dave.home.path(), &["clone", &url]);
-    assert!(out.contains(&format!("key {} belongs to no identity", w.dave.ssh.fingerprint())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "key {} belongs to no identity",
+            w.dave.ssh.fingerprint()
+        )),
+        "{out}"
+    );
     // A reader clones.
     let dir = w.carol.home.path().join("secret");
-    w.carol.git_ok(w.carol.home.path(), &["clone", "-q", &url, dir.to_str().unwrap()]);
+    w.carol.git_ok(
+        w.carol.home.path(),
+        &["clone", "-q", &url, dir.to_str().unwrap()],
+    );
     assert_eq!(w.carol.rev(&dir, "HEAD"), tip);
     // Reading is not committing.
     w.carol.commit(&dir, "plans", "leaked");
-    let out = w.carol.git_err(&dir, &["push", "--signed", "origin", "main"]);
-    assert!(out.contains("carol, who is not a committer of repo secret"), "{out}");
+    let out = w
+        .carol
+        .git_err(&dir, &["push", "--signed", "origin", "main"]);
+    assert!(
+        out.contains("carol, who is not a committer of repo secret"),
+        "{out}"
+    );
     w.assert_repo_clean(w.secret);
 }
 
@@ -378,7 +538,10 @@ async fn limits_and_malformed_requests_get_reasons() {
 
     // A pack over git.max_pack_bytes: 200 KB that do not compress.
     let mut noise = vec![0u8; 200_000];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
     std::fs::write(work.join("noise"), &noise).unwrap();
     alice.git_ok(&work, &["add", "noise"]);
     alice.git_ok(&work, &["commit", "-q", "-m", "noise"]);
@@ -386,16 +549,35 @@ async fn limits_and_malformed_requests_get_reasons() {
     assert!(out.contains("git.max_pack_bytes"), "{out}");
     // More ref updates than git.max_ref_updates.
     alice.git_ok(&work, &["reset", "-q", "--hard", &base]);
-    let out = alice.git_err(&work, &["push", "--signed", &url, "main:refs/heads/a", "main:refs/heads/b", "main:refs/heads/c"]);
+    let out = alice.git_err(
+        &work,
+        &[
+            "push",
+            "--signed",
+            &url,
+            "main:refs/heads/a",
+            "main:refs/heads/b",
+            "main:refs/heads/c",
+        ],
+    );
     assert!(out.contains("git.max_ref_updates"), "{out}");
-    assert_eq!(w.tips("demo"), vec![(base.clone(), "HEAD".into()), (base.clone(), "refs/heads/main".into())]);
+    assert_eq!(
+        w.tips("demo"),
+        vec![
+            (base.clone(), "HEAD".into()),
+            (base.clone(), "refs/heads/main".into())
+        ]
+    );
 
     let addr = w.node.http_addr;
     let path = "/demo.git/git-receive-pack";
     // Malformed pkt-lines.
     let (status, body) = http_post(addr, path, b"zzzz garbage");
     assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("pkt-line length"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("pkt-line length"),
+        "{body:?}"
+    );
     // A garbage certificate.
     let mut req = Vec::new();
     pkt(&mut req, b"push-cert\0report-status\n");
@@ -404,7 +586,10 @@ async fn limits_and_malformed_requests_get_reasons() {
     req.extend_from_slice(b"0000");
     let (status, body) = http_post(addr, path, &req);
     assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("SSH signature"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("SSH signature"),
+        "{body:?}"
+    );
     // A validly signed push whose pack is cut in half.
     let next = alice.commit(&work, "more", "more");
     let mut child = Command::new("git")
@@ -414,10 +599,22 @@ async fn limits_and_malformed_requests_get_reasons() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{next}\n^{base}\n").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{next}\n^{base}\n").as_bytes())
+        .unwrap();
     let pack = child.wait_with_output().unwrap().stdout;
     let nonce = nonce(&w, "demo");
-    let req = signed_request(&w, alice, "demo", &nonce, &format!("{base} {next} refs/heads/main\n"), &pack[..pack.len() / 2]);
+    let req = signed_request(
+        &w,
+        alice,
+        "demo",
+        &nonce,
+        &format!("{base} {next} refs/heads/main\n"),
+        &pack[..pack.len() / 2],
+    );
     let (status, body) = http_post(addr, path, &req);
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status, 200);
@@ -425,10 +622,17 @@ async fn limits_and_malformed_requests_get_reasons() {
     // A client that stalls mid-request is dropped with the reason.
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n00").unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n00"
+    )
+    .unwrap();
     let (status, body) = read_response(&mut s);
     assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("git.idle_timeout"), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("git.idle_timeout"),
+        "{body:?}"
+    );
 
     assert_eq!(w.tips("demo")[1], (base, "refs/heads/main".into()));
     w.assert_repo_clean(w.demo);

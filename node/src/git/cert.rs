@@ -126,7 +126,7 @@ impl PushCert {
         }
         let pusher = pusher.ok_or_else(|| malformed("no pusher line"))?;
         let timestamp = pusher
-            .rsplitn(3, ' ')
+            .rsplit(' ')
             .nth(1)
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| malformed(format!("pusher line {pusher:?} has no timestamp")))?;
@@ -172,7 +172,9 @@ pub struct Nonces {
 
 impl std::fmt::Debug for Nonces {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nonces").field("window", &self.window).finish()
+        f.debug_struct("Nonces")
+            .field("window", &self.window)
+            .finish()
     }
 }
 
@@ -256,7 +258,10 @@ mod tests {
         for (commands, why) in [
             ("", "no commands"),
             (&format!("{OLD} {NEW} HEAD\n")[..], "not a valid ref name"),
-            (&format!("{OLD} {NEW} refs/heads/a..b\n")[..], "not a valid ref name"),
+            (
+                &format!("{OLD} {NEW} refs/heads/a..b\n")[..],
+                "not a valid ref name",
+            ),
             (&format!("{OLD} zz refs/heads/main\n")[..], "not 40 hex"),
             (&format!("{OLD} {NEW}\n")[..], "names no ref"),
         ] {
@@ -272,13 +277,19 @@ mod tests {
         let n = Nonces::new([7; 32], Duration::from_secs(300));
         let nonce = n.issue(1, 1000);
         n.check(&nonce, 1, 1200).unwrap();
-        assert!(matches!(n.check(&nonce, 2, 1200), Err(Error::ForeignNonce(_))));
+        assert!(matches!(
+            n.check(&nonce, 2, 1200),
+            Err(Error::ForeignNonce(_))
+        ));
         assert!(matches!(
             n.check(&nonce, 1, 1301),
             Err(Error::StaleNonce { age: 301, .. })
         ));
         let other = Nonces::new([8; 32], Duration::from_secs(300));
-        assert!(matches!(other.check(&nonce, 1, 1000), Err(Error::ForeignNonce(_))));
+        assert!(matches!(
+            other.check(&nonce, 1, 1000),
+            Err(Error::ForeignNonce(_))
+        ));
         assert!(n.check("garbage", 1, 1000).is_err());
     }
 

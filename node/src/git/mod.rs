@@ -157,12 +157,7 @@ impl Git {
     }
 
     /// Handles a push request whose head is already parsed; the pack follows in `body`.
-    async fn push(
-        &self,
-        name: &str,
-        request: &receive::Request,
-        body: &mut BodyReader,
-    ) -> Report {
+    async fn push(&self, name: &str, request: &receive::Request, body: &mut BodyReader) -> Report {
         let commands = &request.commands;
         match self.try_push(name, request, body).await {
             Ok(report) => report,
@@ -203,9 +198,7 @@ impl Git {
                 "pushes must be signed: run `git push --signed` with gpg.format=ssh and user.signingkey set to your ed25519 key (or set push.gpgSign=true)".into(),
             )
         })?;
-        let key = cert
-            .verify()
-            .map_err(|e| Error::Rejected(e.to_string()))?;
+        let key = cert.verify().map_err(|e| Error::Rejected(e.to_string()))?;
         self.inner
             .nonces
             .check(&cert.nonce, id, now())
@@ -221,8 +214,7 @@ impl Git {
             blocking(move || repos::Incoming::none(&dir)).await
         } else {
             self.receive_pack(&dir, body).await
-        }
-        ?;
+        }?;
         let objects = incoming.object_count();
 
         // Checks that need the objects: they depend on objects only, which only grow.
@@ -250,9 +242,7 @@ impl Git {
         };
 
         let (apply_dir, cmds) = (dir.clone(), request.commands.clone());
-        blocking(move || repos::apply(&apply_dir, incoming, &cmds))
-            .await
-            ?;
+        blocking(move || repos::apply(&apply_dir, incoming, &cmds)).await?;
         let hash = cert.hash();
         let fingerprint = key.fingerprint();
         let updates: Vec<(&str, Option<RefRecord>)> = request

@@ -53,9 +53,12 @@ pub fn decode_len(header: [u8; 4]) -> Result<Pkt<usize>, Error> {
     }
 }
 
+/// A packet split off a buffer, and the rest of the buffer.
+pub type Split<'a> = (Pkt<&'a [u8]>, &'a [u8]);
+
 /// Splits the first pkt-line off `buf`: the packet and the rest, or `None` when `buf`
 /// ends before the packet does.
-pub fn split(buf: &[u8]) -> Result<Option<(Pkt<&[u8]>, &[u8])>, Error> {
+pub fn split(buf: &[u8]) -> Result<Option<Split<'_>>, Error> {
     let Some((header, rest)) = buf.split_first_chunk::<4>() else {
         return Ok(None);
     };
@@ -83,9 +86,7 @@ pub async fn read<R: AsyncRead + Unpin>(
             _ => Pkt::ResponseEnd,
         });
     };
-    *budget = budget
-        .checked_sub(n + 4)
-        .ok_or(ReadError::OverBudget)?;
+    *budget = budget.checked_sub(n + 4).ok_or(ReadError::OverBudget)?;
     let mut data = vec![0u8; n];
     r.read_exact(&mut data).await.map_err(ReadError::eof)?;
     Ok(Pkt::Data(data))

@@ -31,7 +31,10 @@ pub fn advertise(refs: &[(String, gix::ObjectId)], nonce: &str) -> Vec<u8> {
     }
     if let Some(caps) = first {
         let zero = gix::ObjectId::null(gix::hash::Kind::Sha1);
-        pktline::write(&mut out, format!("{zero} capabilities^{{}}\0{caps}\n").as_bytes());
+        pktline::write(
+            &mut out,
+            format!("{zero} capabilities^{{}}\0{caps}\n").as_bytes(),
+        );
     }
     pktline::flush(&mut out);
     out
@@ -84,7 +87,9 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         match pktline::read(r, budget).await {
             Ok(Pkt::Data(d)) => Ok(Some(d)),
             Ok(Pkt::Flush) => Ok(None),
-            Ok(_) => Err(Error::Rejected("unexpected delimiter in push request".into())),
+            Ok(_) => Err(Error::Rejected(
+                "unexpected delimiter in push request".into(),
+            )),
             Err(e) => Err(Error::Rejected(format!("bad push request: {e}"))),
         }
     };
@@ -106,16 +111,18 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         let caps = Caps::parse(rest.strip_suffix(b"\n").unwrap_or(rest));
         let mut text = Vec::new();
         loop {
-            let line = next(&mut budget)
-                .await?
-                .ok_or_else(|| Error::Rejected("push certificate ends without push-cert-end".into()))?;
+            let line = next(&mut budget).await?.ok_or_else(|| {
+                Error::Rejected("push certificate ends without push-cert-end".into())
+            })?;
             if line == b"push-cert-end\n" {
                 break;
             }
             text.extend_from_slice(&line);
         }
         if next(&mut budget).await?.is_some() {
-            return Err(Error::Rejected("expected a flush after push-cert-end".into()));
+            return Err(Error::Rejected(
+                "expected a flush after push-cert-end".into(),
+            ));
         }
         let cert = PushCert::parse(text).map_err(|e| Error::Rejected(e.to_string()))?;
         return Ok(Request {

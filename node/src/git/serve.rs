@@ -84,6 +84,22 @@ fn git_protocol(headers: &HeaderMap) -> Option<String> {
     .then(|| value.to_owned())
 }
 
+/// A read that is not allowed: 401 asks git for credentials, 403 and 404 say why.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut res = text(self.0, self.1);
+        if self.0 == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hanzo-node\""),
+            );
+        }
+        res
+    }
+}
+
 impl Git {
     /// Whether the request may read repo `name`: public repos are open; private ones
     /// need a read token (HTTP basic auth password) whose key may read.
@@ -92,32 +108,27 @@ impl Git {
         snapshot: &Snapshot,
         name: &str,
         headers: &HeaderMap,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Refused> {
         let (_, repo) = snapshot
             .repo(name)
-            .map_err(|e| text(StatusCode::NOT_FOUND, e.to_string()))?;
+            .map_err(|e| Refused(StatusCode::NOT_FOUND, e.to_string()))?;
         if !repo.private {
             return Ok(());
         }
         let Some(token) = basic_password(headers) else {
-            let mut res = text(
+            return Err(Refused(
                 StatusCode::UNAUTHORIZED,
                 format!(
                     "repo {name} is private: set up the credential helper (see the README: `git config credential.helper '!hanzo-node git-credential --key ~/.ssh/id_ed25519'` and credential.useHttpPath true)"
                 ),
-            );
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"hanzo-node\""),
-            );
-            return Err(res);
+            ));
         };
         let lifetime = self.inner.config.max_token_lifetime.as_secs();
         let key = token::verify(&token, name, now(), lifetime)
-            .map_err(|e| text(StatusCode::FORBIDDEN, e.to_string()))?;
+            .map_err(|e| Refused(StatusCode::FORBIDDEN, e.to_string()))?;
         snapshot
             .may_read(Some(&Key::Ssh(key)), name)
-            .map_err(|e| text(StatusCode::FORBIDDEN, e.to_string()))
+            .map_err(|e| Refused(StatusCode::FORBIDDEN, e.to_string()))
     }
 
     fn idle(&self) -> Duration {
@@ -147,8 +158,8 @@ async fn info_refs(
 ) -> Response {
     let name = repo_name(&segment);
     let snapshot = git.inner.acl.snapshot();
-    if let Err(res) = git.authorize_read(&snapshot, name, &headers) {
-        return res;
+    if let Err(refused) = git.authorize_read(&snapshot, name, &headers) {
+        return refused.into_response();
     }
     let (id, dir) = match git.open(&snapshot, name).await {
         Ok(r) => r,
@@ -237,7 +248,11 @@ async fn read_small_body(
     max: usize,
     idle: Duration,
 ) -> Result<Vec<u8>, Error> {
-    let too_big = || Error::Rejected(format!("request larger than {max} bytes (git.max_request_bytes)"));
+    let too_big = || {
+        Error::Rejected(format!(
+            "request larger than {max} bytes (git.max_request_bytes)"
+        ))
+    };
     let mut raw = Vec::new();
     body_reader(body, idle)
         .take(max as u64 + 1)
@@ -272,19 +287,24 @@ async fn upload_pack(
 ) -> Response {
     let name = repo_name(&segment);
     let snapshot = git.inner.acl.snapshot();
-    if let Err(res) = git.authorize_read(&snapshot, name, &headers) {
-        return res;
+    if let Err(refused) = git.authorize_read(&snapshot, name, &headers) {
+        return refused.into_response();
     }
     let dir = match git.open(&snapshot, name).await {
         Ok((_, dir)) => dir,
         Err(e) => return error_response(&e),
     };
-    let request =
-        match read_small_body(body, &headers, git.inner.config.max_request_bytes, git.idle()).await
-        {
-            Ok(r) => r,
-            Err(e) => return error_response(&e),
-        };
+    let request = match read_small_body(
+        body,
+        &headers,
+        git.inner.config.max_request_bytes,
+        git.idle(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(["upload-pack", "--stateless-rpc"])
         .arg(&dir)
@@ -323,8 +343,8 @@ async fn receive_pack(
 ) -> Response {
     let name = repo_name(&segment);
     let snapshot = git.inner.acl.snapshot();
-    if let Err(res) = git.authorize_read(&snapshot, name, &headers) {
-        return res;
+    if let Err(refused) = git.authorize_read(&snapshot, name, &headers) {
+        return refused.into_response();
     }
     if headers.contains_key(header::CONTENT_ENCODING) {
         return text(
@@ -333,11 +353,11 @@ async fn receive_pack(
         );
     }
     let mut reader = body_reader(body, git.idle());
-    let request =
-        match receive::read_request(&mut reader, git.inner.config.max_request_bytes).await {
-            Ok(r) => r,
-            Err(e) => return error_response(&e),
-        };
+    let request = match receive::read_request(&mut reader, git.inner.config.max_request_bytes).await
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
     if request.commands.is_empty() {
         return git_response("application/x-git-receive-pack-result", Body::empty());
     }

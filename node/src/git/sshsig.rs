@@ -28,7 +28,9 @@ pub enum Error {
     KeyType(String),
     #[error("SSH signature is for namespace {found:?}, expected {expected:?}")]
     Namespace { found: String, expected: String },
-    #[error("SSH signature by {0} does not verify: the signed text was altered or the signature is forged")]
+    #[error(
+        "SSH signature by {0} does not verify: the signed text was altered or the signature is forged"
+    )]
     Invalid(String),
 }
 

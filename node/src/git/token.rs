@@ -139,9 +139,15 @@ mod tests {
                 .unwrap();
         let token = issue(&key, "demo", 1_000).unwrap();
         assert_eq!(verify(&token, "demo", 900, 600).unwrap(), public);
-        assert_eq!(verify(&token, "other", 900, 600), Err(Error::OtherRepo("demo".into())));
+        assert_eq!(
+            verify(&token, "other", 900, 600),
+            Err(Error::OtherRepo("demo".into()))
+        );
         assert_eq!(verify(&token, "demo", 1_010, 600), Err(Error::Expired(10)));
-        assert_eq!(verify(&token, "demo", 100, 600), Err(Error::TooLong(900, 600)));
+        assert_eq!(
+            verify(&token, "demo", 100, 600),
+            Err(Error::TooLong(900, 600))
+        );
         let any = issue(&key, "*", 1_000).unwrap();
         assert_eq!(verify(&any, "other", 900, 600).unwrap(), public);
         // A token altered to name another repo no longer verifies.
