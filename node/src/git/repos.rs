@@ -472,3 +472,181 @@ pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usi
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn commit(dir: &Path, file: &str) -> ObjectId {
+        std::fs::write(dir.join(file), file).unwrap();
+        git(dir, &["add", file]);
+        git(dir, &["commit", "-q", "-m", file]);
+        ObjectId::from_hex(git(dir, &["rev-parse", "HEAD"]).as_bytes()).unwrap()
+    }
+
+    /// `git pack-objects --revs` of `revs` in `dir`.
+    fn pack(dir: &Path, revs: &str) -> Vec<u8> {
+        let mut child = std::process::Command::new("git")
+            .args(["pack-objects", "--stdout", "--revs", "-q"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), revs.as_bytes()).unwrap();
+        child.wait_with_output().unwrap().stdout
+    }
+
+    fn cmd(old: ObjectId, new: ObjectId) -> Command {
+        Command {
+            old,
+            new,
+            name: "refs/heads/main".into(),
+        }
+    }
+
+    const LIMITS: PackLimits = PackLimits {
+        max_bytes: 1 << 20,
+        max_objects: 1000,
+    };
+
+    #[test]
+    fn receive_check_apply_and_reconcile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        let a = commit(&work, "a");
+        let b = commit(&work, "b");
+        let root = tmp.path().join("repos");
+        let repo = ensure(&root, 7).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(repo.join("HEAD")).unwrap(),
+            "ref: refs/heads/main\n"
+        );
+        let zero = ObjectId::null(SHA1);
+
+        // B's objects without A's: B's parent is nowhere, so the pack is refused.
+        let partial = pack(&work, &format!("{b}\n^{a}\n"));
+        let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
+        let err = incoming.check(&repo, &[cmd(zero, b)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither in the pack nor in the repo"),
+            "{err}"
+        );
+        drop(incoming);
+
+        // A alone enters; then the partial pack is complete and a fast-forward.
+        let first = pack(&work, &format!("{a}\n"));
+        let incoming = receive(&repo, &mut &first[..], LIMITS).unwrap();
+        assert_eq!(incoming.check(&repo, &[cmd(zero, a)]).unwrap(), vec![false]);
+        // Before apply, nothing of the push is visible.
+        assert!(!open(&repo).unwrap().has_object(a));
+        apply(&repo, incoming, &[cmd(zero, a)]).unwrap();
+        let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
+        assert_eq!(incoming.check(&repo, &[cmd(a, b)]).unwrap(), vec![false]);
+        // Deletion and a move back to A are rewrites.
+        assert_eq!(incoming.check(&repo, &[cmd(b, zero)]).unwrap(), vec![true]);
+        // A stale old value moves nothing.
+        let err = apply(&repo, incoming, &[cmd(b, a)]).err().unwrap();
+        assert!(err.to_string().contains("fetch first"), "{err}");
+        assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), a)]);
+        let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
+        apply(&repo, incoming, &[cmd(a, b)]).unwrap();
+        assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), b)]);
+        git(&repo, &["fsck", "--strict", "--no-dangling"]);
+
+        // After a crash between ref update and record: the record wins.
+        let record = |t: ObjectId| RefRecord {
+            target: *t.as_bytes().first_chunk().unwrap(),
+            cert: [0; 32],
+            identity: 1,
+            handle: "a".into(),
+            key: "k".into(),
+            timestamp: 0,
+        };
+        git(&repo, &["update-ref", "refs/heads/stray", &b.to_string()]);
+        std::fs::create_dir(repo.join("objects/incoming-left")).unwrap();
+        let records = vec![("refs/heads/main".to_owned(), record(a))];
+        assert_eq!(reconcile(&repo, &records).unwrap(), 2);
+        assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), a)]);
+        assert!(!repo.join("objects/incoming-left").exists());
+        assert_eq!(reconcile(&repo, &records).unwrap(), 0);
+    }
+
+    #[test]
+    fn bad_packs_are_refused_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        let a = commit(&work, "a");
+        let repo = ensure(&tmp.path().join("repos"), 1).unwrap();
+        let bytes = pack(&work, &format!("{a}\n"));
+        let cut = receive(&repo, &mut &bytes[..bytes.len() - 30], LIMITS)
+            .err()
+            .unwrap();
+        assert!(cut.to_string().contains("pack rejected"), "{cut}");
+        let small = PackLimits {
+            max_bytes: 50,
+            max_objects: 1000,
+        };
+        let err = receive(&repo, &mut &bytes[..], small).err().unwrap();
+        assert!(err.to_string().contains("git.max_pack_bytes"), "{err}");
+        let few = PackLimits {
+            max_bytes: 1 << 20,
+            max_objects: 2,
+        };
+        let err = receive(&repo, &mut &bytes[..], few).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("pack holds 3 objects, more than 2"),
+            "{err}"
+        );
+        let garbage = receive(&repo, &mut &b"PACK\0\0\0\x02\0\0\0\x01garbage"[..], LIMITS)
+            .err()
+            .unwrap();
+        assert!(garbage.to_string().contains("pack rejected"), "{garbage}");
+        let huge = receive(&repo, &mut &b"PACK\0\0\0\x02\xff\xff\xff\xff"[..], LIMITS)
+            .err()
+            .unwrap();
+        assert!(huge.to_string().contains("git.max_objects"), "{huge}");
+        // Nothing is left behind.
+        let left: Vec<_> = std::fs::read_dir(repo.join("objects"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(QUARANTINE_PREFIX)
+            })
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
