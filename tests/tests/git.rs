@@ -344,6 +344,14 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
         w.tips("demo")[1],
         (second.clone(), "refs/heads/main".into())
     );
+    // A stranger pulls it.
+    dave.git_ok(&dwork, &["reset", "-q", "--hard", "origin/main"]);
+    dave.git_ok(&dwork, &["pull", "-q", "--ff-only"]);
+    assert_eq!(dave.rev(&dwork, "HEAD"), second);
+    assert_eq!(
+        std::fs::read_to_string(dwork.join("b.txt")).unwrap(),
+        "from bob"
+    );
 
     // Rewriting history: refused to a committer, allowed to the owner.
     bob.git_ok(&bwork, &["commit", "-q", "--amend", "-m", "rewritten"]);
@@ -413,6 +421,24 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     assert_eq!(w.tips("demo")[1], (by_carol, "refs/heads/main".into()));
 
     w.assert_repo_clean(w.demo);
+
+    // A repo created on chain while the node runs is served once the ACL has it.
+    let id = w
+        .net
+        .client(1)
+        .await
+        .create_repo("later", "alice", false)
+        .await
+        .unwrap();
+    w.sync().await;
+    eventually(Duration::from_secs(10), async || {
+        w.net.repo_dir(id).exists().then_some(())
+    })
+    .await;
+    let later = alice.init("later");
+    let tip = alice.commit(&later, "x", "y");
+    alice.git_ok(&later, &["push", "--signed", &w.url("later"), "main"]);
+    assert_eq!(w.tips("later")[1], (tip, "refs/heads/main".into()));
     w.node.shutdown().await;
 }
 
