@@ -12,7 +12,7 @@ use alloy::{
     providers::{DynProvider, Provider},
     rpc::types::Filter,
 };
-use hanzo_e2e::Devnet;
+use hanzo_e2e::{Devnet, arg};
 use hanzo_node::{
     acl::{Acl, Snapshot},
     chain::{self, IdentityToken, RepoToken, Syncer, sync::Step},
@@ -20,15 +20,6 @@ use hanzo_node::{
 };
 
 const ROUNDS: usize = 9;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Mints identities with one key each and makes them committers of one repo (4 logs
 /// per identity) until `target` logs exist. One sender, so token ids are sequential

@@ -21,18 +21,9 @@ use axum::{
     response::Response,
 };
 use futures_util::TryStreamExt;
-use hanzo_e2e::{Devnet, git::GitUser, node_bin};
+use hanzo_e2e::{Devnet, arg, git::GitUser, node_bin};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Writes a history of `commits` commits into the repo at `dir` with `git
 /// fast-import`: each commit rewrites one of 64 files with `bytes` of pseudo-random

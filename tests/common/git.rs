@@ -2,8 +2,9 @@
 //! `.gitconfig` that signs pushes with it, and the stock `git` binary.
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
 };
 
 use hanzo_node::{acl::Key, keys::SshKey};
@@ -121,6 +122,24 @@ impl GitUser {
             .map(|(id, name)| (id.to_owned(), name.to_owned()))
             .collect()
     }
+}
+
+/// Runs `cmd` with `input` on its stdin; returns its stdout.
+pub fn piped(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{cmd:?} failed");
+    out.stdout
 }
 
 /// stdout then stderr as text.

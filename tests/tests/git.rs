@@ -6,7 +6,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -97,6 +97,11 @@ impl World {
     }
 }
 
+/// The refusal for a key no identity carries.
+fn no_identity(user: &GitUser) -> String {
+    format!("key {} belongs to no identity", user.ssh.fingerprint())
+}
+
 /// A `gpg.ssh.program` that runs `ssh-keygen` after `script` (a shell snippet).
 fn signer_script(user: &GitUser, name: &str, before: &str, after: &str) -> String {
     let path = user.home.path().join(name);
@@ -174,20 +179,13 @@ fn signed_request(
         user.ssh.fingerprint(),
         w.url(repo)
     );
-    let mut child = Command::new("ssh-keygen")
-        .args(["-q", "-Y", "sign", "-n", "git", "-f"])
-        .arg(&user.key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(cert.as_bytes())
-        .unwrap();
-    let sig = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let sig = git::piped(
+        Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", "git", "-f"])
+            .arg(&user.key),
+        cert.as_bytes(),
+    );
+    let sig = String::from_utf8(sig).unwrap();
     let mut body = Vec::new();
     pkt(&mut body, b"push-cert\0report-status\n");
     for line in format!("{cert}{sig}").split_inclusive('\n') {
@@ -275,13 +273,7 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     let dwork = dave.home.path().join("clone");
     dave.commit(&dwork, "d.txt", "from dave");
     let out = dave.git_err(&dwork, &["push", "--signed", "origin", "main"]);
-    assert!(
-        out.contains(&format!(
-            "key {} belongs to no identity",
-            dave.ssh.fingerprint()
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&no_identity(dave)), "{out}");
     // A signature that does not verify.
     let broken = signer_script(
         bob,
@@ -395,13 +387,7 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
         .unwrap();
     w.sync().await;
     let out = bob.git_err(&bwork, &["push", "--signed", "origin", "main"]);
-    assert!(
-        out.contains(&format!(
-            "key {} belongs to no identity",
-            bob.ssh.fingerprint()
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&no_identity(bob)), "{out}");
     let a = w.net.client(1).await;
     a.set_member("demo", "carol", Member::Committer, true)
         .await
@@ -522,13 +508,7 @@ async fn private_repo_clones_need_a_reader_key() {
     assert!(out.contains("terminal prompts disabled"), "{out}");
     // A key of no identity: refused with the reason.
     let out = w.dave.git_err(w.dave.home.path(), &["clone", &url]);
-    assert!(
-        out.contains(&format!(
-            "key {} belongs to no identity",
-            w.dave.ssh.fingerprint()
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&no_identity(&w.dave)), "{out}");
     // A reader clones.
     let dir = w.carol.home.path().join("secret");
     w.carol.git_ok(
@@ -618,20 +598,12 @@ async fn limits_and_malformed_requests_get_reasons() {
     );
     // A validly signed push whose pack is cut in half.
     let next = alice.commit(&work, "more", "more");
-    let mut child = Command::new("git")
-        .args(["pack-objects", "--stdout", "--revs", "-q"])
-        .current_dir(&work)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{next}\n^{base}\n").as_bytes())
-        .unwrap();
-    let pack = child.wait_with_output().unwrap().stdout;
+    let pack = git::piped(
+        Command::new("git")
+            .args(["pack-objects", "--stdout", "--revs", "-q"])
+            .current_dir(&work),
+        format!("{next}\n^{base}\n").as_bytes(),
+    );
     let nonce = nonce(&w, "demo");
     let req = signed_request(
         &w,

@@ -19,7 +19,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use tracing::warn;
 
 use super::{BodyReader, Error, Git, TARGET, now, pktline, receive, repos, token};
-use crate::acl::{Key, Snapshot};
+use crate::acl::{Key, RepoId, Snapshot};
 
 /// The git routes, served beside the node's other HTTP endpoints.
 pub fn router(git: Git) -> Router {
@@ -145,6 +145,23 @@ fn basic_password(headers: &HeaderMap) -> Option<String> {
     Some(password.to_owned())
 }
 
+/// The repo a request names, after the read check: its name, token id and directory.
+async fn readable_repo(
+    git: &Git,
+    segment: &str,
+    headers: &HeaderMap,
+) -> Result<(String, RepoId, std::path::PathBuf), Response> {
+    let name = repo_name(segment);
+    let snapshot = git.inner.acl.snapshot();
+    git.authorize_read(&snapshot, name, headers)
+        .map_err(IntoResponse::into_response)?;
+    let (id, dir) = git
+        .open(&snapshot, name)
+        .await
+        .map_err(|e| error_response(&e))?;
+    Ok((name.to_owned(), id, dir))
+}
+
 #[derive(serde::Deserialize)]
 struct Service {
     service: Option<String>,
@@ -156,14 +173,9 @@ async fn info_refs(
     Query(q): Query<Service>,
     headers: HeaderMap,
 ) -> Response {
-    let name = repo_name(&segment);
-    let snapshot = git.inner.acl.snapshot();
-    if let Err(refused) = git.authorize_read(&snapshot, name, &headers) {
-        return refused.into_response();
-    }
-    let (id, dir) = match git.open(&snapshot, name).await {
+    let (_, id, dir) = match readable_repo(&git, &segment, &headers).await {
         Ok(r) => r,
-        Err(e) => return error_response(&e),
+        Err(res) => return res,
     };
     match q.service.as_deref() {
         Some("git-upload-pack") => {
@@ -285,14 +297,9 @@ async fn upload_pack(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let name = repo_name(&segment);
-    let snapshot = git.inner.acl.snapshot();
-    if let Err(refused) = git.authorize_read(&snapshot, name, &headers) {
-        return refused.into_response();
-    }
-    let dir = match git.open(&snapshot, name).await {
-        Ok((_, dir)) => dir,
-        Err(e) => return error_response(&e),
+    let (_, _, dir) = match readable_repo(&git, &segment, &headers).await {
+        Ok(r) => r,
+        Err(res) => return res,
     };
     let request = match read_small_body(
         body,
@@ -341,11 +348,10 @@ async fn receive_pack(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let name = repo_name(&segment);
-    let snapshot = git.inner.acl.snapshot();
-    if let Err(refused) = git.authorize_read(&snapshot, name, &headers) {
-        return refused.into_response();
-    }
+    let (name, _, _) = match readable_repo(&git, &segment, &headers).await {
+        Ok(r) => r,
+        Err(res) => return res,
+    };
     if headers.contains_key(header::CONTENT_ENCODING) {
         return text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -361,7 +367,7 @@ async fn receive_pack(
     if request.commands.is_empty() {
         return git_response("application/x-git-receive-pack-result", Body::empty());
     }
-    let report = git.push(name, &request, &mut reader).await;
+    let report = git.push(&name, &request, &mut reader).await;
     git_response(
         "application/x-git-receive-pack-result",
         Body::from(report.encode(request.caps)),
