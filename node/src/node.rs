@@ -77,7 +77,7 @@ impl Node {
         );
         // The syncer has published the stored checkpoint: make its repos exist and
         // agree with their push records before serving.
-        git.sync_repos(&acl.snapshot(), true).await?;
+        git.sync_repos(&acl.snapshot()).await?;
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| Error::Listen {

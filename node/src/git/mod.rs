@@ -19,7 +19,7 @@ pub mod sshsig;
 pub mod token;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
@@ -107,16 +107,16 @@ impl Git {
         }
     }
 
-    /// Creates the repos of every RepoToken in `snapshot` that has none yet and
-    /// reconciles existing ones with their push records (after a crash).
-    pub async fn sync_repos(&self, snapshot: &Snapshot, reconcile: bool) -> Result<(), Error> {
+    /// At start: creates the repos of every RepoToken in `snapshot` that has none
+    /// yet, and reconciles existing ones with their push records (after a crash).
+    pub async fn sync_repos(&self, snapshot: &Snapshot) -> Result<(), Error> {
         let this = self.clone();
         let ids: Vec<RepoId> = snapshot.state.repos.keys().copied().collect();
         blocking(move || {
             for id in ids {
                 let existed = repos::path(&this.inner.root, id).exists();
                 let dir = repos::ensure(&this.inner.root, id)?;
-                if existed && reconcile {
+                if existed {
                     let records = this.records(id)?;
                     let fixed = repos::reconcile(&dir, &records)?;
                     if fixed > 0 {
@@ -132,9 +132,31 @@ impl Git {
     /// Creates repos as RepoTokens appear, until the ACL's publisher goes away.
     pub async fn follow_acl(self) {
         let mut acl = self.inner.acl.clone();
+        let mut known = HashSet::new();
         while let Ok(snapshot) = acl.changed().await {
-            if let Err(err) = self.sync_repos(&snapshot, false).await {
-                warn!(target: TARGET, %err, "cannot create repos");
+            let new: Vec<RepoId> = snapshot
+                .state
+                .repos
+                .keys()
+                .filter(|id| !known.contains(id))
+                .copied()
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
+            let root = self.inner.root.clone();
+            let created = blocking(move || {
+                for &id in &new {
+                    repos::ensure(&root, id)?;
+                }
+                Ok(new)
+            })
+            .await;
+            match created {
+                Ok(ids) => known.extend(ids),
+                Err(err) => {
+                    warn!(target: TARGET, %err, "cannot create repos; retrying at the next block")
+                }
             }
         }
     }
