@@ -132,13 +132,13 @@ impl Git {
     /// Creates repos as RepoTokens appear, until the ACL's publisher goes away.
     pub async fn follow_acl(self) {
         let mut acl = self.inner.acl.clone();
-        let mut known = HashSet::new();
+        let mut known: HashSet<RepoId> = HashSet::new();
         while let Ok(snapshot) = acl.changed().await {
             let new: Vec<RepoId> = snapshot
                 .state
                 .repos
                 .keys()
-                .filter(|id| !known.contains(id))
+                .filter(|id| !known.contains(*id))
                 .copied()
                 .collect();
             if new.is_empty() {
