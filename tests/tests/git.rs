@@ -97,6 +97,13 @@ impl World {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// The refusal for a key no identity carries.
 fn no_identity(user: &GitUser) -> String {
     format!("key {} belongs to no identity", user.ssh.fingerprint())
@@ -165,17 +172,19 @@ fn nonce(w: &World, repo: &str) -> String {
         .to_owned()
 }
 
-/// A push request with a certificate for `commands` signed by `user`, then `pack`.
+/// A push request with a certificate for `commands` signed by `user` at unix `time`,
+/// then `pack`.
 fn signed_request(
     w: &World,
     user: &GitUser,
     repo: &str,
     nonce: &str,
+    time: u64,
     commands: &str,
     pack: &[u8],
 ) -> Vec<u8> {
     let cert = format!(
-        "certificate version 0.1\npusher {} 1700000000 +0000\npushee {}\nnonce {nonce}\n\n{commands}",
+        "certificate version 0.1\npusher {} {time} +0000\npushee {}\nnonce {nonce}\n\n{commands}",
         user.ssh.fingerprint(),
         w.url(repo)
     );
@@ -317,6 +326,7 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
         alice,
         "demo",
         &foreign,
+        unix_now(),
         &format!("{first} {} refs/heads/main\n", "0".repeat(40)),
         b"",
     );
@@ -605,12 +615,21 @@ async fn limits_and_malformed_requests_get_reasons() {
         format!("{next}\n^{base}\n").as_bytes(),
     );
     let nonce = nonce(&w, "demo");
+    let update = format!("{base} {next} refs/heads/main\n");
+    // Certificate time far from the node's clock.
+    let req = signed_request(&w, alice, "demo", &nonce, unix_now() + 3600, &update, &pack);
+    let (status, body) = http_post(addr, path, &req);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(body.contains("off this node's clock"), "{body}");
+    // The pack cut in half.
     let req = signed_request(
         &w,
         alice,
         "demo",
         &nonce,
-        &format!("{base} {next} refs/heads/main\n"),
+        unix_now(),
+        &update,
         &pack[..pack.len() / 2],
     );
     let (status, body) = http_post(addr, path, &req);

@@ -47,6 +47,8 @@ const TARGET: &str = "hanzo::git";
 /// Most bytes of a refused push read and discarded so that the client sees the
 /// report; beyond it, the connection is closed.
 const MAX_DRAIN: u64 = 64 << 20;
+/// Largest difference, in seconds, between a push certificate's time and the node's.
+const MAX_CLOCK_SKEW: u64 = 600;
 
 /// Why a git request failed.
 #[allow(missing_docs)] // each variant's #[error] message documents it
@@ -221,10 +223,20 @@ impl Git {
             )
         })?;
         let key = cert.verify().map_err(|e| Error::Rejected(e.to_string()))?;
+        let now = now();
         self.inner
             .nonces
-            .check(&cert.nonce, id, now())
+            .check(&cert.nonce, id, now)
             .map_err(|e| Error::Rejected(e.to_string()))?;
+        // The certificate's time orders competing updates between nodes: it must be
+        // about now (the nonce proves the certificate is fresh).
+        if cert.timestamp.abs_diff(now) > MAX_CLOCK_SKEW {
+            return Err(Error::Rejected(format!(
+                "push certificate time {} is {}s off this node's clock (at most {MAX_CLOCK_SKEW}s accepted); check your clock",
+                cert.timestamp,
+                cert.timestamp.abs_diff(now)
+            )));
+        }
         for cmd in &request.commands {
             snapshot
                 .may_push(&key, name, &cmd.name, false)
