@@ -9,7 +9,11 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use prometheus_client::{encoding::text::encode, metrics::gauge::Gauge, registry::Registry};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +22,7 @@ use crate::{acl::Acl, chain::Status, git::Git};
 #[derive(Clone)]
 struct Shared {
     acl: Acl,
+    git: Git,
     status: watch::Receiver<Status>,
     sync_alive: CancellationToken,
 }
@@ -34,6 +39,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let shared = Shared {
         acl,
+        git: git.clone(),
         status,
         sync_alive: sync_done,
     };
@@ -140,6 +146,29 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         "Repositories",
         snap.state.repos.len() as u64,
     );
+    let stats = s.git.stats();
+    let count = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    for (name, help, value) in [
+        (
+            "hanzo_git_pushes_accepted",
+            "Pushes accepted since start",
+            &stats.pushes_accepted,
+        ),
+        (
+            "hanzo_git_pushes_refused",
+            "Pushes refused since start",
+            &stats.pushes_refused,
+        ),
+        (
+            "hanzo_git_fetches",
+            "Fetch requests served since start",
+            &stats.fetches,
+        ),
+    ] {
+        let c = Counter::<u64, AtomicU64>::default();
+        c.inc_by(count(value));
+        registry.register(name, help, c);
+    }
     let mut out = String::new();
     match encode(&mut out, &registry) {
         Ok(()) => (

@@ -435,6 +435,15 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     let tip = alice.commit(&later, "x", "y");
     alice.git_ok(&later, &["push", "--signed", &w.url("later"), "main"]);
     assert_eq!(w.tips("later")[1], (tip, "refs/heads/main".into()));
+
+    // Every push above is counted.
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://{}/metrics", w.node.http_addr)])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("hanzo_git_pushes_accepted_total 7\n"), "{metrics}");
+    assert!(metrics.contains("hanzo_git_pushes_refused_total 10\n"), "{metrics}");
     w.node.shutdown().await;
 }
 

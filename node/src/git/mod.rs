@@ -21,7 +21,10 @@ pub mod token;
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -75,6 +78,18 @@ struct Inner {
     nonces: Nonces,
     config: GitConfig,
     push_locks: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
+    stats: Stats,
+}
+
+/// Counters since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Pushes accepted.
+    pub pushes_accepted: AtomicU64,
+    /// Pushes refused (any reason).
+    pub pushes_refused: AtomicU64,
+    /// Fetch requests served (`git-upload-pack` POSTs).
+    pub fetches: AtomicU64,
 }
 
 pub(crate) fn now() -> u64 {
@@ -105,6 +120,7 @@ impl Git {
                 nonces,
                 config,
                 push_locks: Mutex::default(),
+                stats: Stats::default(),
             }),
         }
     }
@@ -129,6 +145,11 @@ impl Git {
             Ok(())
         })
         .await
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
     }
 
     /// Creates repos as RepoTokens appear, until the ACL's publisher goes away.
@@ -184,8 +205,18 @@ impl Git {
     async fn push(&self, name: &str, request: &receive::Request, body: &mut BodyReader) -> Report {
         let commands = &request.commands;
         match self.try_push(name, request, body).await {
-            Ok(report) => report,
+            Ok(report) => {
+                self.inner
+                    .stats
+                    .pushes_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+                report
+            }
             Err(err) => {
+                self.inner
+                    .stats
+                    .pushes_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 let reason = match &err {
                     Error::Rejected(why) => why.clone(),
                     Error::Internal(why) => {

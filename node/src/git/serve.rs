@@ -312,6 +312,9 @@ async fn upload_pack(
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
+    git.stats()
+        .fetches
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(["upload-pack", "--stateless-rpc"])
         .arg(&dir)
