@@ -255,7 +255,7 @@ impl Store {
         &self,
         repo: u64,
         cert: &[u8],
-        updates: &[(&str, Option<RefRecord>)],
+        updates: &[(String, Option<RefRecord>)],
     ) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
@@ -457,16 +457,16 @@ mod tests {
                 1,
                 b"cert",
                 &[
-                    ("refs/heads/a", Some(record(1))),
-                    ("refs/heads/b", Some(record(2))),
+                    ("refs/heads/a".into(), Some(record(1))),
+                    ("refs/heads/b".into(), Some(record(2))),
                 ],
             )
             .unwrap();
         store
-            .record_push(2, b"cert", &[("refs/heads/a", Some(record(3)))])
+            .record_push(2, b"cert", &[("refs/heads/a".into(), Some(record(3)))])
             .unwrap();
         store
-            .record_push(1, b"cert", &[("refs/heads/b", None)])
+            .record_push(1, b"cert", &[("refs/heads/b".into(), None)])
             .unwrap();
         assert_eq!(
             store.refs(1).unwrap(),

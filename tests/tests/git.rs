@@ -442,8 +442,14 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(metrics.contains("hanzo_git_pushes_accepted_total 7\n"), "{metrics}");
-    assert!(metrics.contains("hanzo_git_pushes_refused_total 10\n"), "{metrics}");
+    assert!(
+        metrics.contains("hanzo_git_pushes_accepted_total 7\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hanzo_git_pushes_refused_total 10\n"),
+        "{metrics}"
+    );
     w.node.shutdown().await;
 }
 

@@ -310,11 +310,12 @@ impl Git {
         blocking(move || repos::apply(&apply_dir, incoming, &cmds)).await?;
         let hash = cert.hash();
         let fingerprint = key.fingerprint();
-        let updates: Vec<(&str, Option<RefRecord>)> = request
+        let updates: Vec<(String, Option<RefRecord>)> = request
             .commands
             .iter()
             .map(|c| {
                 let record = (!c.is_delete()).then(|| RefRecord {
+                    // A SHA-1 id is 20 bytes.
                     target: *c.new.as_bytes().first_chunk().unwrap_or(&[0; 20]),
                     cert: hash,
                     identity: pusher.identity,
@@ -322,14 +323,21 @@ impl Git {
                     key: fingerprint.clone(),
                     timestamp: cert.timestamp,
                 });
-                (c.name.as_str(), record)
+                (c.name.clone(), record)
             })
             .collect();
-        if let Err(e) = self.inner.store.record_push(id, &cert.text, &updates) {
+        let (store, text) = (self.inner.store.clone(), cert.text.clone());
+        let recorded = blocking(move || {
+            store
+                .record_push(id, &text, &updates)
+                .map_err(|e| Error::Internal(format!("record push: {e}")))
+        })
+        .await;
+        if let Err(e) = recorded {
             // The refs moved but cannot be justified: put them back.
             let records = self.records(id).unwrap_or_default();
             let _ = blocking(move || repos::reconcile(&dir, &records)).await;
-            return Err(Error::Internal(format!("record push: {e}")));
+            return Err(e);
         }
         info!(
             target: TARGET,
