@@ -669,3 +669,52 @@ async fn limits_and_malformed_requests_get_reasons() {
     assert_eq!(w.tips("demo")[1], (base, "refs/heads/main".into()));
     w.assert_repo_clean(w.demo);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_keeps_pushes_and_restores_refs_no_push_justifies() {
+    let w = World::start(|_| {}).await;
+    let url = w.url("demo");
+    let work = w.alice.init("demo");
+    let first = w.alice.commit(&work, "a", "1");
+    let second = w.alice.commit(&work, "b", "2");
+    let refspec = format!("{first}:refs/heads/main");
+    w.alice.git_ok(&work, &["push", "--signed", &url, &refspec]);
+
+    // As if the node died after moving refs but before recording the push: a ref
+    // moved and a ref created on disk, with no certificate behind them.
+    let World {
+        net,
+        node,
+        alice,
+        dave,
+        demo,
+        ..
+    } = w;
+    node.shutdown().await;
+    let dir = net.repo_dir(demo);
+    let moved = format!("{second}:refs/heads/main");
+    alice.git_ok(
+        &work,
+        &[
+            "push",
+            "-q",
+            dir.to_str().unwrap(),
+            &moved,
+            "HEAD:refs/heads/stray",
+        ],
+    );
+
+    let node = Node::start(net.config()).await.unwrap();
+    let url = format!("http://{}/demo.git", node.http_addr);
+    assert_eq!(
+        dave.ls_remote(&url),
+        vec![
+            (first.clone(), "HEAD".into()),
+            (first, "refs/heads/main".into())
+        ]
+    );
+    // Pushing goes on from the recorded tip.
+    alice.git_ok(&work, &["push", "--signed", &url, "main"]);
+    assert_eq!(dave.ls_remote(&url)[1], (second, "refs/heads/main".into()));
+    node.shutdown().await;
+}
