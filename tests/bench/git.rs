@@ -174,7 +174,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 async fn main() {
     let commits = arg("--commits", 5000);
     let mb = arg("--mb", 70);
-    let rounds = usize::try_from(arg("--rounds", 3)).unwrap();
+    let rounds = usize::try_from(arg("--rounds", 5)).unwrap();
     let bytes = usize::try_from(mb * 1_000_000 / commits).unwrap();
 
     // Chain: alice's identity and key, one repo per round.
