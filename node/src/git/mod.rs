@@ -60,6 +60,9 @@ pub enum Error {
     /// The client's fault; the message is shown to it.
     #[error("{0}")]
     Rejected(String),
+    /// No such repo on chain.
+    #[error("{0}")]
+    NotFound(String),
     /// The node's fault; logged, and the client is told to look at the node's log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -195,7 +198,7 @@ impl Git {
     async fn open(&self, snapshot: &Snapshot, name: &str) -> Result<(RepoId, PathBuf), Error> {
         let (id, _) = snapshot
             .repo(name)
-            .map_err(|e| Error::Rejected(e.to_string()))?;
+            .map_err(|e| Error::NotFound(e.to_string()))?;
         let root = self.inner.root.clone();
         let dir = blocking(move || repos::ensure(&root, id)).await?;
         Ok((id, dir))
@@ -218,7 +221,7 @@ impl Git {
                     .pushes_refused
                     .fetch_add(1, Ordering::Relaxed);
                 let reason = match &err {
-                    Error::Rejected(why) => why.clone(),
+                    Error::Rejected(why) | Error::NotFound(why) => why.clone(),
                     Error::Internal(why) => {
                         warn!(target: TARGET, repo = name, %why, "push failed");
                         "internal error; see the node's log".into()

@@ -45,9 +45,7 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 
 fn error_response(err: &Error) -> Response {
     match err {
-        Error::Rejected(why) if why.starts_with("no repo named") => {
-            text(StatusCode::NOT_FOUND, why.clone())
-        }
+        Error::NotFound(why) => text(StatusCode::NOT_FOUND, why.clone()),
         Error::Rejected(why) => text(StatusCode::BAD_REQUEST, why.clone()),
         Error::Internal(why) => {
             warn!(target: TARGET, %why, "git request failed");
