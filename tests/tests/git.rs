@@ -668,6 +668,10 @@ async fn limits_and_malformed_requests_get_reasons() {
 
     assert_eq!(w.tips("demo")[1], (base, "refs/heads/main".into()));
     w.assert_repo_clean(w.demo);
+
+    // A repo no token names.
+    let out = alice.git_err(&work, &["ls-remote", &w.url("nope")]);
+    assert!(out.contains("remote: no repo named \"nope\" on chain"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
