@@ -123,6 +123,12 @@ fn signer_script(user: &GitUser, name: &str, before: &str, after: &str) -> Strin
     path.display().to_string()
 }
 
+/// `git push --signed origin main` in `dir` with `program` as `gpg.ssh.program`.
+fn push_with_signer(user: &GitUser, dir: &std::path::Path, program: &str) -> std::process::Output {
+    let signer = format!("gpg.ssh.program={program}");
+    user.git(dir, &["-c", &signer, "push", "--signed", "origin", "main"])
+}
+
 /// A POST over a fresh connection: (status, body).
 fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -290,31 +296,11 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
         "",
         "sed -i '3y/ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz/BCDEFGHIJKLMNOPQRSTUVWXYZAbcdefghijklmnopqrstuvwxyza/' \"$last.sig\"",
     );
-    let out = bob.git_err(
-        &bwork,
-        &[
-            "-c",
-            &format!("gpg.ssh.program={broken}"),
-            "push",
-            "--signed",
-            "origin",
-            "main",
-        ],
-    );
+    let out = git::output_text(&push_with_signer(bob, &bwork, &broken));
     assert!(out.contains("SSH signature"), "{out}");
     // A nonce older than the window (8 s here): the signer takes 10 s.
     let slow = signer_script(bob, "slow-signer", "sleep 10", "");
-    let out = bob.git_err(
-        &bwork,
-        &[
-            "-c",
-            &format!("gpg.ssh.program={slow}"),
-            "push",
-            "--signed",
-            "origin",
-            "main",
-        ],
-    );
+    let out = git::output_text(&push_with_signer(bob, &bwork, &slow));
     assert!(
         out.contains("nonce is") && out.contains("beyond the 8s window"),
         "{out}"
@@ -477,21 +463,7 @@ async fn concurrent_pushes_to_one_ref_exactly_one_wins() {
         let handles: Vec<_> = [&w.alice, &w.bob]
             .into_iter()
             .zip(&pushes)
-            .map(|(user, (_, dir, slow))| {
-                s.spawn(move || {
-                    user.git(
-                        dir,
-                        &[
-                            "-c",
-                            &format!("gpg.ssh.program={slow}"),
-                            "push",
-                            "--signed",
-                            "origin",
-                            "main",
-                        ],
-                    )
-                })
-            })
+            .map(|(user, (_, dir, slow))| s.spawn(move || push_with_signer(user, dir, slow)))
             .collect();
         handles
             .into_iter()
@@ -671,7 +643,10 @@ async fn limits_and_malformed_requests_get_reasons() {
 
     // A repo no token names.
     let out = alice.git_err(&work, &["ls-remote", &w.url("nope")]);
-    assert!(out.contains("remote: no repo named \"nope\" on chain"), "{out}");
+    assert!(
+        out.contains("remote: no repo named \"nope\" on chain"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
