@@ -95,7 +95,8 @@ pub struct GitConfig {
     /// Largest request besides the pack (push commands and certificate, fetch
     /// negotiation), in bytes. Default: 16 MiB.
     pub max_request_bytes: usize,
-    /// A client that sends nothing for this long is dropped. Default: `60s`.
+    /// A client that sends nothing of its request, or reads nothing of a fetch
+    /// response, for this long is dropped. Default: `60s`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// How long a push-certificate nonce stays valid. Default: `5m`.

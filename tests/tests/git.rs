@@ -697,3 +697,43 @@ async fn restart_keeps_pushes_and_restores_refs_no_push_justifies() {
     assert_eq!(dave.ls_remote(&url)[1], (second, "refs/heads/main".into()));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetch_client_that_stops_reading_is_dropped() {
+    let w = World::start(|c| c.git.idle_timeout = Duration::from_secs(2)).await;
+    let work = w.alice.init("demo");
+    let mut blob = vec![0u8; 20_000_000];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut blob)
+        .unwrap();
+    std::fs::write(work.join("big"), &blob).unwrap();
+    w.alice.git_ok(&work, &["add", "big"]);
+    w.alice.git_ok(&work, &["commit", "-q", "-m", "big"]);
+    let tip = w.alice.rev(&work, "HEAD");
+    w.alice
+        .git_ok(&work, &["push", "--signed", &w.url("demo"), "main"]);
+
+    // A protocol v0 fetch of everything, whose response the client does not read.
+    let mut req = Vec::new();
+    pkt(&mut req, format!("want {tip}\n").as_bytes());
+    req.extend_from_slice(b"0000");
+    pkt(&mut req, b"done\n");
+    let mut s = TcpStream::connect(w.node.http_addr).unwrap();
+    write!(
+        s,
+        "POST /demo.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-git-upload-pack-request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        req.len()
+    )
+    .unwrap();
+    s.write_all(&req).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (status, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert!(
+        body.len() < blob.len(),
+        "the whole pack ({} bytes) was still served after the client stalled",
+        body.len()
+    );
+}

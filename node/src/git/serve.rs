@@ -2,11 +2,19 @@
 //! and `POST /<repo>.git/git-receive-pack`. Errors are `text/plain`, which git shows
 //! on `remote:` lines.
 
-use std::{io::Read, process::Stdio, time::Duration};
+use std::{
+    io::Read,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
-    body::{Body, Bytes},
+    body::Body,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -330,13 +338,37 @@ async fn upload_pack(
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return error_response(&Error::Internal("git upload-pack has no pipes".into()));
     };
+    // The response streams from git's stdout. A client that stops reading stops the
+    // stream being polled; when nothing was taken for `idle_timeout`, git is stopped
+    // so that a stalled reader does not hold a process.
+    let start = tokio::time::Instant::now();
+    let last_taken = Arc::new(AtomicU64::new(0));
+    let idle = git.idle();
+    let taken = last_taken.clone();
     tokio::spawn(async move {
         // A client that hangs up early makes git fail to write; that is not our error.
         let _ = stdin.write_all(&request).await;
         drop(stdin);
-        let _ = child.wait().await;
+        loop {
+            tokio::select! {
+                _ = child.wait() => return,
+                () = tokio::time::sleep(idle / 4) => {}
+            }
+            let since = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(taken.load(Ordering::Relaxed)));
+            if since > idle {
+                warn!(target: TARGET, "fetch client stopped reading for {}; stopping git upload-pack (git.idle_timeout)", humantime::format_duration(idle));
+                let _ = child.kill().await;
+                return;
+            }
+        }
     });
-    let stream = ReaderStream::with_capacity(stdout, 1 << 16).map_ok(Bytes::from);
+    let stream = ReaderStream::with_capacity(stdout, 1 << 16).map_ok(move |chunk| {
+        let millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last_taken.store(millis, Ordering::Relaxed);
+        chunk
+    });
     git_response(
         "application/x-git-upload-pack-result",
         Body::from_stream(stream),
