@@ -20,7 +20,7 @@ pub mod token;
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -204,10 +204,16 @@ impl Git {
         Ok((id, dir))
     }
 
-    /// Handles a push request whose head is already parsed; the pack follows in `body`.
-    async fn push(&self, name: &str, request: &receive::Request, body: &mut BodyReader) -> Report {
+    /// Handles a push to repo `name` (token `id`, directory `dir`) whose head is
+    /// already parsed; the pack follows in `body`.
+    async fn push(
+        &self,
+        (name, id, dir): (&str, RepoId, &Path),
+        request: &receive::Request,
+        body: &mut BodyReader,
+    ) -> Report {
         let commands = &request.commands;
-        match self.try_push(name, request, body).await {
+        match self.try_push((name, id, dir), request, body).await {
             Ok(report) => {
                 self.inner
                     .stats
@@ -238,7 +244,7 @@ impl Git {
 
     async fn try_push(
         &self,
-        name: &str,
+        (name, id, dir): (&str, RepoId, &Path),
         request: &receive::Request,
         body: &mut BodyReader,
     ) -> Result<Report, Error> {
@@ -250,7 +256,7 @@ impl Git {
             )));
         }
         let snapshot = self.inner.acl.snapshot();
-        let (id, dir) = self.open(&snapshot, name).await?;
+        let dir = dir.to_path_buf(); // moved into blocking tasks
         let cert = request.cert.as_ref().ok_or_else(|| {
             Error::Rejected(
                 "pushes must be signed: run `git push --signed` with gpg.format=ssh and user.signingkey set to your ed25519 key (or set push.gpgSign=true)".into(),
@@ -373,7 +379,7 @@ impl Git {
 
     async fn receive_pack(
         &self,
-        dir: &std::path::Path,
+        dir: &Path,
         body: &mut BodyReader,
     ) -> Result<repos::Incoming, Error> {
         let limits = repos::PackLimits {

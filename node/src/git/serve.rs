@@ -381,7 +381,7 @@ async fn receive_pack(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (name, _, _) = match readable_repo(&git, &segment, &headers).await {
+    let (name, id, dir) = match readable_repo(&git, &segment, &headers).await {
         Ok(r) => r,
         Err(res) => return res,
     };
@@ -400,7 +400,7 @@ async fn receive_pack(
     if request.commands.is_empty() {
         return git_response("application/x-git-receive-pack-result", Body::empty());
     }
-    let report = git.push(&name, &request, &mut reader).await;
+    let report = git.push((&name, id, &dir), &request, &mut reader).await;
     git_response(
         "application/x-git-receive-pack-result",
         Body::from(report.encode(request.caps)),
