@@ -447,7 +447,7 @@ fn git_credential(args: &GitCredentialArgs) -> Result<()> {
     let first = path.split('/').next().unwrap_or_default();
     let repo = first.strip_suffix(".git").unwrap_or(first);
     let repo = if repo.is_empty() { "*" } else { repo };
-    let expires = crate::git::now() + args.lifetime.as_secs();
+    let expires = crate::unix_now() + args.lifetime.as_secs();
     let token = crate::git::token::issue(&args.key, repo, expires)?;
     println!("username=hanzo\npassword={token}");
     Ok(())

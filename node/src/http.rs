@@ -3,10 +3,7 @@
 //! (Prometheus), `/acl` (the current ACL as JSON, as `hanzo-node acl show --json`
 //! prints it), and git's smart HTTP under `/<repo>.git/` (see [`crate::git`]).
 
-use std::{
-    sync::atomic::AtomicU64,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::atomic::AtomicU64;
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
@@ -96,10 +93,7 @@ async fn readiness(State(s): State<Shared>) -> impl IntoResponse {
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     let st = s.status.borrow().clone();
     let snap = s.acl.snapshot();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::unix_now();
     let mut registry = Registry::default();
     let mut gauge = |name: &str, help: &str, value: u64| {
         let g = Gauge::<u64, AtomicU64>::default();

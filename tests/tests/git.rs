@@ -11,7 +11,7 @@ use std::{
 };
 
 use hanzo_e2e::{git::GitUser, *};
-use hanzo_node::{acl::Member, config::Config, node::Node};
+use hanzo_node::{acl::Member, config::Config, node::Node, unix_now};
 
 /// A chain with alice (owner of public `demo` and `other` and private `secret`), bob (committer
 /// of `demo`), carol (reader of `secret`, nothing on `demo`) and dave (a key of no
@@ -95,13 +95,6 @@ impl World {
             .collect();
         assert!(leftovers.is_empty(), "quarantines left: {leftovers:?}");
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// The refusal for a key no identity carries.

@@ -25,14 +25,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufRead;
-
-/// A request body being read.
-pub(crate) type BodyReader = Box<dyn AsyncBufRead + Send + Unpin>;
 use tracing::{info, warn};
 
 pub use serve::router;
@@ -42,11 +38,15 @@ use crate::{
     config::GitConfig,
     keys::NodeKey,
     store::{RefRecord, Store},
+    unix_now,
 };
 use cert::{Command, Nonces};
 use receive::Report;
 
 const TARGET: &str = "hanzo::git";
+
+/// A request body being read.
+pub(crate) type BodyReader = Box<dyn AsyncBufRead + Send + Unpin>;
 /// Most bytes of a refused push read and discarded so that the client sees the
 /// report; beyond it, the connection is closed.
 const MAX_DRAIN: u64 = 64 << 20;
@@ -93,12 +93,6 @@ pub struct Stats {
     pub pushes_refused: AtomicU64,
     /// Fetch requests served (`git-upload-pack` POSTs).
     pub fetches: AtomicU64,
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Git {
@@ -263,7 +257,7 @@ impl Git {
             )
         })?;
         let key = cert.verify().map_err(|e| Error::Rejected(e.to_string()))?;
-        let now = now();
+        let now = unix_now();
         self.inner
             .nonces
             .check(&cert.nonce, id, now)

@@ -4,7 +4,7 @@
 //! Everything here blocks; callers run it on the blocking pool.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::{self, BufRead, Read},
     path::{Path, PathBuf},
     sync::atomic::AtomicBool,
@@ -401,6 +401,10 @@ pub fn apply(repo_dir: &Path, incoming: Incoming, commands: &[Command]) -> Resul
 fn point_head_at_a_branch(repo_dir: &Path, repo: &Repository) -> Result<(), Error> {
     let head = std::fs::read_to_string(repo_dir.join("HEAD")).unwrap_or_default();
     let current = head.trim().strip_prefix("ref: ").unwrap_or_default();
+    // The usual case, answered without listing every ref.
+    if repo.try_find_reference(current).is_ok_and(|r| r.is_some()) {
+        return Ok(());
+    }
     let branches: Vec<String> = list_refs(repo)?
         .into_iter()
         .map(|(name, _)| name)
@@ -435,19 +439,21 @@ pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usi
         }
     }
     let repo = open(repo_dir)?;
-    let actual = list_refs(&repo)?;
+    let actual: HashMap<String, ObjectId> = list_refs(&repo)?.into_iter().collect();
+    let recorded: HashMap<&str, ObjectId> = records
+        .iter()
+        .map(|(n, r)| (n.as_str(), ObjectId::Sha1(r.target)))
+        .collect();
     let mut edits = Vec::new();
     for (name, id) in &actual {
-        let recorded = records.iter().find(|(n, _)| n == name);
-        match recorded {
-            Some((_, r)) if r.target == *id.as_bytes() => {}
-            Some((_, r)) => edits.push((name.clone(), Some(ObjectId::Sha1(r.target)))),
-            None => edits.push((name.clone(), None)),
+        match recorded.get(name.as_str()) {
+            Some(r) if r == id => {}
+            other => edits.push((name.clone(), other.copied())),
         }
     }
-    for (name, r) in records {
-        if !actual.iter().any(|(n, _)| n == name) {
-            edits.push((name.clone(), Some(ObjectId::Sha1(r.target))));
+    for (name, id) in &recorded {
+        if !actual.contains_key(*name) {
+            edits.push(((*name).to_owned(), Some(*id)));
         }
     }
     let count = edits.len();

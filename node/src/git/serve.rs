@@ -26,8 +26,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 use tracing::warn;
 
-use super::{BodyReader, Error, Git, TARGET, now, pktline, receive, repos, token};
-use crate::acl::{Key, RepoId, Snapshot};
+use super::{BodyReader, Error, Git, TARGET, pktline, receive, repos, token};
+use crate::{
+    acl::{Key, RepoId, Snapshot},
+    unix_now,
+};
 
 /// The git routes, served beside the node's other HTTP endpoints.
 pub fn router(git: Git) -> Router {
@@ -130,7 +133,7 @@ impl Git {
             ));
         };
         let lifetime = self.inner.config.max_token_lifetime.as_secs();
-        let key = token::verify(&token, name, now(), lifetime)
+        let key = token::verify(&token, name, unix_now(), lifetime)
             .map_err(|e| Refused(StatusCode::FORBIDDEN, e.to_string()))?;
         snapshot
             .may_read(Some(&Key::Ssh(key)), name)
@@ -224,7 +227,7 @@ async fn info_refs(
                 Ok(Err(e)) => return error_response(&e),
                 Err(e) => return error_response(&Error::Internal(e.to_string())),
             };
-            let nonce = git.inner.nonces.issue(id, now());
+            let nonce = git.inner.nonces.issue(id, unix_now());
             git_response(
                 "application/x-git-receive-pack-advertisement",
                 Body::from(receive::advertise(&refs, &nonce)),
