@@ -46,6 +46,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Git hosting limits and windows.
     pub git: GitConfig,
+    /// Peer-to-peer replication.
+    pub p2p: P2pConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -121,6 +123,91 @@ impl Default for GitConfig {
     }
 }
 
+/// Peer-to-peer replication among staked operators' nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Whether the node joins the mesh at all. Default: true.
+    pub enabled: bool,
+    /// Multiaddrs to listen on. Default: TCP and QUIC on port 8681 of every interface.
+    pub listen: Vec<String>,
+    /// Peers to dial at start besides the operator endpoints on chain, as multiaddrs
+    /// (a `/p2p/<peer id>` suffix is optional).
+    pub bootstrap: Vec<String>,
+    /// Which repos this node replicates and serves: `"all"`, `"preferred"` (those
+    /// whose RepoToken names this node as a replicator, or names no active one), or
+    /// a list of repo names. Default: `"all"`.
+    pub replicate: Replicate,
+    /// How often peers compare their refs (and on every new connection).
+    /// Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Largest gossip message, in bytes. Default: 256 KiB.
+    pub max_message_bytes: usize,
+    /// Gossip messages accepted per peer per second; beyond it they are ignored.
+    /// Default: 50.
+    pub max_messages_per_sec: u32,
+    /// Pack transfers served to one peer at once. Default: 2.
+    pub max_transfers_per_peer: usize,
+    /// Bytes per second served to one peer. Default: 256 MiB.
+    pub max_bytes_per_sec: u64,
+    /// Most connections, in and out. Default: 256.
+    pub max_connections: u32,
+}
+
+/// Which repos a node replicates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Replicate {
+    /// `"all"` or `"preferred"`.
+    Mode(ReplicateMode),
+    /// These repos, by name.
+    List(Vec<String>),
+}
+
+/// A replication mode by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicateMode {
+    /// Every repo on chain.
+    All,
+    /// Repos whose preferred replicators include this node (or name no active one).
+    Preferred,
+}
+
+impl Replicate {
+    /// Whether a node with key `node` following this policy replicates repo `repo`.
+    pub fn includes(&self, snapshot: &crate::acl::Snapshot, node: &crate::keys::NodeId, repo: &str) -> bool {
+        match self {
+            Self::Mode(ReplicateMode::All) => true,
+            Self::Mode(ReplicateMode::Preferred) => snapshot
+                .replicators(repo)
+                .is_ok_and(|nodes| nodes.contains(node)),
+            Self::List(names) => names.iter().any(|n| n == repo),
+        }
+    }
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/8681".into(),
+                "/ip4/0.0.0.0/udp/8681/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            replicate: Replicate::Mode(ReplicateMode::All),
+            sync_interval: Duration::from_secs(30),
+            max_message_bytes: 256 << 10,
+            max_messages_per_sec: 50,
+            max_transfers_per_peer: 2,
+            max_bytes_per_sec: 256 << 20,
+            max_connections: 256,
+        }
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,6 +223,7 @@ impl Default for Config {
             chain: ChainConfig::default(),
             http: HttpConfig::default(),
             git: GitConfig::default(),
+            p2p: P2pConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -209,6 +297,15 @@ pub struct Overrides {
     /// HTTP listen address.
     #[arg(long = "http.listen", env = "HANZO_HTTP_LISTEN", global = true)]
     pub http_listen: Option<SocketAddr>,
+    /// p2p listen multiaddrs, comma-separated.
+    #[arg(long = "p2p.listen", env = "HANZO_P2P_LISTEN", global = true, value_delimiter = ',')]
+    pub p2p_listen: Option<Vec<String>>,
+    /// p2p bootstrap multiaddrs, comma-separated.
+    #[arg(long = "p2p.bootstrap", env = "HANZO_P2P_BOOTSTRAP", global = true, value_delimiter = ',')]
+    pub p2p_bootstrap: Option<Vec<String>>,
+    /// How often peers compare refs, e.g. `5s`.
+    #[arg(long = "p2p.sync-interval", env = "HANZO_P2P_SYNC_INTERVAL", global = true, value_parser = humantime::parse_duration)]
+    pub p2p_sync_interval: Option<Duration>,
     /// Log filter.
     #[arg(long = "log", env = "HANZO_LOG", global = true)]
     pub log: Option<String>,
@@ -249,6 +346,15 @@ impl Config {
         }
         if let Some(v) = o.http_listen {
             config.http.listen = v;
+        }
+        if let Some(v) = o.p2p_listen {
+            config.p2p.listen = v;
+        }
+        if let Some(v) = o.p2p_bootstrap {
+            config.p2p.bootstrap = v;
+        }
+        if let Some(v) = o.p2p_sync_interval {
+            config.p2p.sync_interval = v;
         }
         if let Some(v) = o.log {
             config.log.filter = v;
@@ -292,6 +398,16 @@ impl Config {
             return Err(Error::Invalid {
                 setting: "git.idle_timeout / git.nonce_window",
                 reason: "must be above zero".into(),
+            });
+        }
+        if self.p2p.sync_interval.is_zero()
+            || self.p2p.max_messages_per_sec == 0
+            || self.p2p.max_transfers_per_peer == 0
+            || self.p2p.max_bytes_per_sec == 0
+        {
+            return Err(Error::Invalid {
+                setting: "p2p",
+                reason: "sync_interval and the per-peer limits must be above zero".into(),
             });
         }
         Ok(())
@@ -345,6 +461,11 @@ mod tests {
         // The dump parses back to the same settings.
         let again = Config::parse(&c.dump(), Path::new("dump")).unwrap();
         assert_eq!(again.chain.confirmations, 7);
+        assert_eq!(again.p2p.replicate, Replicate::Mode(ReplicateMode::All));
+        let list = Config::parse("[p2p]\nreplicate = [\"demo\"]\n", Path::new("c")).unwrap();
+        assert_eq!(list.p2p.replicate, Replicate::List(vec!["demo".into()]));
+        let mode = Config::parse("[p2p]\nreplicate = \"preferred\"\n", Path::new("c")).unwrap();
+        assert_eq!(mode.p2p.replicate, Replicate::Mode(ReplicateMode::Preferred));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (Prometheus), `/acl` (the current ACL as JSON, as `hanzo-node acl show --json`
 //! prints it), and git's smart HTTP under `/<repo>.git/` (see [`crate::git`]).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, atomic::AtomicU64};
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::{
@@ -20,23 +20,27 @@ use crate::{acl::Acl, chain::Status, git::Git};
 struct Shared {
     acl: Acl,
     git: Git,
+    p2p: Option<Arc<crate::p2p::Metrics>>,
     status: watch::Receiver<Status>,
     sync_alive: CancellationToken,
 }
 
 /// Serves the listener on `listener` until `cancel` fires. `sync_done` is cancelled
 /// when the sync task ends.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     acl: Acl,
     status: watch::Receiver<Status>,
     sync_done: CancellationToken,
     git: Git,
+    p2p: Option<Arc<crate::p2p::Metrics>>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let shared = Shared {
         acl,
         git: git.clone(),
+        p2p,
         status,
         sync_alive: sync_done,
     };
@@ -162,6 +166,9 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         let c = Counter::<u64, AtomicU64>::default();
         c.inc_by(count(value));
         registry.register(name, help, c);
+    }
+    if let Some(p2p) = &s.p2p {
+        p2p.register(&mut registry);
     }
     let mut out = String::new();
     match encode(&mut out, &registry) {

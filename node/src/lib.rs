@@ -12,6 +12,7 @@ pub mod git;
 pub mod http;
 pub mod keys;
 pub mod node;
+pub mod p2p;
 pub mod store;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

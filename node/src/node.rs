@@ -14,6 +14,7 @@ use crate::{
     git::Git,
     http,
     keys::{NODE_KEY_FILE, NodeKey},
+    p2p::P2p,
     store::{self, Store},
 };
 
@@ -31,6 +32,8 @@ pub enum Error {
     Keys(#[from] crate::keys::Error),
     #[error("repos: {0}")]
     Git(#[from] crate::git::Error),
+    #[error(transparent)]
+    P2p(#[from] crate::p2p::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -46,6 +49,8 @@ pub struct Node {
     pub status: watch::Receiver<Status>,
     /// Where the HTTP listener is bound.
     pub http_addr: SocketAddr,
+    /// The swarm, unless `p2p.enabled` is off.
+    pub p2p: Option<P2p>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -74,6 +79,7 @@ impl Node {
             store,
             &key,
             config.git.clone(),
+            config.p2p.replicate.clone(),
         );
         // The syncer has published the stored checkpoint: make its repos exist and
         // agree with their push records before serving.
@@ -90,6 +96,20 @@ impl Node {
         })?;
 
         let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let p2p = if config.p2p.enabled {
+            let (p2p, task) = P2p::start(
+                &key,
+                config.p2p.clone(),
+                acl.clone(),
+                git.clone(),
+                cancel.child_token(),
+            )?;
+            tasks.push(task);
+            Some(p2p)
+        } else {
+            None
+        };
         let sync_done = CancellationToken::new();
         let sync_task = {
             let (cancel, done) = (cancel.child_token(), sync_done.clone());
@@ -109,8 +129,10 @@ impl Node {
         };
         let http_task = {
             let (acl, status, cancel) = (acl.clone(), status.clone(), cancel.child_token());
+            let p2p_metrics = p2p.as_ref().map(P2p::metrics);
             tokio::spawn(async move {
-                if let Err(err) = http::serve(listener, acl, status, sync_done, git, cancel).await {
+                let serving = http::serve(listener, acl, status, sync_done, git, p2p_metrics, cancel);
+                if let Err(err) = serving.await {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }
             })
@@ -126,8 +148,12 @@ impl Node {
             acl,
             status,
             http_addr,
+            p2p,
             cancel,
-            tasks: vec![sync_task, repos_task, http_task],
+            tasks: {
+                tasks.extend([sync_task, repos_task, http_task]);
+                tasks
+            },
         })
     }
 

@@ -51,6 +51,14 @@ pub struct RefRecord {
     pub timestamp: u64,
 }
 
+impl RefRecord {
+    /// Whether this records a deletion: the ref is absent, and the certificate that
+    /// deleted it still orders later updates.
+    pub fn is_tombstone(&self) -> bool {
+        self.target == [0; 20]
+    }
+}
+
 /// What went wrong with the database.
 #[allow(missing_docs)] // each variant's #[error] message documents it
 #[derive(Debug, thiserror::Error)]
@@ -221,9 +229,7 @@ impl Store {
             let (oldest_dropped, _) = item?;
             batch.delete_range_cf(cf, &[][..], &successor(&oldest_dropped)[..]);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        Ok(self.db.write_opt(batch, &opts)?)
+        self.write_synced(batch)
     }
 
     /// The ref records of `repo`, by ref name.
@@ -250,12 +256,12 @@ impl Store {
     }
 
     /// Records an accepted push to `repo` in one synced write: its certificate, and
-    /// for each ref the new record, or `None` for a deleted ref.
+    /// the new record of each ref it moved (a tombstone for a deleted ref).
     pub fn record_push(
         &self,
         repo: u64,
         cert: &[u8],
-        updates: &[(String, Option<RefRecord>)],
+        updates: &[(String, RefRecord)],
     ) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
@@ -263,17 +269,24 @@ impl Store {
         for (name, record) in updates {
             let mut key = repo.to_be_bytes().to_vec();
             key.extend_from_slice(name.as_bytes());
-            match record {
-                Some(r) => {
-                    let value = postcard::to_stdvec(r).map_err(|e| Error::Corrupt {
-                        what: "refs",
-                        detail: e.to_string(),
-                    })?;
-                    batch.put_cf(self.cf(CF_REFS), key, value);
-                }
-                None => batch.delete_cf(self.cf(CF_REFS), key),
-            }
+            let value = postcard::to_stdvec(record).map_err(|e| Error::Corrupt {
+                what: "refs",
+                detail: e.to_string(),
+            })?;
+            batch.put_cf(self.cf(CF_REFS), key, value);
         }
+        self.write_synced(batch)
+    }
+
+    /// Forgets every ref record of `repo` (its token was burned).
+    pub fn remove_repo(&self, repo: u64) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        let (from, to) = (repo.to_be_bytes(), repo.wrapping_add(1).to_be_bytes());
+        batch.delete_range_cf(self.cf(CF_REFS), &from[..], &to[..]);
+        self.write_synced(batch)
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         Ok(self.db.write_opt(batch, &opts)?)
@@ -457,22 +470,29 @@ mod tests {
                 1,
                 b"cert",
                 &[
-                    ("refs/heads/a".into(), Some(record(1))),
-                    ("refs/heads/b".into(), Some(record(2))),
+                    ("refs/heads/a".into(), record(1)),
+                    ("refs/heads/b".into(), record(2)),
                 ],
             )
             .unwrap();
         store
-            .record_push(2, b"cert", &[("refs/heads/a".into(), Some(record(3)))])
+            .record_push(2, b"cert", &[("refs/heads/a".into(), record(3))])
             .unwrap();
         store
-            .record_push(1, b"cert", &[("refs/heads/b".into(), None)])
+            .record_push(1, b"cert", &[("refs/heads/b".into(), record(0))])
             .unwrap();
         assert_eq!(
             store.refs(1).unwrap(),
-            vec![("refs/heads/a".into(), record(1))]
+            vec![
+                ("refs/heads/a".into(), record(1)),
+                ("refs/heads/b".into(), record(0))
+            ]
         );
+        assert!(store.refs(1).unwrap()[1].1.is_tombstone());
         assert_eq!(store.refs(2).unwrap()[0].1, record(3));
+        store.remove_repo(1).unwrap();
+        assert!(store.refs(1).unwrap().is_empty());
+        assert_eq!(store.refs(2).unwrap().len(), 1);
         assert!(store.refs(3).unwrap().is_empty());
         assert_eq!(store.cert(&record(1).cert).unwrap().unwrap(), b"cert");
     }

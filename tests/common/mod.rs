@@ -14,6 +14,7 @@ use alloy::{
     providers::{DynProvider, Provider, ext::AnvilApi},
     signers::local::PrivateKeySigner,
 };
+pub mod cluster;
 pub mod git;
 
 use hanzo_node::{
@@ -175,6 +176,8 @@ impl Devnet {
         config.chain.confirmations = 2;
         config.chain.poll_interval = Duration::from_millis(50);
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        config.p2p.sync_interval = Duration::from_secs(1);
         config
     }
 
@@ -215,7 +218,8 @@ impl Devnet {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HANZO_DATA_DIR", self.dir.path())
             .env("HANZO_CHAIN_RPC_URL", self.anvil.endpoint())
-            .env("HANZO_LOG", "warn");
+            .env("HANZO_LOG", "warn")
+            .env("HANZO_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -13,6 +13,8 @@
 pub mod cert;
 pub mod pktline;
 mod receive;
+pub mod register;
+pub mod replica;
 mod repos;
 mod serve;
 pub mod sshsig;
@@ -35,13 +37,15 @@ pub use serve::router;
 
 use crate::{
     acl::{Acl, RepoId, Snapshot},
-    config::GitConfig,
-    keys::NodeKey,
+    config::{GitConfig, Replicate},
+    keys::{NodeId, NodeKey},
     store::{RefRecord, Store},
     unix_now,
 };
 use cert::{Command, Nonces};
 use receive::Report;
+use register::{Outcome, Version};
+pub use replica::{Refusal, Update};
 
 const TARGET: &str = "hanzo::git";
 
@@ -82,6 +86,11 @@ struct Inner {
     config: GitConfig,
     push_locks: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
     stats: Stats,
+    /// Which repos this node holds.
+    seeding: Replicate,
+    node: NodeId,
+    /// Accepted pushes, for `p2p` to announce.
+    announce: tokio::sync::broadcast::Sender<Update>,
 }
 
 /// Counters since start, for `/metrics`.
@@ -104,6 +113,7 @@ impl Git {
         store: Arc<Store>,
         node_key: &NodeKey,
         config: GitConfig,
+        seeding: Replicate,
     ) -> Self {
         let mut h = Sha256::new();
         h.update(b"hanzo-node push-cert nonce key\0");
@@ -118,16 +128,37 @@ impl Git {
                 config,
                 push_locks: Mutex::default(),
                 stats: Stats::default(),
+                seeding,
+                node: node_key.public(),
+                announce: tokio::sync::broadcast::channel(1024).0,
             }),
         }
     }
 
-    /// At start: creates the repos of every RepoToken in `snapshot` that has none
-    /// yet, and reconciles existing ones with their push records (after a crash).
+    /// At start: creates the repos this node replicates that have none yet,
+    /// reconciles existing ones with their push records (after a crash), and removes
+    /// repos whose token was burned while the node was down.
     pub async fn sync_repos(&self, snapshot: &Snapshot) -> Result<(), Error> {
         let this = self.clone();
-        let ids: Vec<RepoId> = snapshot.state.repos.keys().copied().collect();
+        let ids: Vec<RepoId> = snapshot
+            .state
+            .repos
+            .keys()
+            .copied()
+            .filter(|id| self.replicates(snapshot, *id))
+            .collect();
+        let burned: Vec<RepoId> = if snapshot.block.is_some() {
+            repos::on_disk(&self.inner.root)
+                .into_iter()
+                .filter(|id| !snapshot.state.repos.contains_key(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
         blocking(move || {
+            for id in burned {
+                this.remove_repo(id)?;
+            }
             for id in ids {
                 let existed = repos::path(&this.inner.root, id).exists();
                 let dir = repos::ensure(&this.inner.root, id)?;
@@ -144,12 +175,42 @@ impl Git {
         .await
     }
 
+    /// Whether this node replicates (and serves) repo `id`.
+    pub fn replicates(&self, snapshot: &Snapshot, id: RepoId) -> bool {
+        snapshot.state.repos.get(&id).is_some_and(|r| {
+            self.inner
+                .seeding
+                .includes(snapshot, &self.inner.node, &r.name)
+        })
+    }
+
+    /// The current ACL.
+    pub fn acl_snapshot(&self) -> Arc<Snapshot> {
+        self.inner.acl.snapshot()
+    }
+
+    /// Updates of pushes accepted here, as they are accepted.
+    pub fn accepted(&self) -> tokio::sync::broadcast::Receiver<Update> {
+        self.inner.announce.subscribe()
+    }
+
+    fn remove_repo(&self, id: RepoId) -> Result<(), Error> {
+        repos::remove(&repos::path(&self.inner.root, id))?;
+        self.inner
+            .store
+            .remove_repo(id)
+            .map_err(|e| Error::Internal(format!("forget records: {e}")))?;
+        info!(target: TARGET, repo = id, "removed repo: its token was burned");
+        Ok(())
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
     }
 
-    /// Creates repos as RepoTokens appear, until the ACL's publisher goes away.
+    /// Creates the repos this node replicates as their tokens appear, and removes
+    /// repos whose token is burned, until the ACL's publisher goes away.
     pub async fn follow_acl(self) {
         let mut acl = self.inner.acl.clone();
         let mut known: HashSet<RepoId> = HashSet::new();
@@ -158,24 +219,36 @@ impl Git {
                 .state
                 .repos
                 .keys()
-                .filter(|id| !known.contains(*id))
+                .filter(|id| !known.contains(*id) && self.replicates(&snapshot, **id))
                 .copied()
                 .collect();
-            if new.is_empty() {
+            let burned: Vec<RepoId> = known
+                .iter()
+                .filter(|id| !snapshot.state.repos.contains_key(id))
+                .copied()
+                .collect();
+            if new.is_empty() && burned.is_empty() {
                 continue;
             }
-            let root = self.inner.root.clone();
-            let created = blocking(move || {
-                for &id in &new {
-                    repos::ensure(&root, id)?;
+            let this = self.clone();
+            let (created, removed) = (new.clone(), burned.clone());
+            let done = blocking(move || {
+                for &id in &removed {
+                    this.remove_repo(id)?;
                 }
-                Ok(new)
+                for &id in &created {
+                    repos::ensure(&this.inner.root, id)?;
+                }
+                Ok(())
             })
             .await;
-            match created {
-                Ok(ids) => known.extend(ids),
+            match done {
+                Ok(()) => {
+                    known.extend(new);
+                    known.retain(|id| !burned.contains(id));
+                }
                 Err(err) => {
-                    warn!(target: TARGET, %err, "cannot create repos; retrying at the next block")
+                    warn!(target: TARGET, %err, "cannot create or remove repos; retrying at the next block")
                 }
             }
         }
@@ -193,6 +266,18 @@ impl Git {
         let (id, _) = snapshot
             .repo(name)
             .map_err(|e| Error::NotFound(e.to_string()))?;
+        if !self.replicates(snapshot, id) {
+            let holders: Vec<String> = snapshot
+                .replicators(name)
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            return Err(Error::NotFound(format!(
+                "this node does not replicate repo {name} (p2p.replicate); nodes that do: {}",
+                holders.join(", ")
+            )));
+        }
         let root = self.inner.root.clone();
         let dir = blocking(move || repos::ensure(&root, id)).await?;
         Ok((id, dir))
@@ -309,23 +394,42 @@ impl Git {
             return Err(Error::Rejected("no commands".into()));
         };
 
-        let (apply_dir, cmds) = (dir.clone(), request.commands.clone());
-        blocking(move || repos::apply(&apply_dir, incoming, &cmds)).await?;
+        // Replicas order a ref's versions by certificate: this one must come after
+        // the version it replaces, or other nodes would keep the old tip.
         let hash = cert.hash();
+        let version = Version {
+            timestamp: cert.timestamp,
+            cert: hash,
+        };
+        let records: HashMap<String, RefRecord> = self.records(id)?.into_iter().collect();
+        for cmd in &request.commands {
+            if let Some(r) = records.get(&cmd.name)
+                && register::decide(Some(replica::version_of(r)), version) != Outcome::Wins
+            {
+                return Err(Error::Rejected(format!(
+                    "{} was last set by a certificate dated {}, not before this one's {}; check your clock and push again",
+                    cmd.name, r.timestamp, cert.timestamp
+                )));
+            }
+        }
+
+        let apply_dir = dir.clone();
+        let edits: Vec<repos::Edit> = request.commands.iter().map(repos::Edit::from_command).collect();
+        blocking(move || repos::apply(&apply_dir, incoming, &edits)).await?;
         let fingerprint = key.fingerprint();
-        let updates: Vec<(String, Option<RefRecord>)> = request
+        let updates: Vec<(String, RefRecord)> = request
             .commands
             .iter()
             .map(|c| {
-                let record = (!c.is_delete()).then(|| RefRecord {
-                    // A SHA-1 id is 20 bytes.
+                let record = RefRecord {
+                    // A SHA-1 id is 20 bytes; a deletion records the zero id.
                     target: *c.new.as_bytes().first_chunk().unwrap_or(&[0; 20]),
                     cert: hash,
                     identity: pusher.identity,
                     handle: pusher.handle.clone(),
                     key: fingerprint.clone(),
                     timestamp: cert.timestamp,
-                });
+                };
                 (c.name.clone(), record)
             })
             .collect();
@@ -342,6 +446,8 @@ impl Git {
             let _ = blocking(move || repos::reconcile(&dir, &records)).await;
             return Err(e);
         }
+        // Nobody listening (p2p off) is fine.
+        let _ = self.inner.announce.send(Update::of_push(id, cert));
         info!(
             target: TARGET,
             repo = name,
@@ -443,6 +549,7 @@ pub fn ref_views(store: &Store, id: RepoId) -> Result<Vec<RefView>, crate::store
     Ok(store
         .refs(id)?
         .into_iter()
+        .filter(|(_, r)| !r.is_tombstone())
         .map(|(name, r)| RefView {
             name,
             target: hex::encode(r.target),

@@ -38,6 +38,17 @@ pub fn path(root: &Path, id: RepoId) -> PathBuf {
     root.join(format!("{id}.git"))
 }
 
+/// The token ids of the repos under `root`.
+pub fn on_disk(root: &Path) -> Vec<RepoId> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".git")?.parse().ok())
+        .collect()
+}
+
 /// Creates the bare repo `id` under `root` unless it exists; new repos start with
 /// `HEAD` at `refs/heads/main`. Creation happens in a temporary directory renamed
 /// into place, so a crash never leaves half a repo.
@@ -321,35 +332,69 @@ impl Incoming {
                 continue;
             }
             // Not a fast-forward when old is no ancestor of new, or either is no commit.
-            let fast_forward = view
-                .merge_base(cmd.old, cmd.new)
-                .is_ok_and(|base| base.is_some_and(|b| b.detach() == cmd.old));
-            rewrites.push(!fast_forward);
+            rewrites.push(!contains(&view, cmd.new, cmd.old));
         }
         Ok(rewrites)
     }
 }
 
+/// One ref change of a transaction: `expected` is the value the ref must hold
+/// (`None`: absent), `new` the value to set (`None`: delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// Full ref name (validated).
+    pub name: String,
+    /// The value compared before swapping.
+    pub expected: Option<ObjectId>,
+    /// The value swapped in.
+    pub new: Option<ObjectId>,
+}
+
+impl Edit {
+    /// The edit a pushed command asks for.
+    pub fn from_command(cmd: &Command) -> Self {
+        let some = |id: ObjectId| (!id.is_null()).then_some(id);
+        Self {
+            name: cmd.name.clone(),
+            expected: some(cmd.old),
+            new: some(cmd.new),
+        }
+    }
+}
+
+/// The current value of ref `name` in `repo`.
+fn current(repo: &Repository, name: &str) -> Result<Option<ObjectId>, Error> {
+    Ok(repo
+        .try_find_reference(name)
+        .map_err(|e| internal("read ref", e))?
+        .and_then(|r| r.target().try_id().map(ToOwned::to_owned)))
+}
+
 /// Applies an accepted push to the repo at `repo_dir`: checks that every ref still
-/// holds the value its command expects (else nothing changes: "fetch first"), moves
-/// the quarantined pack into the repo, and updates all refs in one transaction whose
-/// old values are compared and swapped. The caller holds the repo's push lock and
+/// holds the value its edit expects (else nothing changes: "fetch first"), moves the
+/// quarantined pack into the repo, and updates all refs in one transaction whose old
+/// values are compared and swapped. The caller holds the repo's push lock and
 /// records the push once this returns.
-pub fn apply(repo_dir: &Path, incoming: Incoming, commands: &[Command]) -> Result<(), Error> {
+pub fn apply(repo_dir: &Path, incoming: Incoming, edits: &[Edit]) -> Result<(), Error> {
     let repo = open(repo_dir)?;
-    for cmd in commands {
-        let current = repo
-            .try_find_reference(cmd.name.as_str())
-            .map_err(|e| internal("read ref", e))?
-            .and_then(|r| r.target().try_id().map(ToOwned::to_owned))
-            .unwrap_or_else(|| ObjectId::null(SHA1));
-        if current != cmd.old {
+    for edit in edits {
+        let now = current(&repo, &edit.name)?;
+        if now != edit.expected {
+            let show = |id: Option<ObjectId>| id.map_or_else(|| "absent".to_owned(), |i| i.to_string());
             return Err(Error::Rejected(format!(
-                "fetch first: {} is at {current} now, not {} as your push expected; run git fetch (or git pull) and push again",
-                cmd.name, cmd.old
+                "fetch first: {} is {} now, not {} as your push expected; run git fetch (or git pull) and push again",
+                edit.name,
+                show(now),
+                show(edit.expected)
             )));
         }
     }
+    admit(repo_dir, incoming)?;
+    set_refs(repo_dir, &repo, edits)
+}
+
+/// Moves a checked quarantine's pack into the repo: its objects become part of it.
+pub fn admit(repo_dir: &Path, incoming: Incoming) -> Result<(), Error> {
     if let Some((pack, index)) = &incoming.pack {
         let pack_dir = repo_dir.join("objects/pack");
         // The index goes last: git and gix only look at packs that have one.
@@ -360,32 +405,33 @@ pub fn apply(repo_dir: &Path, incoming: Incoming, commands: &[Command]) -> Resul
             }
         }
     }
-    drop(incoming);
+    Ok(())
+}
 
-    let edits = commands.iter().map(|cmd| {
-        let expected = if cmd.old.is_null() {
-            PreviousValue::MustNotExist
-        } else {
-            PreviousValue::MustExistAndMatch(Target::Object(cmd.old))
+/// Moves the refs of `edits` in one compare-and-swap transaction.
+pub fn set_refs(repo_dir: &Path, repo: &Repository, edits: &[Edit]) -> Result<(), Error> {
+    let edits = edits.iter().map(|edit| {
+        let expected = match edit.expected {
+            None => PreviousValue::MustNotExist,
+            Some(id) => PreviousValue::MustExistAndMatch(Target::Object(id)),
         };
-        let change = if cmd.is_delete() {
-            Change::Delete {
+        let change = match edit.new {
+            None => Change::Delete {
                 expected,
                 log: RefLog::AndReference,
-            }
-        } else {
-            Change::Update {
+            },
+            Some(new) => Change::Update {
                 log: LogChange {
                     message: "push".into(),
                     ..Default::default()
                 },
                 expected,
-                new: Target::Object(cmd.new),
-            }
+                new: Target::Object(new),
+            },
         };
         // Names were validated when the command was parsed.
         #[allow(clippy::expect_used)]
-        let name = cmd.name.as_str().try_into().expect("validated ref name");
+        let name = edit.name.as_str().try_into().expect("validated ref name");
         RefEdit::new(name, change)
     });
     repo.edit_references(edits).map_err(|e| {
@@ -393,7 +439,42 @@ pub fn apply(repo_dir: &Path, incoming: Incoming, commands: &[Command]) -> Resul
             "fetch first: a ref moved while your push was applied ({e}); run git fetch and push again"
         ))
     })?;
-    point_head_at_a_branch(repo_dir, &repo)
+    point_head_at_a_branch(repo_dir, repo)
+}
+
+/// The repo at `repo_dir`, for a batch of questions and a [`set_refs`].
+pub fn open_repo(repo_dir: &Path) -> Result<Repository, Error> {
+    open(repo_dir)
+}
+
+/// The value of ref `name` in `repo`.
+pub fn ref_value(repo: &Repository, name: &str) -> Result<Option<ObjectId>, Error> {
+    current(repo, name)
+}
+
+/// Whether `repo` has object `id`.
+pub fn has(repo: &Repository, id: ObjectId) -> bool {
+    repo.has_object(id)
+}
+
+/// Whether `commit` is `tip` or one of its ancestors (false when either is missing).
+pub fn contains(repo: &Repository, tip: ObjectId, commit: ObjectId) -> bool {
+    tip == commit
+        || repo
+            .merge_base(commit, tip)
+            .is_ok_and(|base| base.is_some_and(|b| b.detach() == commit))
+}
+
+/// Deletes the repo at `repo_dir` (its token was burned): renamed aside first, so a
+/// crash leaves either the whole repo or none.
+pub fn remove(repo_dir: &Path) -> Result<(), Error> {
+    if !repo_dir.exists() {
+        return Ok(());
+    }
+    let aside = repo_dir.with_extension("git.removed");
+    std::fs::rename(repo_dir, &aside)
+        .and_then(|()| std::fs::remove_dir_all(&aside))
+        .map_err(|e| internal("remove repo", e))
 }
 
 /// Keeps `HEAD` useful to cloners: when it names a branch that does not exist and
@@ -440,8 +521,10 @@ pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usi
     }
     let repo = open(repo_dir)?;
     let actual: HashMap<String, ObjectId> = list_refs(&repo)?.into_iter().collect();
+    // A tombstone (zero target) records a deletion: the ref must be absent.
     let recorded: HashMap<&str, ObjectId> = records
         .iter()
+        .filter(|(_, r)| !r.is_tombstone())
         .map(|(n, r)| (n.as_str(), ObjectId::Sha1(r.target)))
         .collect();
     let mut edits = Vec::new();
@@ -574,17 +657,17 @@ mod tests {
         assert_eq!(incoming.check(&repo, &[cmd(zero, a)]).unwrap(), vec![false]);
         // Before apply, nothing of the push is visible.
         assert!(!open(&repo).unwrap().has_object(a));
-        apply(&repo, incoming, &[cmd(zero, a)]).unwrap();
+        apply(&repo, incoming, &[Edit::from_command(&cmd(zero, a))]).unwrap();
         let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
         assert_eq!(incoming.check(&repo, &[cmd(a, b)]).unwrap(), vec![false]);
         // Deletion and a move back to A are rewrites.
         assert_eq!(incoming.check(&repo, &[cmd(b, zero)]).unwrap(), vec![true]);
         // A stale old value moves nothing.
-        let err = apply(&repo, incoming, &[cmd(b, a)]).err().unwrap();
+        let err = apply(&repo, incoming, &[Edit::from_command(&cmd(b, a))]).err().unwrap();
         assert!(err.to_string().contains("fetch first"), "{err}");
         assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), a)]);
         let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
-        apply(&repo, incoming, &[cmd(a, b)]).unwrap();
+        apply(&repo, incoming, &[Edit::from_command(&cmd(a, b))]).unwrap();
         assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), b)]);
         git(&repo, &["fsck", "--strict", "--no-dangling"]);
 

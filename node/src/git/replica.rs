@@ -1,0 +1,517 @@
+//! Replicas: applying updates that other nodes accepted, and serving them the objects
+//! they miss. Transport is `p2p`'s business; what is checked and how refs move is
+//! decided here.
+//!
+//! An [`Update`] is one push certificate and the refs it justifies. A replica
+//! verifies the certificate and the pusher's rights against its own ACL ([`Git::plan`]),
+//! fetches whatever objects it lacks (through `p2p`, into a quarantine:
+//! [`Git::receive_replica`]), then checks the objects and moves the refs in one
+//! compare-and-swap as the register decides ([`Git::commit`]).
+
+use std::{collections::HashMap, path::PathBuf, process::Stdio};
+
+use gix::ObjectId;
+use sha2::{Digest, Sha256};
+use tokio::process::{Child, ChildStdout};
+use tracing::{debug, info};
+
+use super::{
+    BodyReader, Error, Git, TARGET, blocking,
+    cert::{Command, PushCert},
+    register::{self, Outcome, Version},
+    repos::{self, Edit},
+};
+pub use super::repos::Incoming;
+use crate::{acl::RepoId, keys::SshKey, store::RefRecord, unix_now};
+
+/// Seconds a replicated certificate may be dated after this node's clock.
+pub const MAX_FUTURE: u64 = 300;
+/// Largest certificate a replica accepts, in bytes.
+pub const MAX_CERT_BYTES: usize = 128 << 10;
+
+/// One push certificate and the refs it justifies, as replicas exchange it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Update {
+    /// The repo's token id.
+    pub repo: RepoId,
+    /// The certificate's text, signature included.
+    pub cert: Vec<u8>,
+    /// The refs it sets.
+    pub claims: Vec<Claim>,
+}
+
+/// A ref and the tip a certificate gives it (all zeros: deleted). The ref is one the
+/// certificate moves, or a `refs/superseded/…` ref keeping a tip it set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Claim {
+    /// Full ref name.
+    pub name: String,
+    /// The tip.
+    pub target: [u8; 20],
+}
+
+/// Why an update was not applied, as gossip validation needs to know it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// The update is invalid: whoever sent it is at fault.
+    #[error("{0}")]
+    Invalid(String),
+    /// The update cannot be used here now (unknown repo, not replicated, objects
+    /// unavailable, a local failure): nobody is at fault.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Rejected(why) => Refusal::Invalid(why),
+            Error::NotFound(why) | Error::Internal(why) => Refusal::Unusable(why),
+        }
+    }
+}
+
+/// A verified update and what this replica needs to apply it.
+#[derive(Debug)]
+pub struct Plan {
+    /// The repo's token id.
+    pub repo: RepoId,
+    dir: PathBuf,
+    cert: PushCert,
+    hash: [u8; 32],
+    key: SshKey,
+    /// Claims with the command each derives from.
+    claims: Vec<(Claim, Command)>,
+    /// Objects to fetch (tips this replica lacks).
+    pub wants: Vec<[u8; 20]>,
+    /// Tips this replica has: a peer sends only what they lack.
+    pub haves: Vec<[u8; 20]>,
+}
+
+/// What [`Git::commit`] changed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Refs moved (superseded refs included).
+    pub refs: usize,
+    /// Objects received.
+    pub objects: usize,
+}
+
+fn oid(bytes: [u8; 20]) -> ObjectId {
+    ObjectId::Sha1(bytes)
+}
+
+fn bytes(id: ObjectId) -> [u8; 20] {
+    *id.as_bytes().first_chunk().unwrap_or(&[0; 20])
+}
+
+impl Update {
+    /// The update a just-accepted push announces: every ref its certificate moved.
+    pub fn of_push(repo: RepoId, cert: &PushCert) -> Self {
+        Self {
+            repo,
+            cert: cert.text.clone(),
+            claims: cert
+                .commands
+                .iter()
+                .map(|c| Claim {
+                    name: c.name.clone(),
+                    target: bytes(c.new),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Git {
+    /// Verifies `update` against this node's ACL and clock and works out what it
+    /// would change; `None` when this replica already has all of it.
+    pub async fn plan(&self, update: Update) -> Result<Option<Plan>, Refusal> {
+        let snapshot = self.inner.acl.snapshot();
+        let Some(repo) = snapshot.state.repos.get(&update.repo) else {
+            return Err(Refusal::Unusable(format!(
+                "repo {} is not on chain (as of this node's ACL)",
+                update.repo
+            )));
+        };
+        if !self.replicates(&snapshot, update.repo) {
+            return Err(Refusal::Unusable(format!(
+                "repo {} is not replicated here (p2p.replicate)",
+                repo.name
+            )));
+        }
+        if update.cert.len() > MAX_CERT_BYTES {
+            return Err(Refusal::Invalid(format!(
+                "certificate of {} bytes, more than {MAX_CERT_BYTES}",
+                update.cert.len()
+            )));
+        }
+        let cert = PushCert::parse(update.cert).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let key = cert.verify().map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let now = unix_now();
+        if cert.timestamp > now + MAX_FUTURE {
+            return Err(Refusal::Invalid(format!(
+                "certificate dated {}s in the future (at most {MAX_FUTURE}s accepted)",
+                cert.timestamp - now
+            )));
+        }
+        let hash = cert.hash();
+        let mut claims = Vec::with_capacity(update.claims.len());
+        for claim in update.claims {
+            let reference = register::superseded_of(&claim.name, &hash)
+                .unwrap_or_else(|| claim.name.clone());
+            let Some(cmd) = cert
+                .commands
+                .iter()
+                .find(|c| c.name == reference && bytes(c.new) == claim.target)
+            else {
+                return Err(Refusal::Invalid(format!(
+                    "the certificate does not set {} to {}",
+                    claim.name,
+                    hex::encode(claim.target)
+                )));
+            };
+            if cmd.is_delete() && claim.name != reference {
+                return Err(Refusal::Invalid(format!(
+                    "{} keeps a deletion",
+                    claim.name
+                )));
+            }
+            snapshot
+                .may_push(&key, &repo.name, &reference, false)
+                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            claims.push((claim, cmd.clone()));
+        }
+
+        let root = self.inner.root.clone();
+        let records: HashMap<String, RefRecord> = self.records(update.repo)?.into_iter().collect();
+        let id = update.repo;
+        blocking(move || {
+            let dir = repos::ensure(&root, id)?;
+            let repo = repos::open_repo(&dir)?;
+            let version = Version {
+                timestamp: cert.timestamp,
+                cert: hash,
+            };
+            let mut wants = Vec::new();
+            let mut useful = Vec::new();
+            for (claim, cmd) in claims {
+                let current = records.get(&claim.name);
+                let outcome = register::decide(current.map(version_of), version);
+                let target = oid(claim.target);
+                let needed = match outcome {
+                    Outcome::Have => false,
+                    Outcome::Wins => true,
+                    // A losing tip matters only if the winner does not contain it.
+                    Outcome::Loses => {
+                        !cmd.is_delete()
+                            && current.is_some_and(|c| {
+                                c.is_tombstone() || !repos::contains(&repo, oid(c.target), target)
+                            })
+                    }
+                };
+                if !needed {
+                    continue;
+                }
+                if !cmd.is_delete() && !repos::has(&repo, target) {
+                    wants.push(claim.target);
+                }
+                useful.push((claim, cmd));
+            }
+            if useful.is_empty() {
+                return Ok(None);
+            }
+            wants.sort_unstable();
+            wants.dedup();
+            let mut haves: Vec<[u8; 20]> = records
+                .values()
+                .filter(|r| !r.is_tombstone() && repos::has(&repo, oid(r.target)))
+                .map(|r| r.target)
+                .collect();
+            haves.sort_unstable();
+            haves.dedup();
+            Ok(Some(Plan {
+                repo: id,
+                dir,
+                cert,
+                hash,
+                key,
+                claims: useful,
+                wants,
+                haves,
+            }))
+        })
+        .await
+        .map_err(Refusal::from)
+    }
+
+    /// Reads the pack a peer sent for `plan` into a quarantine (bounded like a push).
+    pub async fn receive_replica(
+        &self,
+        plan: &Plan,
+        mut body: BodyReader,
+    ) -> Result<Incoming, Error> {
+        self.receive_pack(&plan.dir, &mut body).await
+    }
+
+    /// Checks the objects of `plan` (received in `incoming`, or all present) and
+    /// applies it under the repo's push lock, as the register decides against the
+    /// records as they are then.
+    pub async fn commit(&self, plan: Plan, incoming: Option<Incoming>) -> Result<Applied, Refusal> {
+        let dir = plan.dir.clone();
+        let incoming = match incoming {
+            Some(i) => i,
+            None => {
+                let dir = dir.clone();
+                blocking(move || Incoming::none(&dir)).await?
+            }
+        };
+        let objects = incoming.object_count();
+        let commands: Vec<Command> = plan.claims.iter().map(|(_, c)| c.clone()).collect();
+        let check_dir = dir.clone();
+        // Every object refers only to objects that exist; every tip is present; and
+        // which commands rewrite history (they need the repo's owner).
+        let (incoming, rewrites) = blocking(move || {
+            let rewrites = incoming.check(&check_dir, &commands)?;
+            Ok((incoming, rewrites))
+        })
+        .await?;
+
+        let lock = self.push_lock(plan.repo);
+        let _guard = lock.lock().await;
+        let snapshot = self.inner.acl.snapshot();
+        let name = snapshot
+            .state
+            .repos
+            .get(&plan.repo)
+            .map(|r| r.name.clone())
+            .ok_or_else(|| Refusal::Unusable(format!("repo {} was burned", plan.repo)))?;
+        let mut pusher = None;
+        for ((_, cmd), rewrite) in plan.claims.iter().zip(&rewrites) {
+            pusher = Some(
+                snapshot
+                    .may_push(&plan.key, &name, &cmd.name, *rewrite)
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?,
+            );
+        }
+        let Some(pusher) = pusher else {
+            return Ok(Applied::default());
+        };
+        let records: HashMap<String, RefRecord> = self.records(plan.repo)?.into_iter().collect();
+        let version = Version {
+            timestamp: plan.cert.timestamp,
+            cert: plan.hash,
+        };
+        let (identity, handle, key, timestamp) = (
+            pusher.identity,
+            pusher.handle.clone(),
+            plan.key.fingerprint(),
+            plan.cert.timestamp,
+        );
+        let record = move |target: [u8; 20]| RefRecord {
+            target,
+            cert: version.cert,
+            identity,
+            handle: handle.clone(),
+            key: key.clone(),
+            timestamp,
+        };
+        let claims = plan.claims;
+        let (apply_dir, hash) = (dir.clone(), plan.hash);
+        let updates = blocking(move || {
+            repos::admit(&apply_dir, incoming)?;
+            let repo = repos::open_repo(&apply_dir)?;
+            let mut edits = Vec::new();
+            let mut updates = Vec::new();
+            // A ref keeping a tip: created once, never moved.
+            let keep = |name: String,
+                        rec: RefRecord,
+                        edits: &mut Vec<Edit>,
+                        updates: &mut Vec<(String, RefRecord)>| {
+                if records.contains_key(&name) || updates.iter().any(|(n, _)| *n == name) {
+                    return;
+                }
+                edits.push(Edit {
+                    name: name.clone(),
+                    expected: None,
+                    new: Some(oid(rec.target)),
+                });
+                updates.push((name, rec));
+            };
+            for (claim, _) in &claims {
+                let current = records.get(&claim.name);
+                let target = oid(claim.target);
+                match register::decide(current.map(version_of), version) {
+                    Outcome::Have => {}
+                    Outcome::Wins => {
+                        if let Some(old) = current.filter(|c| !c.is_tombstone())
+                            && (claim.target == [0; 20] || !repos::contains(&repo, target, oid(old.target)))
+                            && !claim.name.starts_with(register::SUPERSEDED_PREFIX)
+                        {
+                            keep(
+                                register::superseded_name(&claim.name, &old.cert),
+                                old.clone(),
+                                &mut edits,
+                                &mut updates,
+                            );
+                        }
+                        let actual = repos::ref_value(&repo, &claim.name)?;
+                        edits.push(Edit {
+                            name: claim.name.clone(),
+                            expected: actual,
+                            new: (claim.target != [0; 20]).then_some(target),
+                        });
+                        updates.push((claim.name.clone(), record(claim.target)));
+                    }
+                    Outcome::Loses => {
+                        if let Some(tip) = current
+                            && claim.target != [0; 20]
+                            && (tip.is_tombstone() || !repos::contains(&repo, oid(tip.target), target))
+                        {
+                            keep(
+                                register::superseded_name(&claim.name, &hash),
+                                record(claim.target),
+                                &mut edits,
+                                &mut updates,
+                            );
+                        }
+                    }
+                }
+            }
+            // Deleting an absent ref is no change to git, only to the records.
+            edits.retain(|e| e.expected.is_some() || e.new.is_some());
+            repos::set_refs(&apply_dir, &repo, &edits)?;
+            Ok(updates)
+        })
+        .await
+        .map_err(Refusal::from)?;
+        if updates.is_empty() {
+            return Ok(Applied { refs: 0, objects });
+        }
+        let (store, text) = (self.inner.store.clone(), plan.cert.text.clone());
+        let to_record = updates.clone();
+        let recorded = blocking(move || {
+            store
+                .record_push(plan.repo, &text, &to_record)
+                .map_err(|e| Error::Internal(format!("record update: {e}")))
+        })
+        .await;
+        if let Err(e) = recorded {
+            let records = self.records(plan.repo).unwrap_or_default();
+            let _ = blocking(move || repos::reconcile(&dir, &records)).await;
+            return Err(e.into());
+        }
+        info!(
+            target: TARGET,
+            repo = %name,
+            refs = updates.len(),
+            objects,
+            pusher = %pusher.handle,
+            cert = %hex::encode(plan.hash),
+            "replicated update applied"
+        );
+        Ok(Applied {
+            refs: updates.len(),
+            objects,
+        })
+    }
+
+    /// Starts `git pack-objects` for a peer that wants `wants` and has `haves` of
+    /// repo `repo`: a thin pack, streamed from the child's stdout. Only objects this
+    /// node has are asked for; a want it lacks is an error.
+    pub async fn serve_pack(
+        &self,
+        repo: RepoId,
+        wants: Vec<[u8; 20]>,
+        haves: Vec<[u8; 20]>,
+    ) -> Result<(Child, ChildStdout), Error> {
+        let snapshot = self.inner.acl.snapshot();
+        if !snapshot.state.repos.contains_key(&repo) || !self.replicates(&snapshot, repo) {
+            return Err(Error::NotFound(format!("repo {repo} is not replicated here")));
+        }
+        let dir = super::repos::path(&self.inner.root, repo);
+        let check_dir = dir.clone();
+        let input = blocking(move || {
+            let r = repos::open_repo(&check_dir)?;
+            let mut input = String::new();
+            for w in &wants {
+                if !repos::has(&r, oid(*w)) {
+                    return Err(Error::NotFound(format!("no object {}", hex::encode(w))));
+                }
+                input.push_str(&format!("{}\n", hex::encode(w)));
+            }
+            for h in haves.iter().filter(|h| repos::has(&r, oid(**h))) {
+                input.push_str(&format!("^{}\n", hex::encode(h)));
+            }
+            Ok(input)
+        })
+        .await?;
+        let mut child = tokio::process::Command::new("git")
+            .args(["pack-objects", "--stdout", "--revs", "--thin", "--delta-base-offset", "-q"])
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Internal(format!("start git pack-objects: {e}")))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Internal("pack-objects stdin".into()))?;
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(input.as_bytes()).await;
+        });
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Internal("pack-objects stdout".into()))?;
+        debug!(target: TARGET, repo, "serving a pack to a peer");
+        Ok((child, stdout))
+    }
+
+    /// A digest of repo `repo`'s records (tombstones and superseded refs included):
+    /// two replicas with equal digests hold the same refs under the same certificates.
+    pub fn digest(&self, repo: RepoId) -> Result<[u8; 32], Error> {
+        let mut h = Sha256::new();
+        for (name, r) in self.records(repo)? {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(r.target);
+            h.update(r.cert);
+        }
+        Ok(h.finalize().into())
+    }
+
+    /// Repo `repo`'s records as updates, one per certificate: what a peer whose
+    /// digest differs is sent.
+    pub fn updates(&self, repo: RepoId) -> Result<Vec<Update>, Error> {
+        let mut by_cert: HashMap<[u8; 32], Vec<Claim>> = HashMap::new();
+        for (name, r) in self.records(repo)? {
+            by_cert.entry(r.cert).or_default().push(Claim {
+                name,
+                target: r.target,
+            });
+        }
+        let mut out = Vec::with_capacity(by_cert.len());
+        for (hash, claims) in by_cert {
+            let cert = self
+                .inner
+                .store
+                .cert(&hash)
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .ok_or_else(|| Error::Internal(format!("certificate {} missing", hex::encode(hash))))?;
+            out.push(Update { repo, cert, claims });
+        }
+        Ok(out)
+    }
+}
+
+/// Where record `r` stands in the register's order.
+pub(super) fn version_of(r: &RefRecord) -> Version {
+    Version {
+        timestamp: r.timestamp,
+        cert: r.cert,
+    }
+}

@@ -1,0 +1,153 @@
+//! Several real nodes on one devnet, each with its own data dir and node key,
+//! registered as operators with their loopback p2p addresses.
+
+use std::{path::Path, time::Duration};
+
+use alloy::primitives::B256;
+use hanzo_node::{
+    config::Config,
+    keys::{NODE_KEY_FILE, NodeKey},
+    node::Node,
+};
+
+use crate::{Devnet, ether, eventually};
+
+/// One node of a cluster: its data dir, and the node while it runs.
+pub struct Member {
+    /// The data dir (node key, deployment, db, repos).
+    pub dir: tempfile::TempDir,
+    /// The running node, if started.
+    pub node: Option<Node>,
+}
+
+impl Member {
+    /// The running node.
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node running")
+    }
+
+    /// The smart-HTTP URL of repo `name` on this node.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}.git", self.node().http_addr)
+    }
+
+    /// The node key.
+    pub fn key(&self) -> NodeKey {
+        NodeKey::load(&self.dir.path().join(NODE_KEY_FILE)).expect("node key")
+    }
+
+    /// The bare repo of token `id`.
+    pub fn repo_dir(&self, id: u64) -> std::path::PathBuf {
+        self.dir.path().join("repos").join(format!("{id}.git"))
+    }
+
+    /// Stops the node (its data dir stays).
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts the node again from its data dir.
+    pub async fn restart(&mut self, net: &Devnet) {
+        self.node = Some(Node::start(net.config_in(self.dir.path())).await.expect("node restarts"));
+    }
+
+    /// A `/metrics` sample's value (summed over labels that contain `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.node().http_addr);
+        let text = reqwest_text(&url).await;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+async fn reqwest_text(url: &str) -> String {
+    // A tiny HTTP/1.0 GET: the tests need no HTTP client crate for this.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+impl Devnet {
+    /// A data dir for one more node: its own node key and the deployment file.
+    pub fn node_dir(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        NodeKey::generate()
+            .save(&dir.path().join(NODE_KEY_FILE))
+            .expect("node key");
+        std::fs::copy(
+            self.dir.path().join("deployment.json"),
+            dir.path().join("deployment.json"),
+        )
+        .expect("deployment file");
+        dir
+    }
+
+    /// The test config ([`Devnet::config`]) for data dir `dir`.
+    pub fn config_in(&self, dir: &Path) -> Config {
+        Config {
+            data_dir: dir.to_path_buf(),
+            ..self.config()
+        }
+    }
+
+    /// Dev account `account` registers the node whose data dir is `dir` as its
+    /// operator, with 2 ETH and the node's HTTP and p2p addresses as endpoint.
+    pub async fn register_node(&self, account: usize, dir: &Path, node: &Node) {
+        let key = NodeKey::load(&dir.join(NODE_KEY_FILE)).expect("node key");
+        let mut endpoint = format!("http://{}", node.http_addr);
+        if let Some(p2p) = &node.p2p {
+            for addr in p2p.listen_addrs().await {
+                endpoint.push(' ');
+                endpoint.push_str(&addr.to_string());
+            }
+        }
+        self.client(account)
+            .await
+            .register_operator(B256::from(key.public().0), &endpoint, ether(2))
+            .await
+            .expect("register operator");
+    }
+
+    /// Starts `n` nodes, registered as operators by dev accounts `first..first + n`,
+    /// and waits until each is connected to all the others.
+    pub async fn cluster(&self, n: usize, first: usize) -> Vec<Member> {
+        let mut members = Vec::new();
+        for i in 0..n {
+            let dir = self.node_dir();
+            let node = Node::start(self.config_in(dir.path())).await.expect("node starts");
+            self.register_node(first + i, dir.path(), &node).await;
+            members.push(Member {
+                dir,
+                node: Some(node),
+            });
+        }
+        let block = self.confirm().await;
+        for m in &members {
+            m.node().synced_to(block).await;
+        }
+        connected(&members, n - 1).await;
+        members
+    }
+}
+
+/// Waits until every running member has at least `peers` peers.
+pub async fn connected(members: &[Member], peers: usize) {
+    for m in members.iter().filter(|m| m.node.is_some()) {
+        let p2p = m.node().p2p.clone().expect("p2p on");
+        eventually(Duration::from_secs(30), async || {
+            (p2p.peers().len() >= peers).then_some(())
+        })
+        .await;
+    }
+}

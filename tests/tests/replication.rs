@@ -1,0 +1,273 @@
+//! Replication among real nodes on loopback: pushes reach every node, an offline
+//! node catches up, divergent pushes settle on one tip and keep the other, only
+//! staked operators' nodes take part, and forged updates change nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::{process::Command, time::Duration};
+
+use hanzo_e2e::{
+    cluster::Member,
+    git::{GitUser, piped},
+    *,
+};
+use hanzo_node::{
+    acl::{Member as Role, StakeRole},
+    p2p::wire::RefUpdate,
+    unix_now,
+};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// alice owns public repo `demo`; bob commits to it; carol has an identity and no
+/// rights. Returns demo's token id.
+async fn people(net: &Devnet) -> (GitUser, GitUser, GitUser, u64) {
+    let (alice, bob, carol) = (GitUser::new("alice"), GitUser::new("bob"), GitUser::new("carol"));
+    net.identity_for(1, &alice).await;
+    net.identity_for(2, &bob).await;
+    net.identity_for(3, &carol).await;
+    let a = net.client(1).await;
+    let demo = a.create_repo("demo", "alice", false).await.unwrap();
+    a.set_member("demo", "bob", Role::Committer, true)
+        .await
+        .unwrap();
+    (alice, bob, carol, demo)
+}
+
+/// The refs `git ls-remote` shows for demo on `m`, superseded ones included.
+fn refs(user: &GitUser, m: &Member) -> Vec<(String, String)> {
+    user.ls_remote(&m.url("demo"))
+}
+
+async fn converged(user: &GitUser, members: &[&Member]) -> Vec<(String, String)> {
+    eventually(SETTLE, async || {
+        let first = refs(user, members[0]);
+        (!first.is_empty() && members.iter().all(|m| refs(user, m) == first)).then_some(first)
+    })
+    .await
+}
+
+/// The tip of ref `name` among `(id, name)` pairs.
+fn tip(refs: &[(String, String)], name: &str) -> Option<String> {
+    refs.iter().find(|(_, n)| n == name).map(|(id, _)| id.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_reach_every_node_and_an_offline_node_catches_up() {
+    let net = Devnet::start().await;
+    let (alice, bob, _, demo) = people(&net).await;
+    let mut nodes = net.cluster(3, 5).await;
+
+    // A push to A appears on B and C, objects included: a clone from C matches.
+    let work = alice.init("work");
+    alice.commit(&work, "README", "hello");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
+    let head = alice.rev(&work, "HEAD");
+    let all: Vec<&Member> = nodes.iter().collect();
+    let settled = converged(&alice, &all).await;
+    assert_eq!(tip(&settled, "refs/heads/main"), Some(head.clone()));
+    let clone = alice.home.path().join("from-c");
+    alice.git_ok(
+        clone.parent().unwrap(),
+        &["clone", "-q", &nodes[2].url("demo"), clone.to_str().unwrap()],
+    );
+    assert_eq!(alice.rev(&clone, "HEAD"), head);
+    assert_eq!(std::fs::read_to_string(clone.join("README")).unwrap(), "hello");
+    // B recorded who pushed: the certificate travelled with the update.
+    let b_dir = nodes[1].dir.path().to_str().unwrap().to_owned();
+    let shown = ok(&net.cli(
+        &["repo", "refs", "demo", "--json"],
+        &[("HANZO_DATA_DIR", b_dir.as_str())],
+    ));
+    assert!(shown.contains("\"handle\": \"alice\""), "{shown}");
+    assert!(nodes[1].metric("hanzo_p2p_updates_total", "applied").await >= 1.0);
+    assert!(nodes[1].metric("hanzo_p2p_bytes_fetched_total", "").await > 0.0);
+
+    // C is down while A and B take pushes (a new branch too); it catches up on
+    // restart with no further push.
+    nodes[2].stop().await;
+    for i in 0..3 {
+        alice.commit(&work, "README", &format!("change {i}"));
+        alice.git_ok(&work, &["push", "--signed", &nodes[i % 2].url("demo"), "main"]);
+        converged(&alice, &[&nodes[0], &nodes[1]]).await;
+    }
+    let bobs = bob.init("bobs");
+    bob.git_ok(&bobs, &["pull", "-q", &nodes[1].url("demo"), "main"]);
+    bob.commit(&bobs, "feature", "bob's");
+    bob.git_ok(&bobs, &["push", "--signed", &nodes[1].url("demo"), "HEAD:refs/heads/feature"]);
+    let expected = converged(&alice, &[&nodes[0], &nodes[1]]).await;
+    nodes[2].restart(&net).await;
+    let after = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(after, expected);
+    assert_eq!(tip(&after, "refs/heads/main"), Some(alice.rev(&work, "HEAD")));
+    fsck(&nodes[2].repo_dir(demo));
+}
+
+fn all_of(nodes: &[Member]) -> Vec<&Member> {
+    nodes.iter().collect()
+}
+
+fn fsck(repo: &std::path::Path) {
+    let out = Command::new("git")
+        .args(["fsck", "--strict", "--no-dangling"])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fsck: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn divergent_pushes_settle_on_one_tip_and_keep_the_other() {
+    let net = Devnet::start().await;
+    let (alice, bob, _, demo) = people(&net).await;
+    let mut nodes = net.cluster(2, 5).await;
+    let work = alice.init("work");
+    alice.commit(&work, "README", "base");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
+    converged(&alice, &all_of(&nodes)).await;
+
+    // A third node, not yet registered: the others refuse it, so it is partitioned
+    // from them. Bob starts main there from another root while A has alice's.
+    let dir = net.node_dir();
+    let node = hanzo_node::node::Node::start(net.config_in(dir.path())).await.unwrap();
+    let third = Member { dir, node: Some(node) };
+    third.node().synced_to(net.confirm().await).await;
+    assert!(third.node().p2p.as_ref().unwrap().peers().is_empty());
+    let alice_tip = alice.rev(&work, "HEAD");
+    let bobs = bob.init("bobs");
+    let bob_tip = bob.commit(&bobs, "other", "bob's line");
+    bob.git_ok(&bobs, &["push", "--signed", &third.url("demo"), "main"]);
+    assert_eq!(tip(&refs(&bob, &third), "refs/heads/main"), Some(bob_tip.clone()));
+
+    // Registered: it joins, and all three settle on one tip; the other is kept.
+    net.register_node(7, third.dir.path(), third.node()).await;
+    net.confirm().await;
+    nodes.push(third);
+    let settled = converged(&alice, &all_of(&nodes)).await;
+    let main = tip(&settled, "refs/heads/main").unwrap();
+    assert!(main == alice_tip || main == bob_tip, "{settled:?}");
+    let loser = if main == alice_tip { &bob_tip } else { &alice_tip };
+    let kept: Vec<&(String, String)> = settled
+        .iter()
+        .filter(|(_, n)| n.starts_with("refs/superseded/") && n.ends_with("/heads/main"))
+        .collect();
+    assert!(kept.iter().any(|(id, _)| id == loser), "loser kept: {settled:?}");
+    for m in &nodes {
+        fsck(&m.repo_dir(demo));
+    }
+}
+
+/// A signed push certificate for `commands` (`old new ref` lines) dated `timestamp`,
+/// signed by `user`'s key as `git push --signed` would.
+fn certificate(user: &GitUser, timestamp: u64, commands: &str) -> Vec<u8> {
+    let fingerprint = user.ssh.fingerprint();
+    let payload = format!(
+        "certificate version 0.1\npusher {fingerprint} {timestamp} +0000\npushee http://x/demo.git\nnonce forged\n\n{commands}"
+    );
+    let signature = piped(
+        Command::new("ssh-keygen").args(["-Y", "sign", "-n", "git", "-f"]).arg(&user.key),
+        payload.as_bytes(),
+    );
+    let mut cert = payload.into_bytes();
+    cert.extend(signature);
+    cert
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
+    let net = Devnet::start().await;
+    let (alice, _, carol, demo) = people(&net).await;
+    let nodes = net.cluster(3, 5).await;
+    let work = alice.init("work");
+    let base = alice.commit(&work, "README", "base");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
+    let before = converged(&alice, &all_of(&nodes)).await;
+
+    // A node whose key has no stake dials A: refused, and it never gets a peer.
+    let dir = net.node_dir();
+    let mut config = net.config_in(dir.path());
+    config.p2p.bootstrap = nodes[0]
+        .node()
+        .p2p
+        .as_ref()
+        .unwrap()
+        .listen_addrs()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let outsider = hanzo_node::node::Node::start(config).await.unwrap();
+    eventually(SETTLE, async || {
+        (nodes[0].metric("hanzo_p2p_peers_denied_total", "").await >= 1.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(outsider.p2p.as_ref().unwrap().peers().is_empty());
+    let outsider_id = outsider.p2p.as_ref().unwrap().peer_id;
+    for m in &nodes {
+        assert!(!m.node().p2p.as_ref().unwrap().peers().contains(&outsider_id));
+    }
+    outsider.shutdown().await;
+
+    // Forged updates published by B (a staked node): a bad signature, a
+    // non-committer's certificate, one dated an hour ahead. A and C reject each.
+    alice.commit(&work, "README", "forged");
+    let forged_tip = alice.rev(&work, "HEAD");
+    let cmd = format!("{base} {forged_tip} refs/heads/main\n");
+    let mut bad_sig = certificate(&alice, unix_now(), &cmd);
+    let at = bad_sig.len() - 100;
+    bad_sig[at] ^= 1;
+    let forged = [
+        bad_sig,
+        certificate(&carol, unix_now(), &cmd),
+        certificate(&alice, unix_now() + 3600, &cmd),
+    ];
+    let rejected_before = [
+        nodes[0].metric("hanzo_p2p_updates_total", "invalid").await,
+        nodes[2].metric("hanzo_p2p_updates_total", "invalid").await,
+    ];
+    let b = nodes[1].node().p2p.clone().unwrap();
+    for cert in forged {
+        let update = RefUpdate {
+            repo: demo,
+            refs: vec![(
+                "refs/heads/main".into(),
+                hex(&base),
+                hex(&forged_tip),
+            )],
+            cert,
+            announced_ms: 0,
+        };
+        b.publish_raw(demo, update.encode()).await;
+    }
+    eventually(SETTLE, async || {
+        let a = nodes[0].metric("hanzo_p2p_updates_total", "invalid").await;
+        let c = nodes[2].metric("hanzo_p2p_updates_total", "invalid").await;
+        (a >= rejected_before[0] + 3.0 && c >= rejected_before[1] + 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(converged(&alice, &all_of(&nodes)).await, before);
+
+    // B's operator unstakes: A and C drop B within a sync.
+    net.client(6)
+        .await
+        .request_unstake(StakeRole::Operator, ether(2))
+        .await
+        .unwrap();
+    let block = net.confirm().await;
+    for m in [&nodes[0], &nodes[2]] {
+        m.node().synced_to(block).await;
+        let p2p = m.node().p2p.clone().unwrap();
+        eventually(SETTLE, async || {
+            (!p2p.peers().contains(&b.peer_id)).then_some(())
+        })
+        .await;
+    }
+}
+
+fn hex(commit: &str) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&commit[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
