@@ -177,7 +177,12 @@ pub enum ReplicateMode {
 
 impl Replicate {
     /// Whether a node with key `node` following this policy replicates repo `repo`.
-    pub fn includes(&self, snapshot: &crate::acl::Snapshot, node: &crate::keys::NodeId, repo: &str) -> bool {
+    pub fn includes(
+        &self,
+        snapshot: &crate::acl::Snapshot,
+        node: &crate::keys::NodeId,
+        repo: &str,
+    ) -> bool {
         match self {
             Self::Mode(ReplicateMode::All) => true,
             Self::Mode(ReplicateMode::Preferred) => snapshot
@@ -298,10 +303,20 @@ pub struct Overrides {
     #[arg(long = "http.listen", env = "HANZO_HTTP_LISTEN", global = true)]
     pub http_listen: Option<SocketAddr>,
     /// p2p listen multiaddrs, comma-separated.
-    #[arg(long = "p2p.listen", env = "HANZO_P2P_LISTEN", global = true, value_delimiter = ',')]
+    #[arg(
+        long = "p2p.listen",
+        env = "HANZO_P2P_LISTEN",
+        global = true,
+        value_delimiter = ','
+    )]
     pub p2p_listen: Option<Vec<String>>,
     /// p2p bootstrap multiaddrs, comma-separated.
-    #[arg(long = "p2p.bootstrap", env = "HANZO_P2P_BOOTSTRAP", global = true, value_delimiter = ',')]
+    #[arg(
+        long = "p2p.bootstrap",
+        env = "HANZO_P2P_BOOTSTRAP",
+        global = true,
+        value_delimiter = ','
+    )]
     pub p2p_bootstrap: Option<Vec<String>>,
     /// How often peers compare refs, e.g. `5s`.
     #[arg(long = "p2p.sync-interval", env = "HANZO_P2P_SYNC_INTERVAL", global = true, value_parser = humantime::parse_duration)]
@@ -465,7 +480,10 @@ mod tests {
         let list = Config::parse("[p2p]\nreplicate = [\"demo\"]\n", Path::new("c")).unwrap();
         assert_eq!(list.p2p.replicate, Replicate::List(vec!["demo".into()]));
         let mode = Config::parse("[p2p]\nreplicate = \"preferred\"\n", Path::new("c")).unwrap();
-        assert_eq!(mode.p2p.replicate, Replicate::Mode(ReplicateMode::Preferred));
+        assert_eq!(
+            mode.p2p.replicate,
+            Replicate::Mode(ReplicateMode::Preferred)
+        );
     }
 
     #[test]

@@ -131,7 +131,8 @@ impl Node {
             let (acl, status, cancel) = (acl.clone(), status.clone(), cancel.child_token());
             let p2p_metrics = p2p.as_ref().map(P2p::metrics);
             tokio::spawn(async move {
-                let serving = http::serve(listener, acl, status, sync_done, git, p2p_metrics, cancel);
+                let serving =
+                    http::serve(listener, acl, status, sync_done, git, p2p_metrics, cancel);
                 if let Err(err) = serving.await {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }

@@ -50,7 +50,11 @@ impl Member {
 
     /// Starts the node again from its data dir.
     pub async fn restart(&mut self, net: &Devnet) {
-        self.node = Some(Node::start(net.config_in(self.dir.path())).await.expect("node restarts"));
+        self.node = Some(
+            Node::start(net.config_in(self.dir.path()))
+                .await
+                .expect("node restarts"),
+        );
     }
 
     /// A `/metrics` sample's value (summed over labels that contain `labels`).
@@ -125,7 +129,9 @@ impl Devnet {
         let mut members = Vec::new();
         for i in 0..n {
             let dir = self.node_dir();
-            let node = Node::start(self.config_in(dir.path())).await.expect("node starts");
+            let node = Node::start(self.config_in(dir.path()))
+                .await
+                .expect("node starts");
             self.register_node(first + i, dir.path(), &node).await;
             members.push(Member {
                 dir,

@@ -354,6 +354,9 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     );
     alice.git_ok(&work, &["commit", "-q", "--amend", "-m", "owner rewrites"]);
     let rewritten = alice.rev(&work, "HEAD");
+    // Replicas order a ref's updates by certificate time in whole seconds: a rewrite
+    // or deletion needs a later second than the update it replaces (git/register.rs).
+    std::thread::sleep(Duration::from_millis(1100));
     alice.git_ok(&work, &["push", "--signed", "--force", &url, "main"]);
     alice.git_ok(&work, &["push", "--signed", &url, ":refs/heads/topic"]);
     assert_eq!(

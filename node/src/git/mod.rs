@@ -399,22 +399,42 @@ impl Git {
         let hash = cert.hash();
         let version = Version {
             timestamp: cert.timestamp,
+            history: 0,
             cert: hash,
         };
         let records: HashMap<String, RefRecord> = self.records(id)?.into_iter().collect();
-        for cmd in &request.commands {
-            if let Some(r) = records.get(&cmd.name)
-                && register::decide(Some(replica::version_of(r)), version) != Outcome::Wins
-            {
-                return Err(Error::Rejected(format!(
-                    "{} was last set by a certificate dated {}, not before this one's {}; check your clock and push again",
-                    cmd.name, r.timestamp, cert.timestamp
-                )));
-            }
+        let (order_dir, cmds) = (dir.clone(), request.commands.clone());
+        let (incoming, late) = blocking(move || {
+            let view = incoming.view(&order_dir)?;
+            let late = cmds.iter().find_map(|cmd| {
+                let r = records.get(&cmd.name)?;
+                let target = *cmd.new.as_bytes().first_chunk().unwrap_or(&[0; 20]);
+                let wins =
+                    replica::versions(|id| repos::history(&view, id), Some(r), version, target)
+                        .is_some_and(|(c, i)| register::decide(c, i) == Outcome::Wins);
+                (!wins).then(|| (cmd.name.clone(), r.timestamp))
+            });
+            Ok((incoming, late))
+        })
+        .await?;
+        if let Some((name, last)) = late {
+            let why = if last == cert.timestamp {
+                "replicas order a ref's updates by certificate time in whole seconds, and this rewrite came in the same second as the last update; push again"
+            } else {
+                "check your clock and push again"
+            };
+            return Err(Error::Rejected(format!(
+                "{name} was last set by a certificate dated {last}, not before this one's {}: {why}",
+                cert.timestamp
+            )));
         }
 
         let apply_dir = dir.clone();
-        let edits: Vec<repos::Edit> = request.commands.iter().map(repos::Edit::from_command).collect();
+        let edits: Vec<repos::Edit> = request
+            .commands
+            .iter()
+            .map(repos::Edit::from_command)
+            .collect();
         blocking(move || repos::apply(&apply_dir, incoming, &edits)).await?;
         let fingerprint = key.fingerprint();
         let updates: Vec<(String, RefRecord)> = request

@@ -2,8 +2,10 @@
 //! them in. No I/O here.
 //!
 //! Every ref tip is justified by a signed push certificate. Two certificates for the
-//! same ref are ordered by (certificate time, certificate hash); the greater one wins
-//! on every node. The loser's tip is kept under [`superseded_name`] unless the winner
+//! same ref are ordered by (certificate time, size of the tip's history, certificate
+//! hash); the greater one wins on every node. Certificate times are whole seconds:
+//! the history size makes a push that builds on one made in the same second win,
+//! as every replica can check from the objects alone. The loser's tip is kept under [`superseded_name`] unless the winner
 //! already contains it, so no pushed commit is lost.
 
 use std::cmp::Ordering;
@@ -18,7 +20,10 @@ const HASH_DIGITS: usize = 16;
 pub struct Version {
     /// The certificate's `pusher` time (unix seconds).
     pub timestamp: u64,
-    /// SHA-256 of the certificate: breaks ties between certificates of one second.
+    /// Commits in the tip's history (0 for a deletion); only compared between
+    /// versions of the same second, so callers may leave it 0 otherwise.
+    pub history: u64,
+    /// SHA-256 of the certificate: breaks the remaining ties.
     pub cert: [u8; 32],
 }
 
@@ -74,6 +79,7 @@ mod tests {
     fn v(timestamp: u64, h: u8) -> Version {
         Version {
             timestamp,
+            history: 0,
             cert: [h; 32],
         }
     }
@@ -87,6 +93,12 @@ mod tests {
         // One second, two certificates: the hash decides, the same way everywhere.
         assert_eq!(decide(Some(v(2, 3)), v(2, 4)), Outcome::Wins);
         assert_eq!(decide(Some(v(2, 4)), v(2, 3)), Outcome::Loses);
+        // In one second, the longer history wins whatever the hashes.
+        let longer = Version {
+            history: 9,
+            ..v(2, 0)
+        };
+        assert_eq!(decide(Some(v(2, 4)), longer), Outcome::Wins);
     }
 
     #[test]
@@ -94,14 +106,18 @@ mod tests {
         let cert = [0xab; 32];
         let name = superseded_name("refs/heads/main", &cert);
         assert_eq!(name, "refs/superseded/abababababababab/heads/main");
-        assert_eq!(superseded_of(&name, &cert).as_deref(), Some("refs/heads/main"));
+        assert_eq!(
+            superseded_of(&name, &cert).as_deref(),
+            Some("refs/heads/main")
+        );
         assert_eq!(superseded_of(&name, &[0; 32]), None);
         assert_eq!(superseded_of("refs/heads/main", &cert), None);
     }
 
     /// A replica as the node runs one: a tip per ref, and the losers it kept. Commits
     /// form a toy history where commit `n` descends from every commit `m < n` with
-    /// `n % m == 0` (an order with both ancestors and divergent branches).
+    /// `n % m == 0` (an order with both ancestors and divergent branches); its
+    /// history is its divisors.
     #[derive(Default, Debug, PartialEq, Eq)]
     struct Replica {
         tips: BTreeMap<&'static str, (Version, u64)>,
@@ -153,7 +169,10 @@ mod tests {
                 any::<u8>(),
                 1u64..60,
             )
-                .prop_map(|(r, t, h, c)| (r, v(t, h), c)),
+                .prop_map(|(r, t, h, c)| {
+                    let history = (1..=c).filter(|d| c.is_multiple_of(*d)).count() as u64;
+                    (r, Version { history, ..v(t, h) }, c)
+                }),
             1..24,
         )
     }

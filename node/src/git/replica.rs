@@ -15,13 +15,13 @@ use sha2::{Digest, Sha256};
 use tokio::process::{Child, ChildStdout};
 use tracing::{debug, info};
 
+pub use super::repos::Incoming;
 use super::{
     BodyReader, Error, Git, TARGET, blocking,
     cert::{Command, PushCert},
     register::{self, Outcome, Version},
     repos::{self, Edit},
 };
-pub use super::repos::Incoming;
 use crate::{acl::RepoId, keys::SshKey, store::RefRecord, unix_now};
 
 /// Seconds a replicated certificate may be dated after this node's clock.
@@ -158,8 +158,8 @@ impl Git {
         let hash = cert.hash();
         let mut claims = Vec::with_capacity(update.claims.len());
         for claim in update.claims {
-            let reference = register::superseded_of(&claim.name, &hash)
-                .unwrap_or_else(|| claim.name.clone());
+            let reference =
+                register::superseded_of(&claim.name, &hash).unwrap_or_else(|| claim.name.clone());
             let Some(cmd) = cert
                 .commands
                 .iter()
@@ -172,10 +172,7 @@ impl Git {
                 )));
             };
             if cmd.is_delete() && claim.name != reference {
-                return Err(Refusal::Invalid(format!(
-                    "{} keeps a deletion",
-                    claim.name
-                )));
+                return Err(Refusal::Invalid(format!("{} keeps a deletion", claim.name)));
             }
             snapshot
                 .may_push(&key, &repo.name, &reference, false)
@@ -191,14 +188,23 @@ impl Git {
             let repo = repos::open_repo(&dir)?;
             let version = Version {
                 timestamp: cert.timestamp,
+                history: 0,
                 cert: hash,
             };
             let mut wants = Vec::new();
             let mut useful = Vec::new();
             for (claim, cmd) in claims {
                 let current = records.get(&claim.name);
-                let outcome = register::decide(current.map(version_of), version);
                 let target = oid(claim.target);
+                // Without the objects, a tie in one second cannot be decided yet:
+                // fetch them.
+                let outcome = versions(
+                    |id| repos::history(&repo, id),
+                    current,
+                    version,
+                    claim.target,
+                )
+                .map_or(Outcome::Wins, |(c, i)| register::decide(c, i));
                 let needed = match outcome {
                     Outcome::Have => false,
                     Outcome::Wins => true,
@@ -300,6 +306,7 @@ impl Git {
         let records: HashMap<String, RefRecord> = self.records(plan.repo)?.into_iter().collect();
         let version = Version {
             timestamp: plan.cert.timestamp,
+            history: 0,
             cert: plan.hash,
         };
         let (identity, handle, key, timestamp) = (
@@ -341,11 +348,19 @@ impl Git {
             for (claim, _) in &claims {
                 let current = records.get(&claim.name);
                 let target = oid(claim.target);
-                match register::decide(current.map(version_of), version) {
+                let (cur, inc) = versions(
+                    |id| repos::history(&repo, id),
+                    current,
+                    version,
+                    claim.target,
+                )
+                .ok_or_else(|| Error::Internal(format!("history of {} incomplete", claim.name)))?;
+                match register::decide(cur, inc) {
                     Outcome::Have => {}
                     Outcome::Wins => {
                         if let Some(old) = current.filter(|c| !c.is_tombstone())
-                            && (claim.target == [0; 20] || !repos::contains(&repo, target, oid(old.target)))
+                            && (claim.target == [0; 20]
+                                || !repos::contains(&repo, target, oid(old.target)))
                             && !claim.name.starts_with(register::SUPERSEDED_PREFIX)
                         {
                             keep(
@@ -366,7 +381,8 @@ impl Git {
                     Outcome::Loses => {
                         if let Some(tip) = current
                             && claim.target != [0; 20]
-                            && (tip.is_tombstone() || !repos::contains(&repo, oid(tip.target), target))
+                            && (tip.is_tombstone()
+                                || !repos::contains(&repo, oid(tip.target), target))
                         {
                             keep(
                                 register::superseded_name(&claim.name, &hash),
@@ -427,7 +443,9 @@ impl Git {
     ) -> Result<(Child, ChildStdout), Error> {
         let snapshot = self.inner.acl.snapshot();
         if !snapshot.state.repos.contains_key(&repo) || !self.replicates(&snapshot, repo) {
-            return Err(Error::NotFound(format!("repo {repo} is not replicated here")));
+            return Err(Error::NotFound(format!(
+                "repo {repo} is not replicated here"
+            )));
         }
         let dir = super::repos::path(&self.inner.root, repo);
         let check_dir = dir.clone();
@@ -447,7 +465,14 @@ impl Git {
         })
         .await?;
         let mut child = tokio::process::Command::new("git")
-            .args(["pack-objects", "--stdout", "--revs", "--thin", "--delta-base-offset", "-q"])
+            .args([
+                "pack-objects",
+                "--stdout",
+                "--revs",
+                "--thin",
+                "--delta-base-offset",
+                "-q",
+            ])
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -501,17 +526,47 @@ impl Git {
                 .store
                 .cert(&hash)
                 .map_err(|e| Error::Internal(e.to_string()))?
-                .ok_or_else(|| Error::Internal(format!("certificate {} missing", hex::encode(hash))))?;
+                .ok_or_else(|| {
+                    Error::Internal(format!("certificate {} missing", hex::encode(hash)))
+                })?;
             out.push(Update { repo, cert, claims });
         }
         Ok(out)
     }
 }
 
-/// Where record `r` stands in the register's order.
-pub(super) fn version_of(r: &RefRecord) -> Version {
+/// Where record `r` stands in the register's order (history left 0).
+fn version_of(r: &RefRecord) -> Version {
     Version {
         timestamp: r.timestamp,
+        history: 0,
         cert: r.cert,
     }
+}
+
+/// The versions of the `current` record and of an incoming certificate's version
+/// setting `target`, with their histories counted (by `history`) when the two are of
+/// the same second. `None` when an object needed for that is missing.
+pub(super) fn versions(
+    history: impl Fn(ObjectId) -> Option<u64>,
+    current: Option<&RefRecord>,
+    mut incoming: Version,
+    target: [u8; 20],
+) -> Option<(Option<Version>, Version)> {
+    let Some(c) = current else {
+        return Some((None, incoming));
+    };
+    let mut version = version_of(c);
+    if version.timestamp == incoming.timestamp {
+        let count = |t: [u8; 20]| {
+            if t == [0; 20] {
+                Some(0)
+            } else {
+                history(oid(t))
+            }
+        };
+        version.history = count(c.target)?;
+        incoming.history = count(target)?;
+    }
+    Some((Some(version), incoming))
 }

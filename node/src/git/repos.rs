@@ -248,6 +248,15 @@ impl Incoming {
         })
     }
 
+    /// The repo at `repo_dir` as it would be with this quarantine's objects.
+    pub fn view(&self, repo_dir: &Path) -> Result<Repository, Error> {
+        let mut view = open(repo_dir)?;
+        let handle =
+            gix::odb::at(self.dir.path(), SHA1).map_err(|e| internal("open quarantine", e))?;
+        view.objects = gix::odb::memory::Proxy::new(handle, SHA1);
+        Ok(view)
+    }
+
     /// Objects in the received pack.
     pub fn object_count(&self) -> usize {
         self.objects.len()
@@ -260,10 +269,7 @@ impl Incoming {
     /// a commit that does not descend from the old one).
     pub fn check(&self, repo_dir: &Path, commands: &[Command]) -> Result<Vec<bool>, Error> {
         let main = open(repo_dir)?;
-        let mut view = main.clone();
-        let handle =
-            gix::odb::at(self.dir.path(), SHA1).map_err(|e| internal("open quarantine", e))?;
-        view.objects = gix::odb::memory::Proxy::new(handle, SHA1);
+        let view = self.view(repo_dir)?;
 
         let known: HashSet<ObjectId> = self.objects.iter().copied().collect();
         let exists = |id: &ObjectId| known.contains(id) || main.has_object(id);
@@ -380,7 +386,8 @@ pub fn apply(repo_dir: &Path, incoming: Incoming, edits: &[Edit]) -> Result<(), 
     for edit in edits {
         let now = current(&repo, &edit.name)?;
         if now != edit.expected {
-            let show = |id: Option<ObjectId>| id.map_or_else(|| "absent".to_owned(), |i| i.to_string());
+            let show =
+                |id: Option<ObjectId>| id.map_or_else(|| "absent".to_owned(), |i| i.to_string());
             return Err(Error::Rejected(format!(
                 "fetch first: {} is {} now, not {} as your push expected; run git fetch (or git pull) and push again",
                 edit.name,
@@ -463,6 +470,18 @@ pub fn contains(repo: &Repository, tip: ObjectId, commit: ObjectId) -> bool {
         || repo
             .merge_base(commit, tip)
             .is_ok_and(|base| base.is_some_and(|b| b.detach() == commit))
+}
+
+/// How many commits the history of `id` holds (itself included); `None` when an
+/// object is missing.
+pub fn history(repo: &Repository, id: ObjectId) -> Option<u64> {
+    let walk = repo.rev_walk([id]).all().ok()?;
+    let mut n = 0u64;
+    for commit in walk {
+        commit.ok()?;
+        n += 1;
+    }
+    Some(n)
 }
 
 /// Deletes the repo at `repo_dir` (its token was burned): renamed aside first, so a
@@ -663,7 +682,9 @@ mod tests {
         // Deletion and a move back to A are rewrites.
         assert_eq!(incoming.check(&repo, &[cmd(b, zero)]).unwrap(), vec![true]);
         // A stale old value moves nothing.
-        let err = apply(&repo, incoming, &[Edit::from_command(&cmd(b, a))]).err().unwrap();
+        let err = apply(&repo, incoming, &[Edit::from_command(&cmd(b, a))])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("fetch first"), "{err}");
         assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), a)]);
         let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();

@@ -87,7 +87,10 @@ impl Limits {
     }
 
     fn with<T>(&self, peer: PeerId, f: impl FnOnce(&mut Peer) -> T) -> T {
-        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = peers.entry(peer).or_insert_with(|| Peer {
             messages: Bucket::new(self.messages_per_sec),
             bytes: Arc::new(Mutex::new(Bucket::new(self.bytes_per_sec))),
@@ -121,7 +124,10 @@ impl Limits {
 
     /// Forgets a peer that disconnected.
     pub fn forget(&self, peer: &PeerId) {
-        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         peers.remove(peer);
     }
 }
@@ -146,12 +152,23 @@ mod tests {
     #[test]
     fn transfers_per_peer_are_capped() {
         let limits = Limits::new(1, 1, 2);
-        let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
         let a = limits.transfer(peer);
         let b = limits.transfer(peer);
         assert!(a.is_some() && b.is_some());
         assert!(limits.transfer(peer).is_none());
-        assert!(limits.transfer(libp2p::identity::Keypair::generate_ed25519().public().to_peer_id()).is_some(), "other peers unaffected");
+        assert!(
+            limits
+                .transfer(
+                    libp2p::identity::Keypair::generate_ed25519()
+                        .public()
+                        .to_peer_id()
+                )
+                .is_some(),
+            "other peers unaffected"
+        );
         drop(a);
         assert!(limits.transfer(peer).is_some());
     }

@@ -35,7 +35,9 @@ use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol, Swarm,
     futures::{AsyncReadExt as _, AsyncWriteExt as _},
     gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, MessageId},
-    identify, kad, multiaddr::Protocol, noise, ping,
+    identify, kad,
+    multiaddr::Protocol,
+    noise, ping,
     swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
     tcp, yamux,
 };
@@ -495,11 +497,17 @@ impl Driver {
             }
             let addrs = endpoint_addrs(&op.endpoint);
             for addr in &addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
             }
-            let _ = self
-                .swarm
-                .dial(DialOpts::peer_id(peer).addresses(addrs).extend_addresses_through_behaviour().build());
+            let _ = self.swarm.dial(
+                DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .build(),
+            );
         }
     }
 
@@ -540,7 +548,11 @@ impl Driver {
                 self.listen
                     .send_modify(|a| a.push(address.with(Protocol::P2p(me))));
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 if self.connected.insert(peer_id) {
                     debug!(target: TARGET, peer = %peer_id, "peer connected");
                     self.publish_peers();
@@ -549,14 +561,22 @@ impl Driver {
                     tokio::spawn(catch_up(self.shared.clone(), peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
                 if self.connected.remove(&peer_id) {
                     debug!(target: TARGET, peer = %peer_id, "peer disconnected");
                     self.shared.limits.forget(&peer_id);
                     self.publish_peers();
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -585,7 +605,11 @@ impl Driver {
         validated: &mpsc::Sender<Validated>,
     ) {
         let shared = self.shared.clone();
-        let report = |acceptance| Validated { id: id.clone(), from, acceptance };
+        let report = |acceptance| Validated {
+            id: id.clone(),
+            from,
+            acceptance,
+        };
         // Gossip reaches only operators, but the author may be anyone who signed.
         let author_ok = message
             .source
@@ -597,7 +621,9 @@ impl Driver {
             return;
         }
         if !shared.limits.message(from) {
-            shared.metrics.count(&shared.metrics.updates, "rate_limited");
+            shared
+                .metrics
+                .count(&shared.metrics.updates, "rate_limited");
             let _ = validated.try_send(report(MessageAcceptance::Ignore));
             return;
         }
@@ -647,7 +673,13 @@ impl Driver {
                     MessageAcceptance::Ignore
                 }
             };
-            let _ = validated.send(Validated { id, from, acceptance }).await;
+            let _ = validated
+                .send(Validated {
+                    id,
+                    from,
+                    acceptance,
+                })
+                .await;
         });
     }
 }
@@ -704,7 +736,11 @@ async fn replicate_inner(
     for peer in sources {
         match fetch(shared, *peer, &plan).await {
             Ok(incoming) => {
-                return shared.git.commit(plan, Some(incoming)).await.map(|a| a.refs > 0);
+                return shared
+                    .git
+                    .commit(plan, Some(incoming))
+                    .await
+                    .map(|a| a.refs > 0);
             }
             Err((reason, why)) => {
                 shared.metrics.count(&shared.metrics.fetch_failures, reason);
@@ -713,7 +749,9 @@ async fn replicate_inner(
             }
         }
     }
-    Err(Refusal::Unusable(format!("objects unavailable; last try {last}")))
+    Err(Refusal::Unusable(format!(
+        "objects unavailable; last try {last}"
+    )))
 }
 
 /// Fetches the objects `plan` wants from `peer` into a quarantine.
@@ -751,9 +789,13 @@ async fn fetch(
         total: Arc::new(AtomicU64::new(0)),
     };
     let total = counted.total.clone();
-    let body: crate::git::BodyReader = Box::new(tokio::io::BufReader::with_capacity(64 << 10, counted));
+    let body: crate::git::BodyReader =
+        Box::new(tokio::io::BufReader::with_capacity(64 << 10, counted));
     let result = shared.git.receive_replica(plan, body).await;
-    shared.metrics.bytes_fetched.inc_by(total.load(Ordering::Relaxed));
+    shared
+        .metrics
+        .bytes_fetched
+        .inc_by(total.load(Ordering::Relaxed));
     result.map_err(|e| ("invalid_pack", e.to_string()))
 }
 
@@ -857,7 +899,10 @@ async fn serve_pack(shared: &Shared, peer: PeerId, mut stream: Stream) -> Result
         Ok(c) => c,
         Err(e) => return refuse(stream, e.to_string()).await,
     };
-    stream.write_all(&[PACK_OK]).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(&[PACK_OK])
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 64 << 10];
     loop {
         use tokio::io::AsyncReadExt as _;
@@ -866,7 +911,10 @@ async fn serve_pack(shared: &Shared, peer: PeerId, mut stream: Stream) -> Result
             break;
         }
         shared.limits.send(peer, n).await;
-        stream.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let status = child.wait().await.map_err(|e| e.to_string())?;
     if !status.success() {
@@ -916,8 +964,13 @@ mod tests {
         assert_eq!(addrs[0].to_string(), "/ip4/127.0.0.1/tcp/4001");
         let with_peer = format!(
             "/ip4/10.0.0.1/tcp/1/p2p/{}",
-            libp2p::identity::Keypair::generate_ed25519().public().to_peer_id()
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
         );
-        assert_eq!(endpoint_addrs(&with_peer)[0].to_string(), "/ip4/10.0.0.1/tcp/1");
+        assert_eq!(
+            endpoint_addrs(&with_peer)[0].to_string(),
+            "/ip4/10.0.0.1/tcp/1"
+        );
     }
 }

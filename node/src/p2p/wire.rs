@@ -213,9 +213,11 @@ mod tests {
             assert!(err.to_string().contains("more than 4"), "{err}");
             // A huge length prefix is refused before anything is allocated.
             let huge = [0xff, 0xff, 0xff, 0xff];
-            assert!(read_frame::<SyncResponse>(&mut &huge[..], "sync", MAX_SYNC_RESPONSE)
-                .await
-                .is_err());
+            assert!(
+                read_frame::<SyncResponse>(&mut &huge[..], "sync", MAX_SYNC_RESPONSE)
+                    .await
+                    .is_err()
+            );
         });
     }
 
