@@ -7,10 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::{
-    io::Write,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,53 +19,14 @@ use axum::{
     response::Response,
 };
 use futures_util::TryStreamExt;
-use hanzo_e2e::{Devnet, arg, git::GitUser, node_bin};
+use hanzo_e2e::{
+    Devnet, arg,
+    bench::{Killed, free_addr, generate, median, peak_rss_mb},
+    git::GitUser,
+    node_bin,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
-
-/// Writes a history of `commits` commits into the repo at `dir` with `git
-/// fast-import`: each commit rewrites one of 64 files with `bytes` of pseudo-random
-/// text (which neither compresses nor deltas much, so the pack is about
-/// `commits × bytes`).
-fn generate(user: &GitUser, dir: &Path, commits: u64, bytes: usize) {
-    let mut child = Command::new("git")
-        .args(["fast-import", "--quiet"])
-        .current_dir(dir)
-        .env("HOME", user.home.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut data = vec![0u8; bytes];
-    for i in 0..commits {
-        for b in data.iter_mut() {
-            // xorshift64*, printable.
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            *b = b' ' + u8::try_from(state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58).unwrap() + 32;
-        }
-        let time = 1_700_000_000 + i;
-        write!(
-            stdin,
-            "commit refs/heads/main\ncommitter Bench <bench@example.com> {time} +0000\ndata <<EOF\ncommit {i}\nEOF\n"
-        )
-        .unwrap();
-        write!(
-            stdin,
-            "M 644 inline file{:02}\ndata {}\n",
-            i % 64,
-            data.len()
-        )
-        .unwrap();
-        stdin.write_all(&data).unwrap();
-        stdin.write_all(b"\n").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "fast-import failed");
-    user.git_ok(dir, &["reset", "-q", "--hard", "main"]);
-}
 
 /// Runs `git args` as `user`, returning seconds taken.
 fn timed(user: &GitUser, dir: &Path, args: &[&str]) -> f64 {
@@ -136,38 +95,6 @@ async fn cgi(root: PathBuf, req: Request) -> Response {
     }
     *res.body_mut() = Body::from_stream(ReaderStream::with_capacity(out, 1 << 16));
     res
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Peak resident set size of process `pid` in MB.
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
 }
 
 #[tokio::main]

@@ -14,6 +14,7 @@ use alloy::{
     providers::{DynProvider, Provider, ext::AnvilApi},
     signers::local::PrivateKeySigner,
 };
+pub mod bench;
 pub mod cluster;
 pub mod git;
 

@@ -1,0 +1,180 @@
+//! Replication benchmark (run by `scripts/bench-replication`): three `hanzo-node`
+//! binaries on loopback, registered as operators.
+//!
+//! * Small pushes: `--small` signed pushes of one commit to node A; for each, the time
+//!   from the push being accepted (git returns) to the new tip being advertised by
+//!   both B and C. p50 and p95.
+//! * A large pack (`--mb` MB of history) pushed to A: the time until B and C both
+//!   advertise it, against a plain `git fetch` of the same history between two local
+//!   repos in the same run.
+//!
+//! Ends with `key=value` lines.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use alloy::primitives::B256;
+use hanzo_e2e::{
+    Devnet, arg,
+    bench::{Killed, free_addr, generate, median, peak_rss_mb},
+    ether,
+    git::GitUser,
+    node_bin,
+};
+use hanzo_node::keys::{NODE_KEY_FILE, NodeKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Bench {
+    http: SocketAddr,
+    process: Killed,
+}
+
+/// The body of `GET /demo.git/info/refs?service=git-upload-pack` on `addr`.
+async fn advertised(addr: SocketAddr) -> String {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!(
+        "GET /demo.git/info/refs?service=git-upload-pack HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// Waits until every node in `nodes` advertises `tip`; returns when.
+async fn visible(nodes: &[&Bench], tip: &str) -> Instant {
+    let start = Instant::now();
+    for n in nodes {
+        while !advertised(n.http).await.contains(tip) {
+            assert!(start.elapsed() < Duration::from_secs(300), "{tip} never arrived");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Instant::now()
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+async fn start_node(net: &Devnet, account: usize, dir: &Path) -> Bench {
+    NodeKey::generate().save(&dir.join(NODE_KEY_FILE)).unwrap();
+    std::fs::copy(net.dir.path().join("deployment.json"), dir.join("deployment.json")).unwrap();
+    let http = free_addr();
+    let p2p = free_addr().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{p2p}");
+    let process = Killed(
+        Command::new(node_bin())
+            .arg("run")
+            .env("HANZO_DATA_DIR", dir)
+            .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
+            .env("HANZO_CHAIN_POLL_INTERVAL", "50ms")
+            .env("HANZO_HTTP_LISTEN", http.to_string())
+            .env("HANZO_P2P_LISTEN", &listen)
+            .env("HANZO_P2P_SYNC_INTERVAL", "5s")
+            .env("HANZO_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let key = NodeKey::load(&dir.join(NODE_KEY_FILE)).unwrap();
+    net.client(account)
+        .await
+        .register_operator(B256::from(key.public().0), &format!("http://{http} {listen}"), ether(2))
+        .await
+        .unwrap();
+    Bench { http, process }
+}
+
+#[tokio::main]
+async fn main() {
+    let small = usize::try_from(arg("--small", 40)).unwrap();
+    let mb = arg("--mb", 60);
+    let commits = arg("--commits", 2000);
+    let bytes = usize::try_from(mb * 1_000_000 / commits).unwrap();
+
+    let net = Devnet::start().await;
+    let alice = GitUser::new("alice");
+    net.identity_for(1, &alice).await;
+    net.client(1).await.create_repo("demo", "alice", false).await.unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        nodes.push(start_node(&net, 5 + i, d.path()).await);
+    }
+    net.mine(3).await;
+    // Every node serves demo and is connected to the others: a first push arrives.
+    let work = alice.init("work");
+    alice.commit(&work, "README", "start");
+    let url = format!("http://{}/demo.git", nodes[0].http);
+    let start = Instant::now();
+    loop {
+        let out = alice.git(&work, &["push", "-q", "--signed", &url, "main"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "node A never took a push");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let others = [&nodes[1], &nodes[2]];
+    visible(&others, &alice.rev(&work, "HEAD")).await;
+
+    eprintln!("{small} small pushes …");
+    let mut lat = Vec::new();
+    for i in 0..small {
+        alice.commit(&work, "README", &format!("small {i}"));
+        let tip = alice.rev(&work, "HEAD");
+        alice.git_ok(&work, &["push", "-q", "--signed", &url, "main"]);
+        let accepted = Instant::now();
+        let seen = visible(&others, &tip).await;
+        lat.push(seen.duration_since(accepted).as_secs_f64() * 1000.0);
+    }
+    let p50 = percentile(lat.clone(), 0.5);
+    let p95 = percentile(lat, 0.95);
+
+    eprintln!("generating {commits} commits, ~{mb} MB …");
+    let big = alice.init("big");
+    generate(&alice, &big, commits, bytes);
+    alice.git_ok(&big, &["gc", "-q"]);
+    // Baseline: a plain git fetch of the same history between two local repos.
+    let mut baseline = Vec::new();
+    for r in 0..3 {
+        let into = alice.init(&format!("fetch-{r}"));
+        let t = Instant::now();
+        alice.git_ok(&into, &["fetch", "-q", big.to_str().unwrap(), "main"]);
+        baseline.push(t.elapsed().as_secs_f64());
+    }
+    let baseline = median(baseline);
+    let big_url = url.clone();
+    // The big history replaces main (the owner's force-push).
+    alice.git_ok(&big, &["push", "-q", "--signed", "--force", &big_url, "main"]);
+    let accepted = Instant::now();
+    let tip = alice.rev(&big, "HEAD");
+    let seen = visible(&others, &tip).await;
+    let large = seen.duration_since(accepted).as_secs_f64();
+    let rss = nodes
+        .iter()
+        .map(|n| peak_rss_mb(n.process.0.id()))
+        .fold(0.0, f64::max);
+
+    println!("small pushes: p50 {p50:.0} ms, p95 {p95:.0} ms (accepted on A → advertised by B and C)");
+    println!("large pack {mb} MB: {large:.2}s to B and C; git fetch between local repos {baseline:.2}s; ratio {:.2}", large / baseline);
+    println!("peak RSS of the three nodes: {rss:.0} MB");
+    println!("small_p50_ms={p50:.0}");
+    println!("small_p95_ms={p95:.0}");
+    println!("large_s={large:.3}");
+    println!("baseline_fetch_s={baseline:.3}");
+    println!("large_ratio={:.2}", large / baseline);
+    println!("peak_rss_mb={rss:.0}");
+}
