@@ -39,9 +39,8 @@ async fn advertised(addr: SocketAddr) -> String {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return String::new();
     };
-    let req = format!(
-        "GET /demo.git/info/refs?service=git-upload-pack HTTP/1.0\r\nHost: {addr}\r\n\r\n"
-    );
+    let req =
+        format!("GET /demo.git/info/refs?service=git-upload-pack HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
         return String::new();
     }
@@ -55,7 +54,10 @@ async fn visible(nodes: &[&Bench], tip: &str) -> Instant {
     let start = Instant::now();
     for n in nodes {
         while !advertised(n.http).await.contains(tip) {
-            assert!(start.elapsed() < Duration::from_secs(300), "{tip} never arrived");
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "{tip} never arrived"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -64,14 +66,22 @@ async fn visible(nodes: &[&Bench], tip: &str) -> Instant {
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i]
 }
 
 async fn start_node(net: &Devnet, account: usize, dir: &Path) -> Bench {
     NodeKey::generate().save(&dir.join(NODE_KEY_FILE)).unwrap();
-    std::fs::copy(net.dir.path().join("deployment.json"), dir.join("deployment.json")).unwrap();
+    std::fs::copy(
+        net.dir.path().join("deployment.json"),
+        dir.join("deployment.json"),
+    )
+    .unwrap();
     let http = free_addr();
     let p2p = free_addr().port();
     let listen = format!("/ip4/127.0.0.1/tcp/{p2p}");
@@ -91,7 +101,11 @@ async fn start_node(net: &Devnet, account: usize, dir: &Path) -> Bench {
     let key = NodeKey::load(&dir.join(NODE_KEY_FILE)).unwrap();
     net.client(account)
         .await
-        .register_operator(B256::from(key.public().0), &format!("http://{http} {listen}"), ether(2))
+        .register_operator(
+            B256::from(key.public().0),
+            &format!("http://{http} {listen}"),
+            ether(2),
+        )
         .await
         .unwrap();
     Bench { http, process }
@@ -107,7 +121,11 @@ async fn main() {
     let net = Devnet::start().await;
     let alice = GitUser::new("alice");
     net.identity_for(1, &alice).await;
-    net.client(1).await.create_repo("demo", "alice", false).await.unwrap();
+    net.client(1)
+        .await
+        .create_repo("demo", "alice", false)
+        .await
+        .unwrap();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
@@ -124,7 +142,10 @@ async fn main() {
         if out.status.success() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "node A never took a push");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "node A never took a push"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let others = [&nodes[1], &nodes[2]];
@@ -158,7 +179,10 @@ async fn main() {
     let baseline = median(baseline);
     let big_url = url.clone();
     // The big history replaces main (the owner's force-push).
-    alice.git_ok(&big, &["push", "-q", "--signed", "--force", &big_url, "main"]);
+    alice.git_ok(
+        &big,
+        &["push", "-q", "--signed", "--force", &big_url, "main"],
+    );
     let accepted = Instant::now();
     let tip = alice.rev(&big, "HEAD");
     let seen = visible(&others, &tip).await;
@@ -168,8 +192,13 @@ async fn main() {
         .map(|n| peak_rss_mb(n.process.0.id()))
         .fold(0.0, f64::max);
 
-    println!("small pushes: p50 {p50:.0} ms, p95 {p95:.0} ms (accepted on A → advertised by B and C)");
-    println!("large pack {mb} MB: {large:.2}s to B and C; git fetch between local repos {baseline:.2}s; ratio {:.2}", large / baseline);
+    println!(
+        "small pushes: p50 {p50:.0} ms, p95 {p95:.0} ms (accepted on A → advertised by B and C)"
+    );
+    println!(
+        "large pack {mb} MB: {large:.2}s to B and C; git fetch between local repos {baseline:.2}s; ratio {:.2}",
+        large / baseline
+    );
     println!("peak RSS of the three nodes: {rss:.0} MB");
     println!("small_p50_ms={p50:.0}");
     println!("small_p95_ms={p95:.0}");

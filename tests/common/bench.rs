@@ -89,4 +89,3 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         .unwrap();
     kb / 1024.0
 }
-

@@ -565,12 +565,10 @@ impl Driver {
                 peer_id,
                 num_established: 0,
                 ..
-            } => {
-                if self.connected.remove(&peer_id) {
-                    debug!(target: TARGET, peer = %peer_id, "peer disconnected");
-                    self.shared.limits.forget(&peer_id);
-                    self.publish_peers();
-                }
+            } if self.connected.remove(&peer_id) => {
+                debug!(target: TARGET, peer = %peer_id, "peer disconnected");
+                self.shared.limits.forget(&peer_id);
+                self.publish_peers();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
