@@ -125,6 +125,7 @@ async fn main() {
             .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
             .env("HANZO_CHAIN_POLL_INTERVAL", "50ms")
             .env("HANZO_HTTP_LISTEN", node_addr.to_string())
+            .env("HANZO_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")
             .env("HANZO_LOG", "warn")
             .spawn()
             .unwrap(),

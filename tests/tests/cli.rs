@@ -184,6 +184,8 @@ async fn operator_workflow_through_the_binary() {
             &http,
             "--chain.poll-interval",
             "50ms",
+            "--p2p.listen",
+            "/ip4/127.0.0.1/tcp/0",
         ])
         .env("HANZO_DATA_DIR", &dir)
         .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
