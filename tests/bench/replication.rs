@@ -24,36 +24,23 @@ use hanzo_e2e::{
     bench::{Killed, free_addr, generate, median, peak_rss_mb},
     ether,
     git::GitUser,
-    node_bin,
+    http_get, node_bin,
 };
 use hanzo_node::keys::{NODE_KEY_FILE, NodeKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Bench {
     http: SocketAddr,
     process: Killed,
 }
 
-/// The body of `GET /demo.git/info/refs?service=git-upload-pack` on `addr`.
-async fn advertised(addr: SocketAddr) -> String {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    let req =
-        format!("GET /demo.git/info/refs?service=git-upload-pack HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return String::new();
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
-}
-
 /// Waits until every node in `nodes` advertises `tip`; returns when.
 async fn visible(nodes: &[&Bench], tip: &str) -> Instant {
     let start = Instant::now();
     for n in nodes {
-        while !advertised(n.http).await.contains(tip) {
+        while !http_get(n.http, "/demo.git/info/refs?service=git-upload-pack")
+            .await
+            .contains(tip)
+        {
             assert!(
                 start.elapsed() < Duration::from_secs(300),
                 "{tip} never arrived"

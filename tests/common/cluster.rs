@@ -59,27 +59,12 @@ impl Member {
 
     /// A `/metrics` sample's value (summed over labels that contain `labels`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let url = format!("http://{}/metrics", self.node().http_addr);
-        let text = reqwest_text(&url).await;
+        let text = crate::http_get(self.node().http_addr, "/metrics").await;
         text.lines()
             .filter(|l| l.starts_with(name) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-}
-
-async fn reqwest_text(url: &str) -> String {
-    // A tiny HTTP/1.0 GET: the tests need no HTTP client crate for this.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
 }
 
 impl Devnet {

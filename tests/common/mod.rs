@@ -275,3 +275,19 @@ pub async fn eventually<T>(limit: Duration, mut probe: impl AsyncFnMut() -> Opti
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The response (head and body) to a plain `GET path` on `addr`; empty if the
+/// connection fails. HTTP/1.0, so the tests need no HTTP client crate.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}

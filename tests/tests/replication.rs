@@ -289,7 +289,7 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
     for cert in forged {
         let update = RefUpdate {
             repo: demo,
-            refs: vec![("refs/heads/main".into(), hex(&base), hex(&forged_tip))],
+            refs: vec![("refs/heads/main".into(), oid(&base), oid(&forged_tip))],
             cert,
             announced_ms: 0,
         };
@@ -320,10 +320,6 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
     }
 }
 
-fn hex(commit: &str) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&commit[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
+fn oid(commit: &str) -> [u8; 20] {
+    alloy::hex::decode(commit).unwrap().try_into().unwrap()
 }

@@ -185,7 +185,7 @@ impl Git {
         let id = update.repo;
         blocking(move || {
             let dir = repos::ensure(&root, id)?;
-            let repo = repos::open_repo(&dir)?;
+            let repo = repos::open(&dir)?;
             let version = Version {
                 timestamp: cert.timestamp,
                 history: 0,
@@ -219,7 +219,7 @@ impl Git {
                 if !needed {
                     continue;
                 }
-                if !cmd.is_delete() && !repos::has(&repo, target) {
+                if !cmd.is_delete() && !repo.has_object(target) {
                     wants.push(claim.target);
                 }
                 useful.push((claim, cmd));
@@ -231,7 +231,7 @@ impl Git {
             wants.dedup();
             let mut haves: Vec<[u8; 20]> = records
                 .values()
-                .filter(|r| !r.is_tombstone() && repos::has(&repo, oid(r.target)))
+                .filter(|r| !r.is_tombstone() && repo.has_object(oid(r.target)))
                 .map(|r| r.target)
                 .collect();
             haves.sort_unstable();
@@ -327,7 +327,7 @@ impl Git {
         let (apply_dir, hash) = (dir.clone(), plan.hash);
         let updates = blocking(move || {
             repos::admit(&apply_dir, incoming)?;
-            let repo = repos::open_repo(&apply_dir)?;
+            let repo = repos::open(&apply_dir)?;
             let mut edits = Vec::new();
             let mut updates = Vec::new();
             // A ref keeping a tip: created once, never moved.
@@ -370,7 +370,7 @@ impl Git {
                                 &mut updates,
                             );
                         }
-                        let actual = repos::ref_value(&repo, &claim.name)?;
+                        let actual = repos::current(&repo, &claim.name)?;
                         edits.push(Edit {
                             name: claim.name.clone(),
                             expected: actual,
@@ -450,15 +450,15 @@ impl Git {
         let dir = super::repos::path(&self.inner.root, repo);
         let check_dir = dir.clone();
         let input = blocking(move || {
-            let r = repos::open_repo(&check_dir)?;
+            let r = repos::open(&check_dir)?;
             let mut input = String::new();
             for w in &wants {
-                if !repos::has(&r, oid(*w)) {
+                if !r.has_object(oid(*w)) {
                     return Err(Error::NotFound(format!("no object {}", hex::encode(w))));
                 }
                 input.push_str(&format!("{}\n", hex::encode(w)));
             }
-            for h in haves.iter().filter(|h| repos::has(&r, oid(**h))) {
+            for h in haves.iter().filter(|h| r.has_object(oid(**h))) {
                 input.push_str(&format!("^{}\n", hex::encode(h)));
             }
             Ok(input)

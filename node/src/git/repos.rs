@@ -76,7 +76,8 @@ pub fn ensure(root: &Path, id: RepoId) -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-fn open(dir: &Path) -> Result<Repository, Error> {
+/// The repo at `dir`, with an object cache.
+pub fn open(dir: &Path) -> Result<Repository, Error> {
     let mut repo = gix::open(dir).map_err(|e| internal("open repo", e))?;
     repo.object_cache_size_if_unset(16 << 20);
     Ok(repo)
@@ -369,7 +370,7 @@ impl Edit {
 }
 
 /// The current value of ref `name` in `repo`.
-fn current(repo: &Repository, name: &str) -> Result<Option<ObjectId>, Error> {
+pub fn current(repo: &Repository, name: &str) -> Result<Option<ObjectId>, Error> {
     Ok(repo
         .try_find_reference(name)
         .map_err(|e| internal("read ref", e))?
@@ -447,21 +448,6 @@ pub fn set_refs(repo_dir: &Path, repo: &Repository, edits: &[Edit]) -> Result<()
         ))
     })?;
     point_head_at_a_branch(repo_dir, repo)
-}
-
-/// The repo at `repo_dir`, for a batch of questions and a [`set_refs`].
-pub fn open_repo(repo_dir: &Path) -> Result<Repository, Error> {
-    open(repo_dir)
-}
-
-/// The value of ref `name` in `repo`.
-pub fn ref_value(repo: &Repository, name: &str) -> Result<Option<ObjectId>, Error> {
-    current(repo, name)
-}
-
-/// Whether `repo` has object `id`.
-pub fn has(repo: &Repository, id: ObjectId) -> bool {
-    repo.has_object(id)
 }
 
 /// Whether `commit` is `tip` or one of its ancestors (false when either is missing).

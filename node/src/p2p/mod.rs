@@ -439,9 +439,8 @@ impl Driver {
                 _ = tick.tick() => {
                     self.dial_operators();
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                    for peer in self.connected.clone() {
-                        tokio::spawn(catch_up(self.shared.clone(), peer));
-                    }
+                    let peers = self.connected.iter().copied().collect();
+                    tokio::spawn(catch_up(self.shared.clone(), peers));
                 }
             }
         }
@@ -558,7 +557,7 @@ impl Driver {
                     self.publish_peers();
                 }
                 if num_established.get() == 1 {
-                    tokio::spawn(catch_up(self.shared.clone(), peer_id));
+                    tokio::spawn(catch_up(self.shared.clone(), vec![peer_id]));
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -797,8 +796,9 @@ async fn fetch(
     result.map_err(|e| ("invalid_pack", e.to_string()))
 }
 
-/// Compares digests with `peer` and applies whatever it has that this node lacks.
-async fn catch_up(shared: Arc<Shared>, peer: PeerId) {
+/// Compares digests with each of `peers` (computed once for all) and applies
+/// whatever they have that this node lacks.
+async fn catch_up(shared: Arc<Shared>, peers: Vec<PeerId>) {
     let snapshot = shared.git.acl_snapshot();
     let mut repos = Vec::new();
     for id in snapshot.state.repos.keys() {
@@ -811,30 +811,40 @@ async fn catch_up(shared: Arc<Shared>, peer: PeerId) {
     if repos.is_empty() {
         return;
     }
-    let response = async {
-        let mut control = shared.control.clone();
-        let mut stream = control
-            .open_stream(peer, SYNC_PROTOCOL)
-            .await
-            .map_err(|e| e.to_string())?;
-        wire::write_frame(&mut stream, &SyncRequest { repos })
-            .await
-            .map_err(|e| e.to_string())?;
-        wire::read_frame::<SyncResponse>(&mut stream, "sync response", wire::MAX_SYNC_RESPONSE)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let response = match response.await {
-        Ok(r) => r,
-        Err(why) => {
-            debug!(target: TARGET, %peer, %why, "catch-up failed");
-            return;
+    let request = SyncRequest { repos };
+    for peer in peers {
+        match exchange(&shared, peer, &request).await {
+            Ok(response) => apply_from(&shared, peer, response).await,
+            Err(why) => debug!(target: TARGET, %peer, %why, "catch-up failed"),
         }
-    };
+    }
+}
+
+/// Sends `request` to `peer` on the sync protocol and reads its answer.
+async fn exchange(
+    shared: &Shared,
+    peer: PeerId,
+    request: &SyncRequest,
+) -> Result<SyncResponse, String> {
+    let mut control = shared.control.clone();
+    let mut stream = control
+        .open_stream(peer, SYNC_PROTOCOL)
+        .await
+        .map_err(|e| e.to_string())?;
+    wire::write_frame(&mut stream, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    wire::read_frame::<SyncResponse>(&mut stream, "sync response", wire::MAX_SYNC_RESPONSE)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Applies the updates `peer` answered a catch-up with, fetching from it.
+async fn apply_from(shared: &Shared, peer: PeerId, response: SyncResponse) {
     let count = response.updates.len();
     let mut applied = 0;
     for update in response.updates {
-        match replicate(&shared, update, &[peer]).await {
+        match replicate(shared, update, &[peer]).await {
             Ok(true) => applied += 1,
             Ok(false) => {}
             Err(e) => debug!(target: TARGET, %peer, %e, "catch-up update not applied"),
