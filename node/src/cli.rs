@@ -245,6 +245,12 @@ enum RepoCmd {
     AddReader(MemberArgs),
     /// Stop an identity reading.
     RemoveReader(MemberArgs),
+    /// Burn the repository's token: every node deletes the repo and its history.
+    Burn {
+        name: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
     /// Show a repository and its members.
     Show {
         name: String,
@@ -656,6 +662,11 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
             let (c, _) = signed(config, &s).await?;
             let id = c.create_repo(&name, &owner, private).await?;
             println!("created repo {name} (#{id}) owned by {owner}");
+        }
+        RepoCmd::Burn { name, signer: s } => {
+            let (c, _) = signed(config, &s).await?;
+            c.burn_repo(&name).await?;
+            println!("burned repo {name}: every node removes it");
         }
         RepoCmd::AddCommitter(a) => member(a, Member::Committer, true).await?,
         RepoCmd::RemoveCommitter(a) => member(a, Member::Committer, false).await?,

@@ -11,30 +11,18 @@
 //! Ends with `key=value` lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use alloy::primitives::B256;
 use hanzo_e2e::{
     Devnet, arg,
-    bench::{Killed, free_addr, generate, median, peak_rss_mb},
-    ether,
+    bench::{generate, median, peak_rss_mb},
+    cluster::Process,
     git::GitUser,
-    http_get, node_bin,
+    http_get,
 };
-use hanzo_node::keys::{NODE_KEY_FILE, NodeKey};
-
-struct Bench {
-    http: SocketAddr,
-    process: Killed,
-}
 
 /// Waits until every node in `nodes` advertises `tip`; returns when.
-async fn visible(nodes: &[&Bench], tip: &str) -> Instant {
+async fn visible(nodes: &[&Process], tip: &str) -> Instant {
     let start = Instant::now();
     for n in nodes {
         while !http_get(n.http, "/demo.git/info/refs?service=git-upload-pack")
@@ -62,42 +50,6 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[i]
 }
 
-async fn start_node(net: &Devnet, account: usize, dir: &Path) -> Bench {
-    NodeKey::generate().save(&dir.join(NODE_KEY_FILE)).unwrap();
-    std::fs::copy(
-        net.dir.path().join("deployment.json"),
-        dir.join("deployment.json"),
-    )
-    .unwrap();
-    let http = free_addr();
-    let p2p = free_addr().port();
-    let listen = format!("/ip4/127.0.0.1/tcp/{p2p}");
-    let process = Killed(
-        Command::new(node_bin())
-            .arg("run")
-            .env("HANZO_DATA_DIR", dir)
-            .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
-            .env("HANZO_CHAIN_POLL_INTERVAL", "50ms")
-            .env("HANZO_HTTP_LISTEN", http.to_string())
-            .env("HANZO_P2P_LISTEN", &listen)
-            .env("HANZO_P2P_SYNC_INTERVAL", "5s")
-            .env("HANZO_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    let key = NodeKey::load(&dir.join(NODE_KEY_FILE)).unwrap();
-    net.client(account)
-        .await
-        .register_operator(
-            B256::from(key.public().0),
-            &format!("http://{http} {listen}"),
-            ether(2),
-        )
-        .await
-        .unwrap();
-    Bench { http, process }
-}
-
 #[tokio::main]
 async fn main() {
     let small = usize::try_from(arg("--small", 40)).unwrap();
@@ -113,16 +65,19 @@ async fn main() {
         .create_repo("demo", "alice", false)
         .await
         .unwrap();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Catch-up every 5 s, so that it rarely runs during a measurement.
     let mut nodes = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        nodes.push(start_node(&net, 5 + i, d.path()).await);
+    for i in 0..3 {
+        nodes.push(
+            net.spawn_operator(5 + i, &[("HANZO_P2P_SYNC_INTERVAL", "5s")])
+                .await,
+        );
     }
     net.mine(3).await;
     // Every node serves demo and is connected to the others: a first push arrives.
     let work = alice.init("work");
     alice.commit(&work, "README", "start");
-    let url = format!("http://{}/demo.git", nodes[0].http);
+    let url = nodes[0].url("demo");
     let start = Instant::now();
     loop {
         let out = alice.git(&work, &["push", "-q", "--signed", &url, "main"]);
@@ -176,7 +131,7 @@ async fn main() {
     let large = seen.duration_since(accepted).as_secs_f64();
     let rss = nodes
         .iter()
-        .map(|n| peak_rss_mb(n.process.0.id()))
+        .map(|n| peak_rss_mb(n.process.as_ref().unwrap().0.id()))
         .fold(0.0, f64::max);
 
     println!(

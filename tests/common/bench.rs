@@ -77,7 +77,6 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// Peak resident set size of process `pid` in MB.
 /// Peak resident memory of process `pid`, in MB.
 pub fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -1,7 +1,7 @@
 //! Several real nodes on one devnet, each with its own data dir and node key,
 //! registered as operators with their loopback p2p addresses.
 
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use alloy::primitives::B256;
 use hanzo_node::{
@@ -10,7 +10,11 @@ use hanzo_node::{
     node::Node,
 };
 
-use crate::{Devnet, ether, eventually};
+use crate::{
+    Devnet,
+    bench::{Killed, free_addr},
+    ether, eventually,
+};
 
 /// One node of a cluster: its data dir, and the node while it runs.
 pub struct Member {
@@ -93,7 +97,6 @@ impl Devnet {
     /// Dev account `account` registers the node whose data dir is `dir` as its
     /// operator, with 2 ETH and the node's HTTP and p2p addresses as endpoint.
     pub async fn register_node(&self, account: usize, dir: &Path, node: &Node) {
-        let key = NodeKey::load(&dir.join(NODE_KEY_FILE)).expect("node key");
         let mut endpoint = format!("http://{}", node.http_addr);
         if let Some(p2p) = &node.p2p {
             for addr in p2p.listen_addrs().await {
@@ -101,9 +104,16 @@ impl Devnet {
                 endpoint.push_str(&addr.to_string());
             }
         }
+        self.register_endpoint(account, dir, &endpoint).await;
+    }
+
+    /// Dev account `account` registers the node key in data dir `dir` as its
+    /// operator, with 2 ETH and `endpoint`.
+    pub async fn register_endpoint(&self, account: usize, dir: &Path, endpoint: &str) {
+        let key = NodeKey::load(&dir.join(NODE_KEY_FILE)).expect("node key");
         self.client(account)
             .await
-            .register_operator(B256::from(key.public().0), &endpoint, ether(2))
+            .register_operator(B256::from(key.public().0), endpoint, ether(2))
             .await
             .expect("register operator");
     }
@@ -129,6 +139,76 @@ impl Devnet {
         }
         connected(&members, n - 1).await;
         members
+    }
+}
+
+/// A node running as its own `hanzo-node run` process, on fixed loopback ports so
+/// that it can be killed and started again where its peers expect it.
+pub struct Process {
+    /// The data dir (from [`Devnet::node_dir`]).
+    pub dir: tempfile::TempDir,
+    /// Git smart-HTTP and metrics.
+    pub http: SocketAddr,
+    /// The libp2p listen address.
+    pub listen: String,
+    /// The process; killed (SIGKILL) when dropped.
+    pub process: Option<Killed>,
+}
+
+impl Process {
+    /// The smart-HTTP URL of repo `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}.git", self.http)
+    }
+
+    /// The bare repo of token `id`.
+    pub fn repo_dir(&self, id: u64) -> std::path::PathBuf {
+        self.dir.path().join("repos").join(format!("{id}.git"))
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+}
+
+impl Devnet {
+    /// Runs `hanzo-node run` on a fresh data dir and free ports, registered as the
+    /// operator of dev account `account`. `env` adds or overrides settings.
+    pub async fn spawn_operator(&self, account: usize, env: &[(&str, &str)]) -> Process {
+        let http = free_addr();
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", free_addr().port());
+        let mut p = Process {
+            dir: self.node_dir(),
+            http,
+            listen,
+            process: None,
+        };
+        self.respawn(&mut p, env);
+        let endpoint = format!("http://{} {}", p.http, p.listen);
+        self.register_endpoint(account, p.dir.path(), &endpoint)
+            .await;
+        p
+    }
+
+    /// Starts `p`'s process (again), on its data dir and ports.
+    pub fn respawn(&self, p: &mut Process, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(crate::node_bin());
+        cmd.arg("run")
+            .env("HANZO_DATA_DIR", p.dir.path())
+            .env("HANZO_CHAIN_RPC_URL", self.anvil.endpoint())
+            .env("HANZO_CHAIN_POLL_INTERVAL", "50ms")
+            .env("HANZO_HTTP_LISTEN", p.http.to_string())
+            .env("HANZO_P2P_LISTEN", &p.listen)
+            .env("HANZO_P2P_SYNC_INTERVAL", "1s")
+            .env(
+                "HANZO_LOG",
+                std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        p.process = Some(Killed(cmd.spawn().expect("run hanzo-node")));
     }
 }
 

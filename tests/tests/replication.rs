@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use hanzo_e2e::{
-    cluster::Member,
+    cluster::{Member, connected},
     git::{GitUser, piped},
     *,
 };
@@ -322,4 +322,81 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
 
 fn oid(commit: &str) -> [u8; 20] {
     alloy::hex::decode(commit).unwrap().try_into().unwrap()
+}
+
+/// The quarantine directories (`objects/incoming-*`) in a repo.
+fn quarantines(repo: &std::path::Path) -> usize {
+    std::fs::read_dir(repo.join("objects")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
+            .count()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_while_receiving_a_pack_is_consistent_and_converges() {
+    let net = Devnet::start().await;
+    let (alice, _, _, demo) = people(&net).await;
+    let a = net.cluster(1, 5).await;
+    let mut b = net.spawn_operator(6, &[]).await;
+    let block = net.confirm().await;
+    a[0].node().synced_to(block).await;
+    connected(&a, 1).await;
+
+    // ~30 MB of history pushed to A; B is killed (SIGKILL) while its pack is still
+    // arriving, that is while its quarantine exists.
+    let work = alice.init("work");
+    hanzo_e2e::bench::generate(&alice, &work, 600, 50_000);
+    alice.git_ok(
+        &work,
+        &["push", "-q", "--signed", &a[0].url("demo"), "main"],
+    );
+    let tip = alice.rev(&work, "HEAD");
+    let repo = b.repo_dir(demo);
+    eventually(SETTLE, async || (quarantines(&repo) > 0).then_some(())).await;
+    b.kill();
+
+    // What is on disk is a consistent repo: fsck is clean and main, if it moved at
+    // all, names the whole pushed history.
+    fsck(&repo);
+    let main = Command::new("git")
+        .args(["rev-parse", "-q", "--verify", "refs/heads/main"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    let main = String::from_utf8_lossy(&main.stdout).trim().to_owned();
+    assert!(main.is_empty() || main == tip, "main at {main}");
+
+    // Started again: it catches up with no new push, and leaves no quarantine.
+    net.respawn(&mut b, &[]);
+    let arrived = eventually(SETTLE, async || {
+        let ok = alice.git(alice.home.path(), &["ls-remote", &b.url("demo")]);
+        let out = String::from_utf8_lossy(&ok.stdout).into_owned();
+        out.contains(&format!("{tip}\trefs/heads/main"))
+            .then_some(out)
+    })
+    .await;
+    assert!(!arrived.contains("refs/superseded/"), "{arrived}");
+    fsck(&repo);
+    assert_eq!(quarantines(&repo), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burned_repo_is_removed_from_every_node() {
+    let net = Devnet::start().await;
+    let (alice, _, _, demo) = people(&net).await;
+    let nodes = net.cluster(2, 5).await;
+    let work = alice.init("work");
+    alice.commit(&work, "README", "soon gone");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
+    converged(&alice, &all_of(&nodes)).await;
+
+    net.client(1).await.burn_repo("demo").await.unwrap();
+    let block = net.confirm().await;
+    for m in &nodes {
+        m.node().synced_to(block).await;
+        eventually(SETTLE, async || (!m.repo_dir(demo).exists()).then_some(())).await;
+        let refused = alice.git_err(alice.home.path(), &["ls-remote", &m.url("demo")]);
+        assert!(refused.contains("not found"), "{refused}");
+    }
 }

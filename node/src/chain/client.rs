@@ -337,6 +337,12 @@ impl Client {
         Ok(to_u64(self.repo_id(name).await?))
     }
 
+    /// Burns repo `name`'s token: every node removes the repo.
+    pub async fn burn_repo(&self, name: &str) -> Result<TransactionReceipt, Error> {
+        let id = self.repo_id(name).await?;
+        self.send("burn repo", self.repos.burn(id)).await
+    }
+
     /// Adds (or with `add == false` removes) identity `handle` as `role` of repo `name`.
     pub async fn set_member(
         &self,
