@@ -121,12 +121,17 @@ impl Devnet {
     /// Starts `n` nodes, registered as operators by dev accounts `first..first + n`,
     /// and waits until each is connected to all the others.
     pub async fn cluster(&self, n: usize, first: usize) -> Vec<Member> {
+        self.cluster_on(n, first, "/ip4/127.0.0.1/tcp/0").await
+    }
+
+    /// [`Devnet::cluster`] with libp2p listening on `listen` (a multiaddr).
+    pub async fn cluster_on(&self, n: usize, first: usize, listen: &str) -> Vec<Member> {
         let mut members = Vec::new();
         for i in 0..n {
             let dir = self.node_dir();
-            let node = Node::start(self.config_in(dir.path()))
-                .await
-                .expect("node starts");
+            let mut config = self.config_in(dir.path());
+            config.p2p.listen = vec![listen.to_owned()];
+            let node = Node::start(config).await.expect("node starts");
             self.register_node(first + i, dir.path(), &node).await;
             members.push(Member {
                 dir,

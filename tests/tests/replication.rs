@@ -381,11 +381,20 @@ async fn a_node_killed_while_receiving_a_pack_is_consistent_and_converges() {
     assert_eq!(quarantines(&repo), 0);
 }
 
+/// Over QUIC (the other tests use TCP): a push replicates; then the repo's token is
+/// burned and every node removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_burned_repo_is_removed_from_every_node() {
+async fn over_quic_a_burned_repo_is_removed_from_every_node() {
     let net = Devnet::start().await;
     let (alice, _, _, demo) = people(&net).await;
-    let nodes = net.cluster(2, 5).await;
+    let nodes = net.cluster_on(2, 5, "/ip4/127.0.0.1/udp/0/quic-v1").await;
+    for m in &nodes {
+        let addrs = m.node().p2p.as_ref().unwrap().listen_addrs().await;
+        assert!(
+            addrs.iter().all(|a| a.to_string().contains("/quic-v1")),
+            "{addrs:?}"
+        );
+    }
     let work = alice.init("work");
     alice.commit(&work, "README", "soon gone");
     alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);

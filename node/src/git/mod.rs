@@ -407,7 +407,11 @@ impl Git {
         let (incoming, late) = blocking(move || {
             let view = incoming.view(&order_dir)?;
             let late = cmds.iter().find_map(|cmd| {
-                let r = records.get(&cmd.name)?;
+                // A command expecting another tip fails the compare-and-swap below
+                // ("fetch first"), whatever its order.
+                let r = records
+                    .get(&cmd.name)
+                    .filter(|r| cmd.old.as_bytes() == r.target)?;
                 let target = *cmd.new.as_bytes().first_chunk().unwrap_or(&[0; 20]);
                 let wins =
                     replica::versions(|id| repos::history(&view, id), Some(r), version, target)

@@ -252,8 +252,11 @@ impl Incoming {
     /// The repo at `repo_dir` as it would be with this quarantine's objects.
     pub fn view(&self, repo_dir: &Path) -> Result<Repository, Error> {
         let mut view = open(repo_dir)?;
-        let handle =
+        let mut handle =
             gix::odb::at(self.dir.path(), SHA1).map_err(|e| internal("open quarantine", e))?;
+        // Delta bases cached, as `gix::open` does for a repo's own store: without it a
+        // walk over a pack's trees inflates each delta chain again per object.
+        handle.set_pack_cache(|| Box::<gix_pack::cache::lru::StaticLinkedList<64>>::default());
         view.objects = gix::odb::memory::Proxy::new(handle, SHA1);
         Ok(view)
     }

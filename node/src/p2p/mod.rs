@@ -27,7 +27,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
@@ -731,13 +731,13 @@ async fn replicate_inner(
     }
     let mut last = String::from("no peer to fetch from");
     for peer in sources {
+        let started = Instant::now();
         match fetch(shared, *peer, &plan).await {
             Ok(incoming) => {
-                return shared
-                    .git
-                    .commit(plan, Some(incoming))
-                    .await
-                    .map(|a| a.refs > 0);
+                let fetched = started.elapsed();
+                let outcome = shared.git.commit(plan, Some(incoming)).await;
+                debug!(target: TARGET, %peer, ?fetched, checked = ?started.elapsed() - fetched, "fetched and checked");
+                return outcome.map(|a| a.refs > 0);
             }
             Err((reason, why)) => {
                 shared.metrics.count(&shared.metrics.fetch_failures, reason);
