@@ -62,6 +62,22 @@ enum Command {
     /// A git credential helper that answers with a private-repo read token signed
     /// by your SSH key (git runs it; see the README).
     GitCredential(GitCredentialArgs),
+    /// Find a node's endpoints from its key (or its operator's address): its signed
+    /// DNS packet on the Mainline DHT, checked against the stake on chain.
+    Resolve {
+        /// Node key (0x + 64 hex, or z-base-32) or operator address (0x + 40 hex).
+        target: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Run a Mainline DHT of a few nodes on loopback for a devnet; prints its
+    /// bootstrap addresses (comma-separated, for `dns.bootstrap`) and runs until
+    /// stopped.
+    DevDht {
+        /// How many DHT nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +422,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             deployment.save(&out)?;
             println!("{}", serde_json::to_string_pretty(&deployment)?);
             eprintln!("deployment written to {}", out.display());
+            Ok(())
+        }
+        Command::Resolve { target, read } => {
+            let acl = client(&config, None).await?.snapshot().await?;
+            let resolver = crate::dns::Resolver::new(crate::dns::client(&config.dns)?);
+            let r = resolver.resolve(&acl, &target).await?;
+            print(read.json, &r, || {
+                let e = &r.endpoints;
+                let mut out = format!("node {} of operator {}\n", r.node_key, r.operator);
+                for (what, url) in [("git", &e.git), ("grpc", &e.grpc)] {
+                    if let Some(url) = url {
+                        out.push_str(&format!("  {what}: {url}\n"));
+                    }
+                }
+                for a in &e.p2p {
+                    out.push_str(&format!("  p2p: {a}\n"));
+                }
+                out.push_str(&format!("  chain: {}\n", e.chain_id));
+                out
+            })
+        }
+        Command::DevDht { nodes } => {
+            let dht =
+                tokio::task::spawn_blocking(move || mainline::Testnet::builder(nodes).build())
+                    .await??;
+            println!("{}", dht.bootstrap.join(","));
+            tokio::signal::ctrl_c().await?;
+            drop(dht);
             Ok(())
         }
         Command::Operator(cmd) => operator(&config, cmd).await,

@@ -48,6 +48,8 @@ pub struct Config {
     pub git: GitConfig,
     /// Peer-to-peer replication.
     pub p2p: P2pConfig,
+    /// Endpoint records on the Mainline DHT (pkarr).
+    pub dns: DnsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -155,6 +157,52 @@ pub struct P2pConfig {
     pub max_connections: u32,
 }
 
+/// The node's signed DNS records on the Mainline DHT, and how it resolves others'.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Whether the node publishes its endpoints. Default: true.
+    pub enabled: bool,
+    /// DHT nodes to bootstrap from, as `host:port`; empty means Mainline's public
+    /// bootstrap nodes. A devnet or test lists its local DHT here.
+    pub bootstrap: Vec<String>,
+    /// IPv4 address the DHT socket binds to. Default: every interface.
+    pub bind: Option<std::net::Ipv4Addr>,
+    /// UDP port of the DHT socket. Default: any free port.
+    pub port: Option<u16>,
+    /// How long one DHT request may take. Default: `2s` (tests on loopback: ~100 ms).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Whether this node's DHT socket answers other DHT nodes' requests from the
+    /// start (otherwise Mainline's adaptive mode decides). Default: false.
+    pub server_mode: bool,
+    /// The git smart-HTTP base URL others should use, e.g. `https://git.example.org`.
+    /// Default: `http://<http.listen>` (the loopback address when it listens on every
+    /// interface, with a warning).
+    pub git_url: Option<String>,
+    /// The gRPC URL others should use. Default: none published.
+    pub grpc_url: Option<String>,
+    /// How often the packet is published again. Default: `1h`.
+    #[serde(with = "humantime_serde")]
+    pub republish_interval: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bootstrap: Vec::new(),
+            bind: None,
+            port: None,
+            request_timeout: Duration::from_secs(2),
+            server_mode: false,
+            git_url: None,
+            grpc_url: None,
+            republish_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Which repos a node replicates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -229,6 +277,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             git: GitConfig::default(),
             p2p: P2pConfig::default(),
+            dns: DnsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -318,6 +367,17 @@ pub struct Overrides {
         value_delimiter = ','
     )]
     pub p2p_bootstrap: Option<Vec<String>>,
+    /// DHT bootstrap nodes (`host:port`), comma-separated.
+    #[arg(
+        long = "dns.bootstrap",
+        env = "HANZO_DNS_BOOTSTRAP",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub dns_bootstrap: Option<Vec<String>>,
+    /// DHT request timeout, e.g. `100ms`.
+    #[arg(long = "dns.request-timeout", env = "HANZO_DNS_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
+    pub dns_request_timeout: Option<Duration>,
     /// How often peers compare refs, e.g. `5s`.
     #[arg(long = "p2p.sync-interval", env = "HANZO_P2P_SYNC_INTERVAL", global = true, value_parser = humantime::parse_duration)]
     pub p2p_sync_interval: Option<Duration>,
@@ -371,6 +431,12 @@ impl Config {
         if let Some(v) = o.p2p_sync_interval {
             config.p2p.sync_interval = v;
         }
+        if let Some(v) = o.dns_bootstrap {
+            config.dns.bootstrap = v;
+        }
+        if let Some(v) = o.dns_request_timeout {
+            config.dns.request_timeout = v;
+        }
         if let Some(v) = o.log {
             config.log.filter = v;
         }
@@ -412,6 +478,12 @@ impl Config {
         if self.git.idle_timeout.is_zero() || self.git.nonce_window.is_zero() {
             return Err(Error::Invalid {
                 setting: "git.idle_timeout / git.nonce_window",
+                reason: "must be above zero".into(),
+            });
+        }
+        if self.dns.request_timeout.is_zero() || self.dns.republish_interval.is_zero() {
+            return Err(Error::Invalid {
+                setting: "dns.request_timeout / dns.republish_interval",
                 reason: "must be above zero".into(),
             });
         }

@@ -8,11 +8,13 @@ pub mod acl;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod git;
 pub mod http;
 pub mod keys;
 pub mod node;
 pub mod p2p;
+pub mod remote;
 pub mod store;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

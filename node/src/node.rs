@@ -11,6 +11,7 @@ use crate::{
     acl::{Acl, Snapshot},
     chain::{self, Status, Syncer},
     config::Config,
+    dns,
     git::Git,
     http,
     keys::{NODE_KEY_FILE, NodeKey},
@@ -34,6 +35,8 @@ pub enum Error {
     Git(#[from] crate::git::Error),
     #[error(transparent)]
     P2p(#[from] crate::p2p::Error),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -51,6 +54,10 @@ pub struct Node {
     pub http_addr: SocketAddr,
     /// The swarm, unless `p2p.enabled` is off.
     pub p2p: Option<P2p>,
+    /// The DNS publisher, unless `dns.enabled` is off.
+    pub dns: Option<dns::Publisher>,
+    /// Resolves other nodes' keys to endpoints over the DHT.
+    pub resolver: dns::Resolver,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -76,7 +83,7 @@ impl Node {
         let git = Git::new(
             config.repos_path(),
             acl.clone(),
-            store,
+            store.clone(),
             &key,
             config.git.clone(),
             config.p2p.replicate.clone(),
@@ -107,6 +114,28 @@ impl Node {
             )?;
             tasks.push(task);
             Some(p2p)
+        } else {
+            None
+        };
+        let dht = dns::client(&config.dns)?;
+        let dns = if config.dns.enabled {
+            let sources = dns::Sources {
+                key: NodeKey::from_seed(&key.seed()),
+                git: Some(dns::git_url(&config.dns, http_addr)),
+                grpc: config.dns.grpc_url.clone(),
+                chain_id: deployment.chain_id,
+                acl: acl.clone(),
+                p2p: p2p.clone(),
+            };
+            let (publisher, task) = dns::Publisher::spawn(
+                dht.clone(),
+                sources,
+                store,
+                config.dns.republish_interval,
+                cancel.child_token(),
+            );
+            tasks.push(task);
+            Some(publisher)
         } else {
             None
         };
@@ -150,6 +179,8 @@ impl Node {
             status,
             http_addr,
             p2p,
+            dns,
+            resolver: dns::Resolver::new(dht),
             cancel,
             tasks: {
                 tasks.extend([sync_task, repos_task, http_task]);

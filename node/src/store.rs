@@ -1,7 +1,8 @@
 //! The node's database: one rocksdb under `<data dir>/db`, one column family per kind
 //! of record.
 //!
-//! * `meta` — schema version and the deployment the data belongs to.
+//! * `meta` — schema version, the deployment the data belongs to, and the last DNS
+//!   packet this node published (republished after a restart).
 //! * `acl` — ACL checkpoints: block number (big-endian) and hash → encoded [`Snapshot`]. The
 //!   newest is where sync resumes; older ones (a bounded window) are the undo log a
 //!   deep reorg rolls back to.
@@ -31,6 +32,7 @@ const COLUMN_FAMILIES: [&str; 4] = [CF_META, CF_ACL, CF_REFS, CF_CERTS];
 const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
 const KEY_DEPLOYMENT: &[u8] = b"deployment";
+const KEY_DNS_PACKET: &[u8] = b"dns-packet";
 /// Largest encoded snapshot accepted when reading back (a guard against a corrupt record).
 const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 
@@ -173,6 +175,18 @@ impl Store {
                 path: self.db.path().display().to_string(),
             }),
         }
+    }
+
+    /// The last signed DNS packet this node published (pkarr's encoding).
+    pub fn dns_packet(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(CF_META), KEY_DNS_PACKET)?)
+    }
+
+    /// Records the signed DNS packet just published.
+    pub fn put_dns_packet(&self, packet: &[u8]) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_DNS_PACKET, packet);
+        self.write_synced(batch)
     }
 
     /// The newest ACL checkpoint.

@@ -206,6 +206,7 @@ impl Devnet {
             .env("HANZO_HTTP_LISTEN", p.http.to_string())
             .env("HANZO_P2P_LISTEN", &p.listen)
             .env("HANZO_P2P_SYNC_INTERVAL", "1s")
+            .envs(self.dht_env())
             .env(
                 "HANZO_LOG",
                 std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into()),

@@ -62,13 +62,21 @@ impl GitUser {
         ok(&self.git(self.home.path(), &["config", "--global", key, value]));
     }
 
-    /// Runs `git args` in `dir` as this user.
+    /// Runs `git args` in `dir` as this user, with this build's `git-remote-hanzo`
+    /// on the PATH.
     pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        let bin = crate::node_bin();
+        let path = std::env::join_paths(
+            std::iter::once(bin.parent().expect("target dir").to_path_buf()).chain(
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+            ),
+        )
+        .expect("PATH");
         Command::new("git")
             .args(args)
             .current_dir(dir)
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env("HOME", self.home.path())
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_TERMINAL_PROMPT", "0")

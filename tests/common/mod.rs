@@ -84,6 +84,11 @@ pub fn node_bin() -> PathBuf {
     bin
 }
 
+/// Nodes of each devnet's local DHT.
+const DHT_NODES: usize = 5;
+/// DHT request timeout on loopback.
+const DHT_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// A local chain with the contracts deployed (min operator stake 1 ETH, min caller
 /// stake 0.1 ETH, unbonding 60 s), and a data dir holding a node key and the
 /// deployment file.
@@ -96,6 +101,8 @@ pub struct Devnet {
     pub provider: DynProvider,
     /// A data dir with `node.key`, `deployment.json` and nothing else.
     pub dir: tempfile::TempDir,
+    /// A Mainline DHT of its own on loopback, for the nodes' DNS packets.
+    pub dht: mainline::Testnet,
 }
 
 impl Devnet {
@@ -128,11 +135,16 @@ impl Devnet {
         let provider = chain::connect(&anvil.endpoint(), None)
             .await
             .expect("connect");
+        let dht = tokio::task::spawn_blocking(|| mainline::Testnet::builder(DHT_NODES).build())
+            .await
+            .expect("dht task")
+            .expect("local DHT on loopback");
         Self {
             anvil,
             deployment,
             provider,
             dir,
+            dht,
         }
     }
 
@@ -179,7 +191,26 @@ impl Devnet {
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
         config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
         config.p2p.sync_interval = Duration::from_secs(1);
+        config.dns.bootstrap = self.dht.bootstrap.clone();
+        config.dns.bind = Some(std::net::Ipv4Addr::LOCALHOST);
+        config.dns.request_timeout = DHT_TIMEOUT;
         config
+    }
+
+    /// The environment that points a `hanzo-node` process at this devnet's DHT.
+    pub fn dht_env(&self) -> [(&'static str, String); 2] {
+        [
+            ("HANZO_DNS_BOOTSTRAP", self.dht.bootstrap.join(",")),
+            (
+                "HANZO_DNS_REQUEST_TIMEOUT",
+                format!("{}ms", DHT_TIMEOUT.as_millis()),
+            ),
+        ]
+    }
+
+    /// A DHT client on this devnet's DHT, as a separate resolver would have.
+    pub fn dht_client(&self) -> pkarr::Client {
+        hanzo_node::dns::client(&self.config().dns).expect("DHT client")
     }
 
     /// Starts a node in-process.
@@ -220,7 +251,8 @@ impl Devnet {
             .env("HANZO_DATA_DIR", self.dir.path())
             .env("HANZO_CHAIN_RPC_URL", self.anvil.endpoint())
             .env("HANZO_LOG", "warn")
-            .env("HANZO_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0");
+            .env("HANZO_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")
+            .envs(self.dht_env());
         for (k, v) in env {
             cmd.env(k, v);
         }

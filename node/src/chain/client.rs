@@ -369,6 +369,36 @@ impl Client {
         }
     }
 
+    /// The whole ACL at the chain's head, replayed from the deployment's logs: for
+    /// tools that have no node store (`hanzo-node resolve`, `git-remote-hanzo`).
+    pub async fn snapshot(&self) -> Result<crate::acl::Snapshot, Error> {
+        let filter = Filter::new()
+            .address(vec![
+                self.deployment.stake_registry,
+                self.deployment.identity_token,
+                self.deployment.repo_token,
+            ])
+            .from_block(self.deployment.block);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| Error::Rpc {
+                call: "eth_getLogs",
+                reason: e.to_string(),
+            })?;
+        let mut snapshot = crate::acl::Snapshot {
+            events_applied: logs.len() as u64,
+            ..Default::default()
+        };
+        for log in &logs {
+            for change in decode::decode(&self.deployment, log)? {
+                snapshot.state.apply(change);
+            }
+        }
+        Ok(snapshot)
+    }
+
     /// Repo `name` with its members, replayed from its own logs.
     pub async fn repo(&self, name: &str) -> Result<RepoView, Error> {
         let id = self.repo_id(name).await?;
