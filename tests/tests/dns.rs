@@ -13,16 +13,16 @@ use hanzo_node::{
     dns::{self, Endpoints, Resolver},
 };
 
+
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Waits until `m`'s publisher has published a packet naming its operator, and
-/// returns its endpoints.
-async fn published(m: &Member) -> Endpoints {
+/// Waits until `m`'s publisher has published a packet naming its operator.
+async fn published(m: &Member) -> dns::Published {
     let mut publisher = m.node().dns.clone().expect("dns on");
     eventually(SETTLE, async || {
         let p = publisher.published()?;
         if p.endpoints.operator.is_some() {
-            Some(p.endpoints)
+            Some(p)
         } else {
             tokio::time::timeout(Duration::from_millis(200), publisher.changed())
                 .await
@@ -39,7 +39,8 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
     let net = Devnet::start().await;
     let mut nodes = net.cluster(1, 5).await;
     let a = &nodes[0];
-    let shown = published(a).await;
+    let first = published(a).await;
+    let shown = first.endpoints.clone();
     let key = a.key().public();
     let http = a.node().http_addr;
     assert_eq!(shown.git, Some(format!("http://{http}")));
@@ -61,7 +62,13 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(by_key.endpoints.p2p, listen);
+    // The libp2p addresses, without `/p2p/` (the PeerId is the key itself).
+    let bare: Vec<String> = listen
+        .iter()
+        .map(|a| a.split("/p2p/").next().unwrap().to_owned())
+        .collect();
+    assert!(!bare.is_empty());
+    assert_eq!(by_key.endpoints.p2p, bare);
     let by_operator = resolver
         .resolve(&acl, &net.dev_address(5).to_string())
         .await
@@ -92,6 +99,17 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
         "{refused}"
     );
 
+    // Restarted on the same addresses, it publishes the packet it kept in its store
+    // again (same timestamp) rather than signing a new one.
+    let mut config = net.config_in(nodes[0].dir.path());
+    config.http.listen = http;
+    config.p2p.listen = listen.clone();
+    nodes[0].stop().await;
+    nodes[0].node = Some(hanzo_node::node::Node::start(config).await.unwrap());
+    let again = published(&nodes[0]).await;
+    assert_eq!(again.timestamp, first.timestamp);
+    assert_eq!(again.endpoints, shown);
+
     // Restarted on another HTTP port: the next packet (newer) carries it.
     nodes[0].stop().await;
     nodes[0].restart(&net).await;
@@ -109,7 +127,7 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
 async fn a_packet_not_signed_by_the_node_key_is_never_taken_for_it() {
     let net = Devnet::start().await;
     let nodes = net.cluster(1, 5).await;
-    let real = published(&nodes[0]).await;
+    let real = published(&nodes[0]).await.endpoints;
     let key = nodes[0].key().public();
     let client = net.dht_client();
 

@@ -688,13 +688,16 @@ pub fn endpoint_addrs(endpoint: &str) -> Vec<Multiaddr> {
         .split(|c: char| c.is_whitespace() || c == ',')
         .filter(|s| s.starts_with('/'))
         .filter_map(|s| s.parse::<Multiaddr>().ok())
-        .map(|mut a| {
-            if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
-                a.pop();
-            }
-            a
-        })
+        .map(without_peer_id)
         .collect()
+}
+
+/// `addr` without a trailing `/p2p/<peer id>`.
+pub fn without_peer_id(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
 }
 
 fn unix_ms() -> u64 {
