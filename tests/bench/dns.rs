@@ -92,8 +92,14 @@ async fn main() {
         "{rounds} rounds, 10-node DHT on loopback, request timeout {} ms (medians)",
         timeout.as_millis()
     );
-    println!("publish: node {op:.1} ms, pkarr alone {bp:.1} ms; ratio {:.2}", op / bp);
-    println!("resolve: node {or:.1} ms, pkarr alone {br:.1} ms; ratio {:.2}", or / br);
+    println!(
+        "publish: node {op:.1} ms, pkarr alone {bp:.1} ms; ratio {:.2}",
+        op / bp
+    );
+    println!(
+        "resolve: node {or:.1} ms, pkarr alone {br:.1} ms; ratio {:.2}",
+        or / br
+    );
     println!("publish_ms={op:.1}");
     println!("publish_baseline_ms={bp:.1}");
     println!("publish_ratio={:.2}", op / bp);

@@ -13,7 +13,6 @@ use hanzo_node::{
     dns::{self, Endpoints, Resolver},
 };
 
-
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// Waits until `m`'s publisher has published a packet naming its operator.

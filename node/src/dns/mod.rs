@@ -100,7 +100,10 @@ pub fn client(config: &DnsConfig) -> Result<pkarr::Client, Error> {
     // A DHT on loopback (a devnet's, a test's) has a handful of nodes: do not warn
     // that a publish reached fewer nodes than on the real Mainline.
     if !config.bootstrap.is_empty()
-        && config.bootstrap.iter().all(|b| b.starts_with("127.") || b.starts_with("localhost:"))
+        && config
+            .bootstrap
+            .iter()
+            .all(|b| b.starts_with("127.") || b.starts_with("localhost:"))
     {
         builder.dht_report_policy(pkarr::dht::ReportPolicy::testnet());
     }
@@ -153,7 +156,7 @@ fn build(
         let mut t = TXT::new();
         for s in strings {
             t.add_string(s)
-                .map_err(|e| pkarr::errors::SignedPacketBuildError::FailedToWrite(e))?;
+                .map_err(pkarr::errors::SignedPacketBuildError::FailedToWrite)?;
         }
         Ok(t.into_owned())
     };
