@@ -24,6 +24,9 @@ use crate::acl::{Key, Member, StakeRole, State, eth};
 /// How long to wait for a transaction to be mined.
 const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Blocks per `eth_getLogs` call of [`Client::snapshot`].
+const SNAPSHOT_BLOCK_RANGE: u64 = 10_000;
+
 /// A connected client of the deployment's contracts.
 pub struct Client {
     provider: DynProvider,
@@ -372,29 +375,43 @@ impl Client {
     /// The whole ACL at the chain's head, replayed from the deployment's logs: for
     /// tools that have no node store (`hanzo-node resolve`, `git-remote-hanzo`).
     pub async fn snapshot(&self) -> Result<crate::acl::Snapshot, Error> {
-        let filter = Filter::new()
-            .address(vec![
-                self.deployment.stake_registry,
-                self.deployment.identity_token,
-                self.deployment.repo_token,
-            ])
-            .from_block(self.deployment.block);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| Error::Rpc {
-                call: "eth_getLogs",
+        let rpc = |call: &'static str| {
+            move |e: alloy::transports::TransportError| Error::Rpc {
+                call,
                 reason: e.to_string(),
-            })?;
-        let mut snapshot = crate::acl::Snapshot {
-            events_applied: logs.len() as u64,
-            ..Default::default()
-        };
-        for log in &logs {
-            for change in decode::decode(&self.deployment, log)? {
-                snapshot.state.apply(change);
             }
+        };
+        let head = self
+            .provider
+            .get_block_number()
+            .await
+            .map_err(rpc("eth_blockNumber"))?;
+        let addresses = vec![
+            self.deployment.stake_registry,
+            self.deployment.identity_token,
+            self.deployment.repo_token,
+        ];
+        let mut snapshot = crate::acl::Snapshot::default();
+        // In ranges the usual RPC limits allow, as the syncer does.
+        let mut from = self.deployment.block;
+        while from <= head {
+            let to = head.min(from + SNAPSHOT_BLOCK_RANGE - 1);
+            let filter = Filter::new()
+                .address(addresses.clone())
+                .from_block(from)
+                .to_block(to);
+            let logs = self
+                .provider
+                .get_logs(&filter)
+                .await
+                .map_err(rpc("eth_getLogs"))?;
+            snapshot.events_applied += logs.len() as u64;
+            for log in &logs {
+                for change in decode::decode(&self.deployment, log)? {
+                    snapshot.state.apply(change);
+                }
+            }
+            from = to + 1;
         }
         Ok(snapshot)
     }
