@@ -50,6 +50,8 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// Endpoint records on the Mainline DHT (pkarr).
     pub dns: DnsConfig,
+    /// gRPC for staked callers.
+    pub rpc: RpcConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -203,6 +205,60 @@ impl Default for DnsConfig {
     }
 }
 
+/// The gRPC listener and how callers sign in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcConfig {
+    /// Whether the node serves gRPC. Default: true.
+    pub enabled: bool,
+    /// Listen address. Default: `0.0.0.0:8690`.
+    pub listen: SocketAddr,
+    /// The domain sign-in messages must name (EIP-4361 `domain`), as callers reach
+    /// the node, e.g. `node.example.org:8690`. Default: the listen address.
+    pub domain: Option<String>,
+    /// How long a session token lives. Default: `15m`.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Longest a session can be refreshed for since sign-in. Default: `24h`.
+    #[serde(with = "humantime_serde")]
+    pub max_session: Duration,
+    /// How long a sign-in nonce may wait to be used. Default: `5m`.
+    #[serde(with = "humantime_serde")]
+    pub nonce_ttl: Duration,
+    /// Requests per second a caller with the minimum stake may make; it grows in
+    /// proportion to stake, up to `max_rate`. Default: 20.
+    pub base_rate: f64,
+    /// Most requests per second for any caller (and for operators). Default: 1000.
+    pub max_rate: f64,
+    /// Largest request message in bytes. Default: 4 MiB.
+    pub max_message_bytes: usize,
+    /// PEM certificate chain and key: serve TLS instead of plain HTTP/2.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8690)),
+            domain: None,
+            session_ttl: Duration::from_secs(15 * 60),
+            max_session: Duration::from_secs(24 * 3600),
+            nonce_ttl: Duration::from_secs(300),
+            base_rate: 20.0,
+            max_rate: 1000.0,
+            max_message_bytes: 4 << 20,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
+    }
+}
+
 /// Which repos a node replicates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -278,6 +334,7 @@ impl Default for Config {
             git: GitConfig::default(),
             p2p: P2pConfig::default(),
             dns: DnsConfig::default(),
+            rpc: RpcConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -378,6 +435,9 @@ pub struct Overrides {
     /// DHT request timeout, e.g. `100ms`.
     #[arg(long = "dns.request-timeout", env = "HANZO_DNS_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
     pub dns_request_timeout: Option<Duration>,
+    /// gRPC listen address.
+    #[arg(long = "rpc.listen", env = "HANZO_RPC_LISTEN", global = true)]
+    pub rpc_listen: Option<SocketAddr>,
     /// How often peers compare refs, e.g. `5s`.
     #[arg(long = "p2p.sync-interval", env = "HANZO_P2P_SYNC_INTERVAL", global = true, value_parser = humantime::parse_duration)]
     pub p2p_sync_interval: Option<Duration>,
@@ -431,6 +491,9 @@ impl Config {
         if let Some(v) = o.p2p_sync_interval {
             config.p2p.sync_interval = v;
         }
+        if let Some(v) = o.rpc_listen {
+            config.rpc.listen = v;
+        }
         if let Some(v) = o.dns_bootstrap {
             config.dns.bootstrap = v;
         }
@@ -479,6 +542,22 @@ impl Config {
             return Err(Error::Invalid {
                 setting: "git.idle_timeout / git.nonce_window",
                 reason: "must be above zero".into(),
+            });
+        }
+        if self.rpc.session_ttl.is_zero()
+            || self.rpc.nonce_ttl.is_zero()
+            || self.rpc.base_rate <= 0.0
+            || self.rpc.max_rate < self.rpc.base_rate
+        {
+            return Err(Error::Invalid {
+                setting: "rpc.session_ttl / rpc.nonce_ttl / rpc.base_rate / rpc.max_rate",
+                reason: "must be above zero, with max_rate at least base_rate".into(),
+            });
+        }
+        if self.rpc.tls_cert.is_some() != self.rpc.tls_key.is_some() {
+            return Err(Error::Invalid {
+                setting: "rpc.tls_cert / rpc.tls_key",
+                reason: "set both or neither".into(),
             });
         }
         if self.dns.request_timeout.is_zero() || self.dns.republish_interval.is_zero() {

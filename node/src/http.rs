@@ -16,32 +16,38 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{acl::Acl, chain::Status, git::Git};
 
+/// What `/metrics` (and the gRPC `GetMetrics` stream) report on.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// The live ACL.
+    pub acl: Acl,
+    /// Chain sync progress.
+    pub status: watch::Receiver<Status>,
+    /// Git hosting.
+    pub git: Git,
+    /// Replication, when p2p is on.
+    pub p2p: Option<Arc<crate::p2p::Metrics>>,
+    /// gRPC, when it is on.
+    pub rpc: Option<Arc<crate::rpc::Metrics>>,
+}
+
 #[derive(Clone)]
 struct Shared {
-    acl: Acl,
-    git: Git,
-    p2p: Option<Arc<crate::p2p::Metrics>>,
-    status: watch::Receiver<Status>,
+    t: Telemetry,
     sync_alive: CancellationToken,
 }
 
 /// Serves the listener on `listener` until `cancel` fires. `sync_done` is cancelled
 /// when the sync task ends.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
-    acl: Acl,
-    status: watch::Receiver<Status>,
+    telemetry: Telemetry,
     sync_done: CancellationToken,
-    git: Git,
-    p2p: Option<Arc<crate::p2p::Metrics>>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    let git = telemetry.git.clone();
     let shared = Shared {
-        acl,
-        git: git.clone(),
-        p2p,
-        status,
+        t: telemetry,
         sync_alive: sync_done,
     };
     let app = Router::new()
@@ -69,7 +75,7 @@ async fn liveness(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn readiness(State(s): State<Shared>) -> impl IntoResponse {
-    let st = s.status.borrow().clone();
+    let st = s.t.status.borrow().clone();
     if st.is_synced() {
         return (
             StatusCode::OK,
@@ -95,84 +101,8 @@ async fn readiness(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
-    let st = s.status.borrow().clone();
-    let snap = s.acl.snapshot();
-    let now = crate::unix_now();
-    let mut registry = Registry::default();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let g = Gauge::<u64, AtomicU64>::default();
-        g.set(value);
-        registry.register(name, help, g);
-    };
-    gauge(
-        "hanzo_chain_head_block",
-        "Latest block number reported by the RPC",
-        st.head,
-    );
-    gauge(
-        "hanzo_chain_synced_block",
-        "Latest block applied to the ACL",
-        st.synced.unwrap_or(0),
-    );
-    gauge(
-        "hanzo_chain_events_applied",
-        "Contract logs applied to the ACL since deployment",
-        snap.events_applied,
-    );
-    gauge(
-        "hanzo_chain_reorgs",
-        "Reorgs deeper than the confirmations rolled back since start",
-        st.reorgs,
-    );
-    gauge(
-        "hanzo_acl_age_seconds",
-        "Seconds since the block the ACL reflects",
-        now.saturating_sub(snap.block_time),
-    );
-    gauge(
-        "hanzo_acl_operators",
-        "Registered operators",
-        snap.state.operators.len() as u64,
-    );
-    gauge(
-        "hanzo_acl_identities",
-        "Identities",
-        snap.state.identities.len() as u64,
-    );
-    gauge(
-        "hanzo_acl_repos",
-        "Repositories",
-        snap.state.repos.len() as u64,
-    );
-    let stats = s.git.stats();
-    let count = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    for (name, help, value) in [
-        (
-            "hanzo_git_pushes_accepted",
-            "Pushes accepted since start",
-            &stats.pushes_accepted,
-        ),
-        (
-            "hanzo_git_pushes_refused",
-            "Pushes refused since start",
-            &stats.pushes_refused,
-        ),
-        (
-            "hanzo_git_fetches",
-            "Fetch requests served since start",
-            &stats.fetches,
-        ),
-    ] {
-        let c = Counter::<u64, AtomicU64>::default();
-        c.inc_by(count(value));
-        registry.register(name, help, c);
-    }
-    if let Some(p2p) = &s.p2p {
-        p2p.register(&mut registry);
-    }
-    let mut out = String::new();
-    match encode(&mut out, &registry) {
-        Ok(()) => (
+    match s.t.render() {
+        Ok(out) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4")],
             out,
@@ -185,6 +115,94 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     }
 }
 
+impl Telemetry {
+    /// Every metric, in the Prometheus text format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let s = self;
+        let st = s.status.borrow().clone();
+        let snap = s.acl.snapshot();
+        let now = crate::unix_now();
+        let mut registry = Registry::default();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let g = Gauge::<u64, AtomicU64>::default();
+            g.set(value);
+            registry.register(name, help, g);
+        };
+        gauge(
+            "hanzo_chain_head_block",
+            "Latest block number reported by the RPC",
+            st.head,
+        );
+        gauge(
+            "hanzo_chain_synced_block",
+            "Latest block applied to the ACL",
+            st.synced.unwrap_or(0),
+        );
+        gauge(
+            "hanzo_chain_events_applied",
+            "Contract logs applied to the ACL since deployment",
+            snap.events_applied,
+        );
+        gauge(
+            "hanzo_chain_reorgs",
+            "Reorgs deeper than the confirmations rolled back since start",
+            st.reorgs,
+        );
+        gauge(
+            "hanzo_acl_age_seconds",
+            "Seconds since the block the ACL reflects",
+            now.saturating_sub(snap.block_time),
+        );
+        gauge(
+            "hanzo_acl_operators",
+            "Registered operators",
+            snap.state.operators.len() as u64,
+        );
+        gauge(
+            "hanzo_acl_identities",
+            "Identities",
+            snap.state.identities.len() as u64,
+        );
+        gauge(
+            "hanzo_acl_repos",
+            "Repositories",
+            snap.state.repos.len() as u64,
+        );
+        let stats = s.git.stats();
+        let count = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, value) in [
+            (
+                "hanzo_git_pushes_accepted",
+                "Pushes accepted since start",
+                &stats.pushes_accepted,
+            ),
+            (
+                "hanzo_git_pushes_refused",
+                "Pushes refused since start",
+                &stats.pushes_refused,
+            ),
+            (
+                "hanzo_git_fetches",
+                "Fetch requests served since start",
+                &stats.fetches,
+            ),
+        ] {
+            let c = Counter::<u64, AtomicU64>::default();
+            c.inc_by(count(value));
+            registry.register(name, help, c);
+        }
+        if let Some(p2p) = &s.p2p {
+            p2p.register(&mut registry);
+        }
+        if let Some(rpc) = &s.rpc {
+            rpc.register(&mut registry);
+        }
+        let mut out = String::new();
+        encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
 async fn acl_json(State(s): State<Shared>) -> impl IntoResponse {
-    Json(crate::acl::view::json(&s.acl.snapshot()))
+    Json(crate::acl::view::json(&s.t.acl.snapshot()))
 }

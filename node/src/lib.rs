@@ -5,6 +5,7 @@
 //! map.
 
 pub mod acl;
+pub mod bucket;
 pub mod chain;
 pub mod cli;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod node;
 pub mod p2p;
 pub mod remote;
+pub mod rpc;
 pub mod store;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

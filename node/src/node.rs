@@ -16,6 +16,7 @@ use crate::{
     http,
     keys::{NODE_KEY_FILE, NodeKey},
     p2p::P2p,
+    rpc,
     store::{self, Store},
 };
 
@@ -37,6 +38,8 @@ pub enum Error {
     P2p(#[from] crate::p2p::Error),
     #[error(transparent)]
     Dns(#[from] crate::dns::Error),
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -54,6 +57,10 @@ pub struct Node {
     pub http_addr: SocketAddr,
     /// The swarm, unless `p2p.enabled` is off.
     pub p2p: Option<P2p>,
+    /// Where gRPC listens, unless `rpc.enabled` is off.
+    pub rpc_addr: Option<SocketAddr>,
+    /// What the gRPC services read, unless `rpc.enabled` is off.
+    pub rpc: Option<rpc::Context>,
     /// The DNS publisher, unless `dns.enabled` is off.
     pub dns: Option<dns::Publisher>,
     /// Resolves other nodes' keys to endpoints over the DHT.
@@ -102,6 +109,20 @@ impl Node {
             source,
         })?;
 
+        let rpc_listener = if config.rpc.enabled {
+            Some(rpc::bind(&config.rpc).await?)
+        } else {
+            None
+        };
+        let rpc_addr = rpc_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|source| Error::Listen {
+                addr: config.rpc.listen,
+                source,
+            })?;
+
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let p2p = if config.p2p.enabled {
@@ -121,8 +142,14 @@ impl Node {
         let dns = if config.dns.enabled {
             let sources = dns::Sources {
                 key: NodeKey::from_seed(&key.seed()),
-                git: Some(dns::git_url(&config.dns, http_addr)),
-                grpc: config.dns.grpc_url.clone(),
+                git: Some(dns::advertised_url(
+                    config.dns.git_url.as_deref(),
+                    http_addr,
+                    "dns.git_url",
+                )),
+                grpc: rpc_addr.map(|a| {
+                    dns::advertised_url(config.dns.grpc_url.as_deref(), a, "dns.grpc_url")
+                }),
                 chain_id: deployment.chain_id,
                 acl: acl.clone(),
                 p2p: p2p.clone(),
@@ -156,13 +183,54 @@ impl Node {
                 }
             })
         };
+        let rpc_metrics = rpc_listener
+            .as_ref()
+            .map(|_| Arc::new(rpc::Metrics::default()));
+        let telemetry = http::Telemetry {
+            acl: acl.clone(),
+            status: status.clone(),
+            git: git.clone(),
+            p2p: p2p.as_ref().map(P2p::metrics),
+            rpc: rpc_metrics.clone(),
+        };
+        let resolver = dns::Resolver::new(dht);
+        let mut rpc_context = None;
+        if let (Some(listener), Some(addr), Some(metrics)) = (rpc_listener, rpc_addr, rpc_metrics) {
+            let domain = config.rpc.domain.clone().unwrap_or_else(|| {
+                dns::advertised_url(None, addr, "rpc.domain")
+                    .trim_start_matches("http://")
+                    .to_owned()
+            });
+            let ctx = rpc::Context {
+                auth: rpc::Auth::new(
+                    &key,
+                    acl.clone(),
+                    deployment.chain_id,
+                    domain,
+                    config.rpc.clone(),
+                ),
+                metrics,
+                acl: acl.clone(),
+                status: status.clone(),
+                node: key.public(),
+                chain_id: deployment.chain_id,
+                git: git.clone(),
+                p2p: p2p.clone(),
+                resolver: resolver.clone(),
+                telemetry: telemetry.clone(),
+            };
+            rpc_context = Some(ctx.clone());
+            let (rpc_config, cancel) = (config.rpc.clone(), cancel.child_token());
+            tasks.push(tokio::spawn(async move {
+                if let Err(err) = rpc::serve(listener, rpc_config, ctx, cancel).await {
+                    warn!(target: TARGET, %err, "gRPC listener stopped");
+                }
+            }));
+        }
         let http_task = {
-            let (acl, status, cancel) = (acl.clone(), status.clone(), cancel.child_token());
-            let p2p_metrics = p2p.as_ref().map(P2p::metrics);
+            let cancel = cancel.child_token();
             tokio::spawn(async move {
-                let serving =
-                    http::serve(listener, acl, status, sync_done, git, p2p_metrics, cancel);
-                if let Err(err) = serving.await {
+                if let Err(err) = http::serve(listener, telemetry, sync_done, cancel).await {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }
             })
@@ -179,8 +247,10 @@ impl Node {
             status,
             http_addr,
             p2p,
+            rpc_addr,
+            rpc: rpc_context,
             dns,
-            resolver: dns::Resolver::new(dht),
+            resolver,
             cancel,
             tasks: {
                 tasks.extend([sync_task, repos_task, http_task]);

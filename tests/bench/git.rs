@@ -126,7 +126,7 @@ async fn main() {
             .env("HANZO_CHAIN_POLL_INTERVAL", "50ms")
             .env("HANZO_HTTP_LISTEN", node_addr.to_string())
             .env("HANZO_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")
-            .envs(net.dht_env())
+            .envs(net.node_env())
             .env("HANZO_LOG", "warn")
             .spawn()
             .unwrap(),

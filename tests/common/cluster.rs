@@ -35,6 +35,16 @@ impl Member {
         format!("http://{}/{name}.git", self.node().http_addr)
     }
 
+    /// The node's libp2p listen addresses (with `/p2p/<peer id>`).
+    pub async fn p2p_addrs(&self) -> Vec<String> {
+        let p2p = self.node().p2p.as_ref().expect("p2p on");
+        p2p.listen_addrs()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// The node key.
     pub fn key(&self) -> NodeKey {
         NodeKey::load(&self.dir.path().join(NODE_KEY_FILE)).expect("node key")
@@ -206,7 +216,7 @@ impl Devnet {
             .env("HANZO_HTTP_LISTEN", p.http.to_string())
             .env("HANZO_P2P_LISTEN", &p.listen)
             .env("HANZO_P2P_SYNC_INTERVAL", "1s")
-            .envs(self.dht_env())
+            .envs(self.node_env())
             .env(
                 "HANZO_LOG",
                 std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into()),

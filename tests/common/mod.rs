@@ -191,15 +191,18 @@ impl Devnet {
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
         config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
         config.p2p.sync_interval = Duration::from_secs(1);
+        config.rpc.listen = "127.0.0.1:0".parse().expect("addr");
         config.dns.bootstrap = self.dht.bootstrap.clone();
         config.dns.bind = Some(std::net::Ipv4Addr::LOCALHOST);
         config.dns.request_timeout = DHT_TIMEOUT;
         config
     }
 
-    /// The environment that points a `hanzo-node` process at this devnet's DHT.
-    pub fn dht_env(&self) -> [(&'static str, String); 2] {
+    /// The environment that points a `hanzo-node` process at this devnet's DHT and
+    /// gives it a gRPC port of its own.
+    pub fn node_env(&self) -> [(&'static str, String); 3] {
         [
+            ("HANZO_RPC_LISTEN", "127.0.0.1:0".into()),
             ("HANZO_DNS_BOOTSTRAP", self.dht.bootstrap.join(",")),
             (
                 "HANZO_DNS_REQUEST_TIMEOUT",
@@ -252,7 +255,7 @@ impl Devnet {
             .env("HANZO_CHAIN_RPC_URL", self.anvil.endpoint())
             .env("HANZO_LOG", "warn")
             .env("HANZO_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")
-            .envs(self.dht_env());
+            .envs(self.node_env());
         for (k, v) in env {
             cmd.env(k, v);
         }

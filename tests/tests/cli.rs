@@ -189,7 +189,7 @@ async fn operator_workflow_through_the_binary() {
         ])
         .env("HANZO_DATA_DIR", &dir)
         .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
-        .envs(net.dht_env())
+        .envs(net.node_env())
         .env("HANZO_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -42,7 +42,9 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
     let shown = first.endpoints.clone();
     let key = a.key().public();
     let http = a.node().http_addr;
+    let rpc = a.node().rpc_addr.unwrap();
     assert_eq!(shown.git, Some(format!("http://{http}")));
+    assert_eq!(shown.grpc, Some(format!("http://{rpc}")));
 
     // A client of its own on the same DHT finds it, by node key and by operator.
     let resolver = Resolver::new(net.dht_client());
@@ -51,16 +53,7 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
     assert_eq!(by_key.endpoints.git, Some(format!("http://{http}")));
     assert_eq!(by_key.operator, net.dev_address(5));
     assert_eq!(by_key.endpoints.operator, Some(net.dev_address(5)));
-    let listen: Vec<String> = a
-        .node()
-        .p2p
-        .as_ref()
-        .unwrap()
-        .listen_addrs()
-        .await
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let listen = a.p2p_addrs().await;
     // The libp2p addresses, without `/p2p/` (the PeerId is the key itself).
     let bare: Vec<String> = listen
         .iter()
@@ -102,6 +95,7 @@ async fn a_separate_client_resolves_a_node_and_follows_its_restart() {
     // again (same timestamp) rather than signing a new one.
     let mut config = net.config_in(nodes[0].dir.path());
     config.http.listen = http;
+    config.rpc.listen = rpc;
     config.p2p.listen = listen.clone();
     nodes[0].stop().await;
     nodes[0].node = Some(hanzo_node::node::Node::start(config).await.unwrap());

@@ -168,7 +168,12 @@ async fn divergent_pushes_settle_on_one_tip_and_keep_the_other() {
         node: Some(node),
     };
     third.node().synced_to(net.confirm().await).await;
-    assert!(third.node().p2p.as_ref().unwrap().peers().is_empty());
+    // (The third may briefly see a connection it dialed, until the other side's gate
+    // closes it; the others never count it a peer.)
+    let third_id = third.node().p2p.as_ref().unwrap().peer_id;
+    for m in &nodes {
+        assert!(!m.node().p2p.as_ref().unwrap().peers().contains(&third_id));
+    }
     let alice_tip = alice.rev(&work, "HEAD");
     let bobs = bob.init("bobs");
     let bob_tip = bob.commit(&bobs, "other", "bob's line");
@@ -234,16 +239,7 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
     // A node whose key has no stake dials A: refused, and it never gets a peer.
     let dir = net.node_dir();
     let mut config = net.config_in(dir.path());
-    config.p2p.bootstrap = nodes[0]
-        .node()
-        .p2p
-        .as_ref()
-        .unwrap()
-        .listen_addrs()
-        .await
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    config.p2p.bootstrap = nodes[0].p2p_addrs().await;
     let outsider = hanzo_node::node::Node::start(config).await.unwrap();
     eventually(SETTLE, async || {
         (nodes[0].metric("hanzo_p2p_peers_denied_total", "").await >= 1.0).then_some(())
@@ -389,11 +385,8 @@ async fn over_quic_a_burned_repo_is_removed_from_every_node() {
     let (alice, _, _, demo) = people(&net).await;
     let nodes = net.cluster_on(2, 5, "/ip4/127.0.0.1/udp/0/quic-v1").await;
     for m in &nodes {
-        let addrs = m.node().p2p.as_ref().unwrap().listen_addrs().await;
-        assert!(
-            addrs.iter().all(|a| a.to_string().contains("/quic-v1")),
-            "{addrs:?}"
-        );
+        let addrs = m.p2p_addrs().await;
+        assert!(addrs.iter().all(|a| a.contains("/quic-v1")), "{addrs:?}");
     }
     let work = alice.init("work");
     alice.commit(&work, "README", "soon gone");

@@ -503,15 +503,16 @@ async fn run(
     }
 }
 
-/// The git base URL to publish: `dns.git_url`, else the HTTP listener's address
-/// (loopback when it listens on every interface, which only works on this machine).
-pub fn git_url(config: &DnsConfig, http: SocketAddr) -> String {
-    if let Some(url) = &config.git_url {
+/// The URL to publish for a listener on `listen`: `configured` if set, else
+/// `http://<listen>` (the loopback address when it listens on every interface, which
+/// only works on this machine).
+pub fn advertised_url(configured: Option<&str>, listen: SocketAddr, setting: &str) -> String {
+    if let Some(url) = configured {
         return url.trim_end_matches('/').to_owned();
     }
-    let mut addr = http;
+    let mut addr = listen;
     if addr.ip().is_unspecified() {
-        warn!(target: TARGET, %http, "HTTP listens on every interface and dns.git_url is unset: publishing the loopback address; set dns.git_url to the address others reach");
+        warn!(target: TARGET, %listen, setting, "listening on every interface with no public URL set: publishing the loopback address; set the URL others reach");
         addr.set_ip(Ipv4Addr::LOCALHOST.into());
     }
     format!("http://{addr}")
@@ -602,22 +603,12 @@ mod tests {
     }
 
     #[test]
-    fn git_url_defaults_to_the_listener() {
-        let c = DnsConfig::default();
+    fn urls_default_to_the_listener() {
+        let url = |c: Option<&str>, a: &str| advertised_url(c, a.parse().unwrap(), "dns.git_url");
+        assert_eq!(url(None, "127.0.0.1:8680"), "http://127.0.0.1:8680");
+        assert_eq!(url(None, "0.0.0.0:8680"), "http://127.0.0.1:8680");
         assert_eq!(
-            git_url(&c, "127.0.0.1:8680".parse().unwrap()),
-            "http://127.0.0.1:8680"
-        );
-        assert_eq!(
-            git_url(&c, "0.0.0.0:8680".parse().unwrap()),
-            "http://127.0.0.1:8680"
-        );
-        let c = DnsConfig {
-            git_url: Some("https://git.example.org/".into()),
-            ..DnsConfig::default()
-        };
-        assert_eq!(
-            git_url(&c, "0.0.0.0:8680".parse().unwrap()),
+            url(Some("https://git.example.org/"), "0.0.0.0:8680"),
             "https://git.example.org"
         );
     }

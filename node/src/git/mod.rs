@@ -254,6 +254,11 @@ impl Git {
         }
     }
 
+    /// The recorded refs of repo `id` on this node.
+    pub fn ref_views(&self, id: RepoId) -> Result<Vec<RefView>, Error> {
+        ref_views(&self.inner.store, id).map_err(|e| Error::Internal(e.to_string()))
+    }
+
     fn records(&self, id: RepoId) -> Result<Vec<(String, RefRecord)>, Error> {
         self.inner
             .store

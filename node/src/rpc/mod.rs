@@ -1,0 +1,252 @@
+//! gRPC for staked callers (package `hanzo.node.v1`, `proto/`): one tonic server with
+//! the node, auth, operator, repo and chain services, reflection and gRPC-Web, behind
+//! one layer ([`layer::AuthLayer`]) that authenticates every call, unary or
+//! streaming, checks the caller's role and stake in the live ACL, applies the
+//! caller's rate limit and counts the call.
+
+pub mod auth;
+mod layer;
+mod services;
+pub mod siwe;
+
+use std::net::SocketAddr;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+pub use auth::{Auth, Caller};
+pub use services::Context;
+
+use crate::config::RpcConfig;
+
+const TARGET: &str = "hanzo::rpc";
+
+/// The generated messages, clients and servers.
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+pub mod proto {
+    tonic::include_proto!("hanzo.node.v1");
+
+    /// The encoded descriptors of every `.proto`, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/hanzo_descriptor.bin"));
+}
+
+/// Why the gRPC server could not start.
+#[allow(missing_docs)] // each variant's #[error] message documents it
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen for gRPC on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("rpc TLS: cannot read {path}: {source}")]
+    Tls {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("rpc: {0}")]
+    Server(String),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCode {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// gRPC metrics, registered into `/metrics`.
+pub struct Metrics {
+    requests: Family<MethodCode, Counter>,
+    duration: Family<MethodLabel, Histogram>,
+    auth_failures: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.0005, 2.0, 16,
+                ))
+            }),
+            auth_failures: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Adds the metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "hanzo_rpc_requests",
+            "gRPC calls by method and status code",
+            self.requests.clone(),
+        );
+        registry.register(
+            "hanzo_rpc_request_duration_seconds",
+            "gRPC calls: from the request to the response headers, by method",
+            self.duration.clone(),
+        );
+        registry.register(
+            "hanzo_rpc_auth_failures",
+            "gRPC calls refused by authentication, by reason",
+            self.auth_failures.clone(),
+        );
+    }
+
+    fn observe(&self, method: &str, code: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&MethodCode {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Binds the gRPC listener of `config`.
+pub async fn bind(config: &RpcConfig) -> Result<TcpListener, Error> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Tls {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Serves gRPC on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    config: RpcConfig,
+    ctx: Context,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let mut server = Server::builder().accept_http1(true);
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &config.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        server = server
+            .tls_config(tls)
+            .map_err(|e| Error::Server(e.to_string()))?;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Server(e.to_string()))?;
+    let layer = layer::AuthLayer::new(ctx.auth.clone(), ctx.metrics.clone());
+    let max = config.max_message_bytes;
+    let router = server
+        .layer(layer)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(reflection)
+        .add_service(
+            proto::node_service_server::NodeServiceServer::new(ctx.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::auth_service_server::AuthServiceServer::new(ctx.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::operator_service_server::OperatorServiceServer::new(ctx.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::repo_service_server::RepoServiceServer::new(ctx.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::chain_service_server::ChainServiceServer::new(ctx)
+                .max_decoding_message_size(max),
+        );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(target: TARGET, "gRPC serving");
+    router
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+        .await
+        .map_err(|e| Error::Server(e.to_string()))
+}
+
+/// Serves the same services on `listener` with `caller` attached to every call and
+/// no authentication: for `bench-rpc`'s baseline only (the cost of the auth layer is
+/// the difference). Never part of a node.
+pub async fn serve_unauthenticated(
+    listener: TcpListener,
+    ctx: Context,
+    caller: Caller,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let attach = tower::util::MapRequestLayer::new(move |mut req: http::Request<_>| {
+        req.extensions_mut().insert(caller.clone());
+        req
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .layer(attach)
+        .add_service(proto::node_service_server::NodeServiceServer::new(ctx))
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+        .await
+        .map_err(|e| Error::Server(e.to_string()))
+}
+
+/// Every method path (`/hanzo.node.v1.Service/Method`) the protos define.
+fn methods() -> std::collections::HashSet<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET) else {
+        return Default::default();
+    };
+    let mut out = std::collections::HashSet::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                out.insert(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,230 @@
+//! gRPC benchmark (run by `scripts/bench-rpc`): concurrent clients on loopback
+//! against a node started in this process.
+//!
+//! * `GetHealth` (no sign-in) on the node's listener: throughput, p50, p99.
+//! * `GetStatus` with a session token on the node's listener (auth layer: token,
+//!   role and stake from the live ACL, rate limit), against the same handler served
+//!   on a second listener without the auth layer, with the caller attached as the
+//!   layer would, in the same run.
+//!
+//! Ends with `key=value` lines.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy::signers::SignerSync;
+use hanzo_e2e::{Devnet, arg, milli};
+use hanzo_node::{
+    acl::Role,
+    node::Node,
+    rpc::{
+        self, Caller,
+        proto::{
+            GetHealthRequest, GetNonceRequest, GetStatusRequest, SignInRequest,
+            auth_service_client::AuthServiceClient, node_service_client::NodeServiceClient,
+        },
+        siwe,
+    },
+    unix_now,
+};
+use tonic::{Request, transport::Channel};
+
+struct Run {
+    calls: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// `clients` tasks call `call` for `duration`.
+async fn load<F, Fut>(clients: usize, duration: Duration, call: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                assert!(call().await, "a call failed");
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Run {
+        calls: all.len(),
+        secs,
+        p50_ms: percentile(&mut all, 0.5),
+        p99_ms: percentile(&mut all, 0.99),
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn rate(r: &Run) -> f64 {
+    r.calls as f64 / r.secs
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let clients = usize::try_from(arg("--clients", 32)).unwrap();
+    let duration = Duration::from_secs(arg("--secs", 5));
+    let net = Devnet::start().await;
+    net.client(3)
+        .await
+        .deposit_caller(milli(500))
+        .await
+        .unwrap();
+    let mut config = net.config();
+    // The limit is not what is measured.
+    config.rpc.base_rate = 1e9;
+    config.rpc.max_rate = 1e9;
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let addr = node.rpc_addr.unwrap();
+
+    // Sign in as a staked caller.
+    let key = net.dev_key(3);
+    let mut auth = AuthServiceClient::new(connect(addr).await);
+    let n = auth
+        .get_nonce(GetNonceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let now = unix_now();
+    let message = siwe::message(&siwe::Message {
+        domain: n.domain,
+        address: key.address(),
+        uri: n.uri,
+        chain_id: n.chain_id,
+        nonce: n.nonce,
+        issued_at: now,
+        expires_at: Some(now + 600),
+        not_before: None,
+    });
+    let signature = key
+        .sign_message_sync(message.as_bytes())
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    let session = auth
+        .sign_in(SignInRequest { message, signature })
+        .await
+        .unwrap()
+        .into_inner();
+    let token: Arc<str> = format!("Bearer {}", session.token).into();
+
+    // The same handlers without the auth layer, on a second listener.
+    let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_addr = bare.local_addr().unwrap();
+    let caller = Caller {
+        address: key.address(),
+        role: Role::Caller,
+        stake: milli(500),
+        rate: 1e9,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(rpc::serve_unauthenticated(
+        bare,
+        node.rpc.clone().unwrap(),
+        caller,
+        cancel.clone(),
+    ));
+
+    let node_ch = connect(addr).await;
+    let bare_ch = connect(bare_addr).await;
+    let health = {
+        let ch = node_ch.clone();
+        load(clients, duration, move || {
+            let mut c = NodeServiceClient::new(ch.clone());
+            async move { c.get_health(GetHealthRequest {}).await.is_ok() }
+        })
+        .await
+    };
+    let status = |ch: Channel, token: Option<Arc<str>>| {
+        move || {
+            let mut c = NodeServiceClient::new(ch.clone());
+            let token = token.clone();
+            async move {
+                let mut req = Request::new(GetStatusRequest {});
+                if let Some(t) = token {
+                    req.metadata_mut()
+                        .insert("authorization", t.parse().unwrap());
+                }
+                c.get_status(req).await.is_ok()
+            }
+        }
+    };
+    // Alternate, so neither side always runs on a warmer machine.
+    let authed = load(
+        clients,
+        duration,
+        status(node_ch.clone(), Some(token.clone())),
+    )
+    .await;
+    let unauthed = load(clients, duration, status(bare_ch.clone(), None)).await;
+    let authed2 = load(clients, duration, status(node_ch, Some(token))).await;
+    let unauthed2 = load(clients, duration, status(bare_ch, None)).await;
+    cancel.cancel();
+
+    let a = (rate(&authed) + rate(&authed2)) / 2.0;
+    let u = (rate(&unauthed) + rate(&unauthed2)) / 2.0;
+    println!(
+        "{clients} concurrent clients, {}s per run, loopback, debug build",
+        duration.as_secs()
+    );
+    println!(
+        "GetHealth: {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
+        rate(&health),
+        health.p50_ms,
+        health.p99_ms
+    );
+    println!(
+        "GetStatus with a session token: {a:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms); same handler without the auth layer: {u:.0} calls/s (p50 {:.2} ms, p99 {:.2} ms); ratio {:.2}",
+        authed2.p50_ms,
+        authed2.p99_ms,
+        unauthed2.p50_ms,
+        unauthed2.p99_ms,
+        a / u
+    );
+    println!("deploy: not measured (workloads are not served yet)");
+    println!("health_rps={:.0}", rate(&health));
+    println!("health_p50_ms={:.2}", health.p50_ms);
+    println!("health_p99_ms={:.2}", health.p99_ms);
+    println!("auth_rps={a:.0}");
+    println!("noauth_rps={u:.0}");
+    println!("auth_throughput_ratio={:.2}", a / u);
+    println!("auth_p99_ms={:.2}", authed2.p99_ms);
+    node.shutdown().await;
+}

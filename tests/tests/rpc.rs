@@ -1,0 +1,354 @@
+//! gRPC against a real node over a socket, with a real tonic client: staked callers
+//! sign in with their wallet (SIWE) and are served; the unstaked, replayed nonces,
+//! another chain's messages and expired tokens are refused with the reason; a caller
+//! who unstakes is refused on the next call; rate limits and malformed requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use alloy::signers::{SignerSync, local::PrivateKeySigner};
+use hanzo_e2e::*;
+use hanzo_node::{
+    acl::StakeRole,
+    node::Node,
+    rpc::{
+        proto::{
+            GetHealthRequest, GetNonceRequest, GetStatusRequest, Role, ServingStatus,
+            SignInRequest, auth_service_client::AuthServiceClient,
+            node_service_client::NodeServiceClient,
+        },
+        siwe,
+    },
+    unix_now,
+};
+use tonic::{Code, Request, transport::Channel};
+
+async fn channel(node: &Node) -> Channel {
+    let addr = node.rpc_addr.expect("rpc on");
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A SIWE sign-in request for `key`, as a wallet would sign it, on `chain`.
+async fn sign_in_request(
+    mut auth: AuthServiceClient<Channel>,
+    key: &PrivateKeySigner,
+    chain: Option<u64>,
+) -> SignInRequest {
+    let n = auth
+        .get_nonce(GetNonceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let now = unix_now();
+    let message = siwe::message(&siwe::Message {
+        domain: n.domain,
+        address: key.address(),
+        uri: n.uri,
+        chain_id: chain.unwrap_or(n.chain_id),
+        nonce: n.nonce,
+        issued_at: now,
+        expires_at: Some(now + 300),
+        not_before: None,
+    });
+    let signature = key.sign_message_sync(message.as_bytes()).unwrap();
+    SignInRequest {
+        message,
+        signature: signature.as_bytes().to_vec(),
+    }
+}
+
+fn bearer<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
+    let net = Devnet::start().await;
+    // Account 3 holds caller stake; account 4 holds too little.
+    net.client(3)
+        .await
+        .deposit_caller(milli(500))
+        .await
+        .unwrap();
+    let poor = net.client(4).await;
+    poor.deposit_caller(milli(100)).await.unwrap();
+    poor.request_unstake(StakeRole::Caller, milli(80))
+        .await
+        .unwrap();
+    let mut config = net.config();
+    config.rpc.session_ttl = Duration::from_secs(2);
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let ch = channel(&node).await;
+    let mut auth = AuthServiceClient::new(ch.clone());
+    let mut api = NodeServiceClient::new(ch);
+
+    // Health needs nothing.
+    let health = api
+        .get_health(GetHealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+    assert_eq!(health.node_key, net.node_key().public().to_string());
+
+    // A client that is not ours lists the services by reflection: buf (from npm).
+    let listed = std::process::Command::new(repo_root().join("node_modules/.bin/buf"))
+        .args([
+            "curl",
+            "--list-services",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+        ])
+        .arg(format!("http://{}", node.rpc_addr.unwrap()))
+        .output()
+        .unwrap();
+    let services = String::from_utf8_lossy(&listed.stdout);
+    for s in [
+        "hanzo.node.v1.NodeService",
+        "hanzo.node.v1.AuthService",
+        "hanzo.node.v1.OperatorService",
+        "hanzo.node.v1.RepoService",
+        "hanzo.node.v1.ChainService",
+    ] {
+        assert!(
+            services.lines().any(|l| l == s),
+            "{s} not listed: {services}{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+
+    // No token: told how to sign in.
+    let e = api.get_status(GetStatusRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("AuthService/GetNonce"),
+        "{}",
+        e.message()
+    );
+
+    // Too little stake: told how much is missing.
+    let poor = net.dev_key(4);
+    let e = auth
+        .sign_in(sign_in_request(auth.clone(), &poor, None).await)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message()
+            .contains("stake 0.02 ETH is below the minimum 0.1 ETH"),
+        "{}",
+        e.message()
+    );
+
+    // Another chain's message.
+    let staked = net.dev_key(3);
+    let e = auth
+        .sign_in(sign_in_request(auth.clone(), &staked, Some(1)).await)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("chain id 1"), "{}", e.message());
+
+    // Staked: signs in and is served.
+    let req = sign_in_request(auth.clone(), &staked, None).await;
+    let session = auth.sign_in(req.clone()).await.unwrap().into_inner();
+    assert_eq!(session.role(), Role::Caller);
+    assert_eq!(session.address, staked.address().to_checksum(None));
+    let status = api
+        .get_status(bearer(GetStatusRequest {}, &session.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.address, staked.address().to_checksum(None));
+    assert_eq!(status.stake_wei, milli(500).to_string());
+    assert!(status.health.is_some());
+
+    // The same signed message again: the nonce is spent.
+    let e = auth.sign_in(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("nonce already used"),
+        "{}",
+        e.message()
+    );
+
+    // The 2-second session expires.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let e = api
+        .get_status(bearer(GetStatusRequest {}, &session.token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("expired"), "{}", e.message());
+
+    // Unstaking: the next call after the node sees it is refused.
+    let fresh = auth
+        .sign_in(sign_in_request(auth.clone(), &staked, None).await)
+        .await
+        .unwrap()
+        .into_inner();
+    net.client(3)
+        .await
+        .request_unstake(StakeRole::Caller, milli(500))
+        .await
+        .unwrap();
+    node.synced_to(net.confirm().await).await;
+    let e = api
+        .get_status(bearer(GetStatusRequest {}, &fresh.token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("below the minimum"), "{}", e.message());
+
+    // Every refusal is counted by reason.
+    let metrics = http_get(node.http_addr, "/metrics").await;
+    for reason in [
+        "no_token",
+        "no_stake",
+        "wrong_chain",
+        "nonce_replayed",
+        "expired_token",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "hanzo_rpc_auth_failures_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} missing from\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(
+            "hanzo_rpc_requests_total{method=\"/hanzo.node.v1.NodeService/GetStatus\",code=\"OK\"}"
+        ),
+        "{metrics}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_and_malformed_requests_get_their_codes() {
+    let net = Devnet::start().await;
+    net.client(3)
+        .await
+        .deposit_caller(milli(100))
+        .await
+        .unwrap();
+    let mut config = net.config();
+    config.rpc.base_rate = 5.0;
+    config.rpc.max_rate = 5.0;
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let ch = channel(&node).await;
+    let mut auth = AuthServiceClient::new(ch.clone());
+    let mut api = NodeServiceClient::new(ch.clone());
+    let key = net.dev_key(3);
+    let session = auth
+        .sign_in(sign_in_request(auth.clone(), &key, None).await)
+        .await
+        .unwrap()
+        .into_inner();
+
+    // 5 requests/s: a burst of 30 is cut down, with the reason.
+    let mut limited = Vec::new();
+    for _ in 0..30 {
+        if let Err(e) = api
+            .get_status(bearer(GetStatusRequest {}, &session.token))
+            .await
+        {
+            limited.push(e);
+        }
+    }
+    assert!(limited.len() >= 20, "{} limited", limited.len());
+    assert!(limited.iter().all(|e| e.code() == Code::ResourceExhausted));
+    assert!(
+        limited[0].message().contains("rate limit: 5 requests/s"),
+        "{}",
+        limited[0].message()
+    );
+
+    // An oversized sign-in message, and garbage instead of a signature.
+    let e = auth
+        .sign_in(SignInRequest {
+            message: "x".repeat(10_000),
+            signature: vec![1; 65],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("4096-byte limit"), "{}", e.message());
+    let mut req = sign_in_request(auth.clone(), &key, None).await;
+    req.signature = vec![7; 3];
+    let e = auth.sign_in(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("signature"), "{}", e.message());
+
+    // Bytes that are no protobuf message of the method's type.
+    let mut raw = tonic::client::Grpc::new(ch);
+    raw.ready().await.unwrap();
+    let e = raw
+        .unary::<Vec<u8>, Vec<u8>, _>(
+            Request::new(vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
+            "/hanzo.node.v1.AuthService/SignIn".parse().unwrap(),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // The node is still up.
+    assert!(api.get_health(GetHealthRequest {}).await.is_ok());
+    node.shutdown().await;
+}
+
+/// A codec that sends and receives raw bytes.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, Self::Error> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
