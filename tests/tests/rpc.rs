@@ -83,7 +83,7 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
         .await
         .unwrap();
     let mut config = net.config();
-    config.rpc.session_ttl = Duration::from_secs(2);
+    config.rpc.session_ttl = Duration::from_secs(3);
     let node = Node::start(config).await.unwrap();
     node.synced_to(net.confirm().await).await;
     let ch = channel(&node).await;
@@ -100,17 +100,19 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
     assert_eq!(health.node_key, net.node_key().public().to_string());
 
     // A client that is not ours lists the services by reflection: buf (from npm).
-    let listed = std::process::Command::new(repo_root().join("node_modules/.bin/buf"))
-        .args([
-            "curl",
-            "--list-services",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-        ])
-        .arg(format!("http://{}", node.rpc_addr.unwrap()))
-        .output()
-        .unwrap();
+    let listed = std::process::Command::new(
+        repo_root().join("node_modules/@bufbuild/buf-linux-x64/bin/buf"),
+    )
+    .args([
+        "curl",
+        "--list-services",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+    ])
+    .arg(format!("http://{}", node.rpc_addr.unwrap()))
+    .output()
+    .unwrap();
     let services = String::from_utf8_lossy(&listed.stdout);
     for s in [
         "hanzo.node.v1.NodeService",
@@ -181,8 +183,8 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
         e.message()
     );
 
-    // The 2-second session expires.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The 3-second session expires.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let e = api
         .get_status(bearer(GetStatusRequest {}, &session.token))
         .await
@@ -257,8 +259,11 @@ async fn rate_limits_and_malformed_requests_get_their_codes() {
         .unwrap()
         .into_inner();
 
-    // 5 requests/s: a burst of 30 is cut down, with the reason.
+    // 5 requests/s: a burst of 30 is cut down, with the reason. At most the bucket
+    // (5) plus what refilled while the burst ran gets through, however slow the
+    // machine.
     let mut limited = Vec::new();
+    let started = std::time::Instant::now();
     for _ in 0..30 {
         if let Err(e) = api
             .get_status(bearer(GetStatusRequest {}, &session.token))
@@ -267,7 +272,12 @@ async fn rate_limits_and_malformed_requests_get_their_codes() {
             limited.push(e);
         }
     }
-    assert!(limited.len() >= 20, "{} limited", limited.len());
+    let allowed = 5.0 + 5.0 * started.elapsed().as_secs_f64() + 1.0;
+    let served = 30 - limited.len();
+    assert!(
+        !limited.is_empty() && served as f64 <= allowed,
+        "{served} served, at most {allowed:.1} allowed"
+    );
     assert!(limited.iter().all(|e| e.code() == Code::ResourceExhausted));
     assert!(
         limited[0].message().contains("rate limit: 5 requests/s"),
