@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hanzo_e2e::{
     Devnet, arg,
-    bench::{generate, median, peak_rss_mb},
+    bench::{generate, median, peak_rss_mb, percentile},
     cluster::Process,
     git::GitUser,
     http_get,
@@ -53,17 +53,6 @@ async fn visible(nodes: &[&Process], tip: &str, every: Duration) -> (Instant, In
 
 const SMALL_POLL: Duration = Duration::from_millis(2);
 const LARGE_POLL: Duration = Duration::from_millis(25);
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
 
 #[tokio::main]
 async fn main() {
@@ -118,8 +107,8 @@ async fn main() {
         let (_, seen) = visible(&others, &tip, SMALL_POLL).await;
         lat.push(seen.duration_since(accepted).as_secs_f64() * 1000.0);
     }
-    let p50 = percentile(lat.clone(), 0.5);
-    let p95 = percentile(lat, 0.95);
+    let p50 = percentile(&mut lat, 0.5);
+    let p95 = percentile(&mut lat, 0.95);
 
     eprintln!("generating {commits} commits, ~{mb} MB …");
     let big = alice.init("big");

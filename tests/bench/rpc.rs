@@ -15,20 +15,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy::signers::SignerSync;
-use hanzo_e2e::{Devnet, arg, milli};
+use hanzo_e2e::{
+    Devnet, arg,
+    bench::percentile,
+    milli,
+    rpc::{connect, sign_in_request},
+};
 use hanzo_node::{
     acl::Role,
     node::Node,
     rpc::{
         self, Caller,
         proto::{
-            GetHealthRequest, GetNonceRequest, GetStatusRequest, SignInRequest,
-            auth_service_client::AuthServiceClient, node_service_client::NodeServiceClient,
+            GetHealthRequest, GetStatusRequest, auth_service_client::AuthServiceClient,
+            node_service_client::NodeServiceClient,
         },
-        siwe,
     },
-    unix_now,
 };
 use tonic::{Request, transport::Channel};
 
@@ -37,17 +39,6 @@ struct Run {
     secs: f64,
     p50_ms: f64,
     p99_ms: f64,
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
 }
 
 /// `clients` tasks call `call` for `duration`.
@@ -88,14 +79,6 @@ fn rate(r: &Run) -> f64 {
     r.calls as f64 / r.secs
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::main]
 async fn main() {
     let clients = usize::try_from(arg("--clients", 32)).unwrap();
@@ -116,30 +99,10 @@ async fn main() {
 
     // Sign in as a staked caller.
     let key = net.dev_key(3);
-    let mut auth = AuthServiceClient::new(connect(addr).await);
-    let n = auth
-        .get_nonce(GetNonceRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let now = unix_now();
-    let message = siwe::message(&siwe::Message {
-        domain: n.domain,
-        address: key.address(),
-        uri: n.uri,
-        chain_id: n.chain_id,
-        nonce: n.nonce,
-        issued_at: now,
-        expires_at: Some(now + 600),
-        not_before: None,
-    });
-    let signature = key
-        .sign_message_sync(message.as_bytes())
-        .unwrap()
-        .as_bytes()
-        .to_vec();
+    let auth = AuthServiceClient::new(connect(addr).await);
     let session = auth
-        .sign_in(SignInRequest { message, signature })
+        .clone()
+        .sign_in(sign_in_request(auth, &key, None).await)
         .await
         .unwrap()
         .into_inner();

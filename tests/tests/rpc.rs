@@ -6,59 +6,22 @@
 
 use std::time::Duration;
 
-use alloy::signers::{SignerSync, local::PrivateKeySigner};
-use hanzo_e2e::*;
+use hanzo_e2e::{
+    rpc::{connect, sign_in_request},
+    *,
+};
 use hanzo_node::{
     acl::StakeRole,
     node::Node,
-    rpc::{
-        proto::{
-            GetHealthRequest, GetNonceRequest, GetStatusRequest, Role, ServingStatus,
-            SignInRequest, auth_service_client::AuthServiceClient,
-            node_service_client::NodeServiceClient,
-        },
-        siwe,
+    rpc::proto::{
+        GetHealthRequest, GetStatusRequest, Role, ServingStatus, SignInRequest,
+        auth_service_client::AuthServiceClient, node_service_client::NodeServiceClient,
     },
-    unix_now,
 };
 use tonic::{Code, Request, transport::Channel};
 
 async fn channel(node: &Node) -> Channel {
-    let addr = node.rpc_addr.expect("rpc on");
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-/// A SIWE sign-in request for `key`, as a wallet would sign it, on `chain`.
-async fn sign_in_request(
-    mut auth: AuthServiceClient<Channel>,
-    key: &PrivateKeySigner,
-    chain: Option<u64>,
-) -> SignInRequest {
-    let n = auth
-        .get_nonce(GetNonceRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let now = unix_now();
-    let message = siwe::message(&siwe::Message {
-        domain: n.domain,
-        address: key.address(),
-        uri: n.uri,
-        chain_id: chain.unwrap_or(n.chain_id),
-        nonce: n.nonce,
-        issued_at: now,
-        expires_at: Some(now + 300),
-        not_before: None,
-    });
-    let signature = key.sign_message_sync(message.as_bytes()).unwrap();
-    SignInRequest {
-        message,
-        signature: signature.as_bytes().to_vec(),
-    }
+    connect(node.rpc_addr.expect("rpc on")).await
 }
 
 fn bearer<T>(msg: T, token: &str) -> Request<T> {

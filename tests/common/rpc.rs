@@ -1,0 +1,50 @@
+//! gRPC helpers: a channel to a node, and a wallet's sign-in.
+
+use alloy::signers::{SignerSync, local::PrivateKeySigner};
+use hanzo_node::{
+    rpc::{
+        proto::{GetNonceRequest, SignInRequest, auth_service_client::AuthServiceClient},
+        siwe,
+    },
+    unix_now,
+};
+use tonic::transport::Channel;
+
+/// A channel to the gRPC listener at `addr`.
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("URL")
+        .connect()
+        .await
+        .expect("gRPC connects")
+}
+
+/// A SIWE sign-in request for `key`, as a wallet would sign it: for the chain the
+/// node names, or for `chain`.
+pub async fn sign_in_request(
+    mut auth: AuthServiceClient<Channel>,
+    key: &PrivateKeySigner,
+    chain: Option<u64>,
+) -> SignInRequest {
+    let n = auth
+        .get_nonce(GetNonceRequest {})
+        .await
+        .expect("nonce")
+        .into_inner();
+    let now = unix_now();
+    let message = siwe::message(&siwe::Message {
+        domain: n.domain,
+        address: key.address(),
+        uri: n.uri,
+        chain_id: chain.unwrap_or(n.chain_id),
+        nonce: n.nonce,
+        issued_at: now,
+        expires_at: Some(now + 300),
+        not_before: None,
+    });
+    let signature = key.sign_message_sync(message.as_bytes()).expect("sign");
+    SignInRequest {
+        message,
+        signature: signature.as_bytes().to_vec(),
+    }
+}
