@@ -325,3 +325,71 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(out))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_serves_clients_that_trust_the_certificate() {
+    let net = Devnet::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        // A leaf certificate trusted directly (webpki refuses a CA as end entity).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut config = net.config();
+    config.rpc.tls_cert = Some(cert.clone());
+    config.rpc.tls_key = Some(key);
+    let node = Node::start(config).await.unwrap();
+    let port = node.rpc_addr.unwrap().port();
+
+    // A client that trusts the certificate gets health over TLS.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&cert).unwrap(),
+        ))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = NodeServiceClient::new(ch)
+        .get_health(GetHealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.node_key, net.node_key().public().to_string());
+
+    // A plaintext client gets nothing.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(
+            NodeServiceClient::new(ch)
+                .get_health(GetHealthRequest {})
+                .await
+                .is_err()
+        );
+    }
+    node.shutdown().await;
+}
