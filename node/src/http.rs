@@ -16,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{acl::Acl, chain::Status, git::Git};
 
+/// Labels of a metric counted by reason (replication and RPC metrics).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct Reason {
+    pub(crate) reason: String,
+}
+
 /// What `/metrics` (and the gRPC `GetMetrics` stream) report on.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -118,9 +124,8 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 impl Telemetry {
     /// Every metric, in the Prometheus text format.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
-        let s = self;
-        let st = s.status.borrow().clone();
-        let snap = s.acl.snapshot();
+        let st = self.status.borrow().clone();
+        let snap = self.acl.snapshot();
         let now = crate::unix_now();
         let mut registry = Registry::default();
         let mut gauge = |name: &str, help: &str, value: u64| {
@@ -168,7 +173,7 @@ impl Telemetry {
             "Repositories",
             snap.state.repos.len() as u64,
         );
-        let stats = s.git.stats();
+        let stats = self.git.stats();
         let count = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         for (name, help, value) in [
             (
@@ -191,10 +196,10 @@ impl Telemetry {
             c.inc_by(count(value));
             registry.register(name, help, c);
         }
-        if let Some(p2p) = &s.p2p {
+        if let Some(p2p) = &self.p2p {
             p2p.register(&mut registry);
         }
-        if let Some(rpc) = &s.rpc {
+        if let Some(rpc) = &self.rpc {
             rpc.register(&mut registry);
         }
         let mut out = String::new();

@@ -141,7 +141,7 @@ impl Node {
         let dht = dns::client(&config.dns)?;
         let dns = if config.dns.enabled {
             let sources = dns::Sources {
-                key: NodeKey::from_seed(&key.seed()),
+                keypair: dns::keypair(&key),
                 git: Some(dns::advertised_url(
                     config.dns.git_url.as_deref(),
                     http_addr,

@@ -338,8 +338,8 @@ pub struct Published {
 
 /// Where the publisher learns the node's endpoints.
 pub struct Sources {
-    /// The node key.
-    pub key: NodeKey,
+    /// The node key, as pkarr's key pair.
+    pub keypair: Keypair,
     /// Git base URL.
     pub git: Option<String>,
     /// gRPC URL.
@@ -354,7 +354,7 @@ pub struct Sources {
 
 impl Sources {
     async fn endpoints(&self) -> Endpoints {
-        let node = self.key.public();
+        let node = NodeId(self.keypair.public_key().to_bytes());
         let snapshot = self.acl.snapshot();
         let mut p2p = Vec::new();
         if let Some(swarm) = &self.p2p {
@@ -411,8 +411,8 @@ async fn run(
     tx: watch::Sender<Option<Published>>,
     cancel: CancellationToken,
 ) {
-    let keypair = keypair(&sources.key);
-    let me = sources.key.public();
+    let keypair = sources.keypair.clone();
+    let me = NodeId(keypair.public_key().to_bytes());
     // The packet published before a restart, if it is ours and readable.
     let mut last: Option<SignedPacket> = store
         .dns_packet()
@@ -435,23 +435,14 @@ async fn run(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
+            // The operator address (ACL) or a listen address may have changed.
             changed = sources.acl.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let next = sources.endpoints().await;
-                if next != current {
-                    current = next;
-                    due = tokio::time::Instant::now();
-                }
+                refresh(&sources, &mut current, &mut due).await;
             }
-            _ = check.tick() => {
-                let next = sources.endpoints().await;
-                if next != current {
-                    current = next;
-                    due = tokio::time::Instant::now();
-                }
-            }
+            _ = check.tick() => refresh(&sources, &mut current, &mut due).await,
             () = tokio::time::sleep_until(due) => {
                 let reuse = last.as_ref().filter(|p| endpoints_of(p).ok().as_ref() == Some(&current));
                 let packet = match reuse {
@@ -500,6 +491,15 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Re-reads the endpoints; a change makes a publish due now.
+async fn refresh(sources: &Sources, current: &mut Endpoints, due: &mut tokio::time::Instant) {
+    let next = sources.endpoints().await;
+    if next != *current {
+        *current = next;
+        *due = tokio::time::Instant::now();
     }
 }
 

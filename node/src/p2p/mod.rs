@@ -42,7 +42,6 @@ use libp2p::{
     tcp, yamux,
 };
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -59,6 +58,7 @@ use crate::{
     acl::{Acl, Snapshot},
     config::P2pConfig,
     git::{Git, Refusal, Update},
+    http::Reason,
     keys::NodeKey,
 };
 use limits::Limits;
@@ -100,12 +100,6 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     stream: libp2p_stream::Behaviour,
-}
-
-/// Labels of a metric with one label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: String,
 }
 
 /// Replication metrics, registered into `/metrics`.

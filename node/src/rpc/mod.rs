@@ -23,7 +23,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 pub use auth::{Auth, Caller};
 pub use services::Context;
 
-use crate::config::RpcConfig;
+use crate::{config::RpcConfig, http::Reason};
 
 const TARGET: &str = "hanzo::rpc";
 
@@ -66,16 +66,11 @@ struct MethodLabel {
     method: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
-}
-
 /// gRPC metrics, registered into `/metrics`.
 pub struct Metrics {
     requests: Family<MethodCode, Counter>,
     duration: Family<MethodLabel, Histogram>,
-    auth_failures: Family<ReasonLabel, Counter>,
+    auth_failures: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,7 +123,7 @@ impl Metrics {
 
     fn auth_failure(&self, reason: &str) {
         self.auth_failures
-            .get_or_create(&ReasonLabel {
+            .get_or_create(&Reason {
                 reason: reason.to_owned(),
             })
             .inc();

@@ -98,6 +98,12 @@ impl Context {
         }
     }
 
+    /// A sign-in refusal, counted by reason as the layer counts its own.
+    fn refused(&self, refusal: super::auth::Refusal) -> Status {
+        self.metrics.auth_failure(refusal.reason);
+        refusal.status
+    }
+
     /// Whether `caller` may still hold a stream open (stake and role as now).
     fn still_allowed(&self, caller: &Caller) -> Result<(), Status> {
         self.auth
@@ -291,10 +297,7 @@ impl proto::auth_service_server::AuthService for Context {
         let session = self
             .auth
             .sign_in(&r.message, &r.signature, unix_now())
-            .map_err(|refusal| {
-                self.metrics.auth_failure(refusal.reason);
-                refusal.status
-            })?;
+            .map_err(|r| self.refused(r))?;
         Ok(Response::new(session_response(session)))
     }
 
@@ -305,10 +308,7 @@ impl proto::auth_service_server::AuthService for Context {
         let session = self
             .auth
             .refresh(&req.get_ref().token, unix_now())
-            .map_err(|refusal| {
-                self.metrics.auth_failure(refusal.reason);
-                refusal.status
-            })?;
+            .map_err(|r| self.refused(r))?;
         Ok(Response::new(session_response(session)))
     }
 }
