@@ -52,6 +52,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// gRPC for staked callers.
     pub rpc: RpcConfig,
+    /// Workloads callers deploy.
+    pub deploy: DeployConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -317,6 +319,54 @@ impl Default for P2pConfig {
     }
 }
 
+/// Workloads staked callers deploy through gRPC.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Whether callers may deploy. Default: true.
+    pub enabled: bool,
+    /// `process`: supervised local processes (the only runtime in this build).
+    /// Default: `process`.
+    pub runtime: DeployRuntime,
+    /// Working directories of deployments. Default: `<data_dir>/deploy`.
+    pub dir: Option<PathBuf>,
+    /// Log bytes kept per deployment (oldest lines go first). Default: 1 MiB.
+    pub log_bytes: usize,
+    /// Replicas this node runs over all callers. Default: 64.
+    pub max_replicas: u32,
+    /// Replicas one caller may run here. Default: 16.
+    pub max_replicas_per_caller: u32,
+    /// How long a replica has to exit after SIGTERM before SIGKILL. Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    /// Idle time after which a log or event stream sends a keep-alive. Default: `15s`.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+/// The runtime that runs replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployRuntime {
+    /// Supervised local processes.
+    Process,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            runtime: DeployRuntime::Process,
+            dir: None,
+            log_bytes: 1 << 20,
+            max_replicas: 64,
+            max_replicas_per_caller: 16,
+            stop_grace: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -335,6 +385,7 @@ impl Default for Config {
             p2p: P2pConfig::default(),
             dns: DnsConfig::default(),
             rpc: RpcConfig::default(),
+            deploy: DeployConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -592,6 +643,14 @@ impl Config {
     /// Where the bare repositories live.
     pub fn repos_path(&self) -> PathBuf {
         self.data_dir.join("repos")
+    }
+
+    /// Where deployments run.
+    pub fn deploy_path(&self) -> PathBuf {
+        self.deploy
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("deploy"))
     }
 
     /// The effective configuration as TOML.

@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod dns;
 pub mod git;
 pub mod http;

@@ -11,6 +11,7 @@ use crate::{
     acl::{Acl, Snapshot},
     chain::{self, Status, Syncer},
     config::Config,
+    deploy::Deployer,
     dns,
     git::Git,
     http,
@@ -40,6 +41,8 @@ pub enum Error {
     Dns(#[from] crate::dns::Error),
     #[error(transparent)]
     Rpc(#[from] crate::rpc::Error),
+    #[error(transparent)]
+    Deploy(#[from] crate::deploy::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -65,6 +68,8 @@ pub struct Node {
     pub dns: Option<dns::Publisher>,
     /// Resolves other nodes' keys to endpoints over the DHT.
     pub resolver: dns::Resolver,
+    /// Workloads, unless `deploy.enabled` is off.
+    pub deployer: Option<Deployer>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -157,7 +162,7 @@ impl Node {
             let (publisher, task) = dns::Publisher::spawn(
                 dht.clone(),
                 sources,
-                store,
+                store.clone(),
                 config.dns.republish_interval,
                 cancel.child_token(),
             );
@@ -194,6 +199,16 @@ impl Node {
             rpc: rpc_metrics.clone(),
         };
         let resolver = dns::Resolver::new(dht);
+        let deployer = if config.deploy.enabled {
+            Some(Deployer::start(
+                config.deploy.clone(),
+                config.deploy_path(),
+                store.clone(),
+                &key,
+            )?)
+        } else {
+            None
+        };
         let mut rpc_context = None;
         if let (Some(listener), Some(addr), Some(metrics)) = (rpc_listener, rpc_addr, rpc_metrics) {
             let domain = config.rpc.domain.clone().unwrap_or_else(|| {
@@ -218,6 +233,9 @@ impl Node {
                 p2p: p2p.clone(),
                 resolver: resolver.clone(),
                 telemetry: telemetry.clone(),
+                deploy: deployer.clone(),
+                keep_alive: config.deploy.keep_alive,
+                closing: cancel.child_token(),
             };
             rpc_context = Some(ctx.clone());
             let (rpc_config, cancel) = (config.rpc.clone(), cancel.child_token());
@@ -251,6 +269,7 @@ impl Node {
             rpc: rpc_context,
             dns,
             resolver,
+            deployer,
             cancel,
             tasks: {
                 tasks.extend([sync_task, repos_task, http_task]);
@@ -261,6 +280,9 @@ impl Node {
 
     /// Stops every task and waits for them.
     pub async fn shutdown(self) {
+        if let Some(d) = &self.deployer {
+            d.shutdown().await;
+        }
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;

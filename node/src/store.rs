@@ -9,6 +9,7 @@
 //! * `refs` — per repo and ref, the [`RefRecord`] of the accepted push that set its
 //!   tip: key repo id (big-endian) then ref name.
 //! * `certs` — push certificates by SHA-256 of their text.
+//! * `deploy` — deployments by id, as the `deploy` module encodes them (secrets sealed).
 //!
 //! Writes that must land together go in one write batch with a synced WAL, so a crash
 //! leaves either the old or the new checkpoint, never a mix.
@@ -27,7 +28,8 @@ const CF_META: &str = "meta";
 const CF_ACL: &str = "acl";
 const CF_REFS: &str = "refs";
 const CF_CERTS: &str = "certs";
-const COLUMN_FAMILIES: [&str; 4] = [CF_META, CF_ACL, CF_REFS, CF_CERTS];
+const CF_DEPLOY: &str = "deploy";
+const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_ACL, CF_REFS, CF_CERTS, CF_DEPLOY];
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
@@ -309,6 +311,36 @@ impl Store {
     /// The push certificate whose SHA-256 is `hash`.
     pub fn cert(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, Error> {
         Ok(self.db.get_cf(self.cf(CF_CERTS), hash)?)
+    }
+
+    /// Every stored deployment: id and record.
+    pub fn deployments(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        self.db
+            .iterator_cf(self.cf(CF_DEPLOY), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.into_vec()))
+            })
+            .collect()
+    }
+
+    /// The record of deployment `id`.
+    pub fn deployment(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(CF_DEPLOY), id)?)
+    }
+
+    /// Writes the record of deployment `id` (synced).
+    pub fn put_deployment(&self, id: &str, record: &[u8]) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_DEPLOY), id, record);
+        self.write_synced(batch)
+    }
+
+    /// Forgets deployment `id` (synced).
+    pub fn remove_deployment(&self, id: &str) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_DEPLOY), id);
+        self.write_synced(batch)
     }
 
     /// Deletes every ACL checkpoint (a rebuild from the deployment block follows).

@@ -8,7 +8,7 @@ use hanzo_node::{
     },
     unix_now,
 };
-use tonic::transport::Channel;
+use tonic::{Request, transport::Channel};
 
 /// A channel to the gRPC listener at `addr`.
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
@@ -47,4 +47,21 @@ pub async fn sign_in_request(
         message,
         signature: signature.as_bytes().to_vec(),
     }
+}
+
+/// A signed-in session token for `key`.
+pub async fn session(ch: &Channel, key: &PrivateKeySigner) -> String {
+    let mut auth = AuthServiceClient::new(ch.clone());
+    let req = sign_in_request(auth.clone(), key, None).await;
+    auth.sign_in(req).await.expect("sign in").into_inner().token
+}
+
+/// `msg` carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(msg: T, token: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII token"),
+    );
+    req
 }

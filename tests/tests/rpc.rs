@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use hanzo_e2e::{
-    rpc::{connect, sign_in_request},
+    rpc::{bearer, connect, sign_in_request},
     *,
 };
 use hanzo_node::{
@@ -22,13 +22,6 @@ use tonic::{Code, Request, transport::Channel};
 
 async fn channel(node: &Node) -> Channel {
     connect(node.rpc_addr.expect("rpc on")).await
-}
-
-fn bearer<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

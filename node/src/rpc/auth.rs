@@ -346,6 +346,31 @@ impl Auth {
     /// Checks that `address` may call a method needing `need`, now, and takes one
     /// request from its rate.
     pub fn admit(&self, address: Address, need: Need, what: &str) -> Result<Caller, Refusal> {
+        let caller = self.check(address, need, what)?;
+        let admitted = {
+            let mut buckets = lock(&self.inner.buckets);
+            let bucket = buckets
+                .entry(address)
+                .or_insert_with(|| Bucket::new(caller.rate));
+            bucket.set_rate(caller.rate);
+            bucket.try_take(1.0, Instant::now())
+        };
+        if !admitted {
+            return Err(Refusal {
+                status: Status::resource_exhausted(format!(
+                    "rate limit: {:.0} requests/s for {address} with stake {}; more stake raises it",
+                    caller.rate,
+                    eth(caller.stake)
+                )),
+                reason: "rate_limited",
+            });
+        }
+        Ok(caller)
+    }
+
+    /// Checks that `address` may call a method needing `need`, now, without taking
+    /// from its rate (an open stream re-checks with this).
+    pub fn check(&self, address: Address, need: Need, what: &str) -> Result<Caller, Refusal> {
         let snapshot = self.inner.acl.snapshot();
         let role = snapshot.rpc_role(&address, &self.inner.node);
         let stake = snapshot.caller_stake(&address);
@@ -375,21 +400,6 @@ impl Auth {
             Role::Anonymous => c.base_rate,
             Role::OperatorPeer | Role::Admin => c.max_rate,
         };
-        let admitted = {
-            let mut buckets = lock(&self.inner.buckets);
-            let bucket = buckets.entry(address).or_insert_with(|| Bucket::new(rate));
-            bucket.set_rate(rate);
-            bucket.try_take(1.0, Instant::now())
-        };
-        if !admitted {
-            return Err(Refusal {
-                status: Status::resource_exhausted(format!(
-                    "rate limit: {rate:.0} requests/s for {address} with stake {}; more stake raises it",
-                    eth(stake)
-                )),
-                reason: "rate_limited",
-            });
-        }
         Ok(Caller {
             address,
             role,

@@ -7,6 +7,7 @@
 pub mod auth;
 mod layer;
 mod services;
+mod workloads;
 pub mod siwe;
 
 use std::net::SocketAddr;

@@ -5,12 +5,14 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Auth, Caller, Metrics, auth::Need, proto};
+use super::{Auth, Caller, Metrics, proto, workloads};
 use crate::{
     acl::{Acl, Role, Snapshot},
     chain,
+    deploy::Deployer,
     dns::Resolver,
     git::Git,
     http::Telemetry,
@@ -19,7 +21,7 @@ use crate::{
     unix_now,
 };
 
-type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// What the services read: the node's parts.
 #[derive(Clone)]
@@ -44,6 +46,12 @@ pub struct Context {
     pub resolver: Resolver,
     /// What `/metrics` shows.
     pub telemetry: Telemetry,
+    /// Workloads, unless `deploy.enabled` is off.
+    pub deploy: Option<Deployer>,
+    /// Idle time after which a log stream sends a keep-alive.
+    pub keep_alive: Duration,
+    /// Cancelled when the node stops: open streams end.
+    pub closing: CancellationToken,
 }
 
 fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
@@ -62,7 +70,7 @@ fn role(r: Role) -> proto::Role {
     }
 }
 
-fn secs(t: u64) -> i64 {
+pub(super) fn secs(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
@@ -102,14 +110,6 @@ impl Context {
     fn refused(&self, refusal: super::auth::Refusal) -> Status {
         self.metrics.auth_failure(refusal.reason);
         refusal.status
-    }
-
-    /// Whether `caller` may still hold a stream open (stake and role as now).
-    fn still_allowed(&self, caller: &Caller) -> Result<(), Status> {
-        self.auth
-            .admit(caller.address, Need::Caller, "a stream")
-            .map(|_| ())
-            .map_err(|r| r.status)
     }
 }
 
@@ -160,21 +160,23 @@ impl proto::node_service_server::NodeService for Context {
             0 => 5,
             n => u64::from(n.clamp(1, 3600)),
         });
-        let ctx = self.clone();
+        let (telemetry, end) = (self.telemetry.clone(), self.stream_end(&c));
         let stream = async_stream(move |tx| async move {
+            tokio::pin!(end);
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
-                // A caller whose stake dropped loses the stream too.
-                let item = ctx.still_allowed(&c).and_then(|()| {
-                    ctx.telemetry
+                let item = tokio::select! {
+                    // A caller whose stake dropped loses the stream too.
+                    status = &mut end => Err(status),
+                    () = tx.closed() => return,
+                    _ = tick.tick() => telemetry
                         .render()
                         .map(|text| proto::MetricsSnapshot {
                             prometheus_text: text,
                             at: secs(unix_now()),
                         })
-                        .map_err(|e| Status::internal(e.to_string()))
-                });
+                        .map_err(|e| Status::internal(e.to_string())),
+                };
                 let end = item.is_err();
                 if tx.send(item).await.is_err() || end {
                     return;
@@ -186,83 +188,115 @@ impl proto::node_service_server::NodeService for Context {
 
     async fn deploy(
         &self,
-        _: Request<proto::DeployRequest>,
+        req: Request<proto::DeployRequest>,
     ) -> Result<Response<proto::DeployResponse>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        let spec = workloads::spec(req.into_inner().spec)?;
+        let done = self.deployer()?.deploy(c.address, spec).await?;
+        Ok(Response::new(proto::DeployResponse {
+            status: Some(workloads::summary(done)),
+        }))
     }
 
     async fn stop(
         &self,
-        _: Request<proto::DeploymentRef>,
+        req: Request<proto::DeploymentRef>,
     ) -> Result<Response<proto::DeploymentStatus>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        let done = self
+            .deployer()?
+            .stop(&workloads::principal(&c), &req.get_ref().deployment)
+            .await?;
+        Ok(Response::new(workloads::summary(done)))
     }
 
     async fn remove(
         &self,
-        _: Request<proto::DeploymentRef>,
+        req: Request<proto::DeploymentRef>,
     ) -> Result<Response<proto::RemoveResponse>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        self.deployer()?
+            .remove(&workloads::principal(&c), &req.get_ref().deployment)
+            .await?;
+        Ok(Response::new(proto::RemoveResponse {}))
     }
 
     async fn scale(
         &self,
-        _: Request<proto::ScaleRequest>,
+        req: Request<proto::ScaleRequest>,
     ) -> Result<Response<proto::DeploymentStatus>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        let r = req.get_ref();
+        let done = self
+            .deployer()?
+            .scale(&workloads::principal(&c), &r.deployment, &r.service, r.replicas)
+            .await?;
+        Ok(Response::new(workloads::summary(done)))
     }
 
     async fn list_containers(
         &self,
-        _: Request<proto::ListContainersRequest>,
+        req: Request<proto::ListContainersRequest>,
     ) -> Result<Response<proto::ListContainersResponse>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        let d = &req.get_ref().deployment;
+        let all = self
+            .deployer()?
+            .list(&workloads::principal(&c), (!d.is_empty()).then_some(d.as_str()))?;
+        Ok(Response::new(proto::ListContainersResponse {
+            containers: all
+                .into_iter()
+                .flat_map(|s| s.containers)
+                .map(workloads::container)
+                .collect(),
+        }))
     }
 
     async fn inspect_container(
         &self,
-        _: Request<proto::ContainerRef>,
+        req: Request<proto::ContainerRef>,
     ) -> Result<Response<proto::ContainerStatus>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        let r = req.get_ref();
+        let status =
+            self.deployer()?
+                .inspect(&workloads::principal(&c), &r.deployment, &r.container)?;
+        Ok(Response::new(workloads::container(status)))
     }
 
     type GetLogsStream = Boxed<proto::LogLine>;
 
     async fn get_logs(
         &self,
-        _: Request<proto::GetLogsRequest>,
+        req: Request<proto::GetLogsRequest>,
     ) -> Result<Response<Self::GetLogsStream>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        Ok(Response::new(self.logs(c, req.into_inner())?))
     }
 
     type GetEventsStream = Boxed<proto::Event>;
 
     async fn get_events(
         &self,
-        _: Request<proto::GetEventsRequest>,
+        req: Request<proto::GetEventsRequest>,
     ) -> Result<Response<Self::GetEventsStream>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        Ok(Response::new(self.events(c, req.into_inner())?))
     }
 
     type ExecInContainerStream = Boxed<proto::ExecOutput>;
 
     async fn exec_in_container(
         &self,
-        _: Request<Streaming<proto::ExecInput>>,
+        req: Request<Streaming<proto::ExecInput>>,
     ) -> Result<Response<Self::ExecInContainerStream>, Status> {
-        Err(not_yet())
+        let c = caller(&req)?;
+        Ok(Response::new(self.exec(c, req.into_inner()).await?))
     }
 }
 
-/// Workloads are not served by this build yet.
-fn not_yet() -> Status {
-    Status::unimplemented(
-        "this node does not run workloads yet: deployments arrive with the deploy module",
-    )
-}
-
 /// A stream fed by a task through a bounded channel.
-fn async_stream<T, F, Fut>(f: F) -> Boxed<T>
+pub(super) fn async_stream<T, F, Fut>(f: F) -> Boxed<T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
