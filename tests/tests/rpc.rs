@@ -1,7 +1,8 @@
 //! gRPC against a real node over a socket, with a real tonic client: staked callers
 //! sign in with their wallet (SIWE) and are served; the unstaked, replayed nonces,
 //! another chain's messages and expired tokens are refused with the reason; a caller
-//! who unstakes is refused on the next call; rate limits and malformed requests.
+//! who unstakes is refused on the next call; one call signed on its own (EIP-712) is
+//! served once; rate limits and malformed requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
@@ -13,11 +14,17 @@ use hanzo_e2e::{
 use hanzo_node::{
     acl::StakeRole,
     node::Node,
-    rpc::proto::{
-        GetHealthRequest, GetStatusRequest, Role, ServingStatus, SignInRequest,
-        auth_service_client::AuthServiceClient, node_service_client::NodeServiceClient,
+    rpc::{
+        eip712,
+        proto::{
+            GetHealthRequest, GetRefsRequest, GetStatusRequest, Role, ServingStatus,
+            SignInRequest, auth_service_client::AuthServiceClient,
+            node_service_client::NodeServiceClient, repo_service_client::RepoServiceClient,
+        },
     },
+    unix_now,
 };
+use prost::Message;
 use tonic::{Code, Request, transport::Channel};
 
 async fn channel(node: &Node) -> Channel {
@@ -189,6 +196,97 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
         ),
         "{metrics}"
     );
+    node.shutdown().await;
+}
+
+/// `msg` with EIP-712 metadata signed by `key` for `method` over `signed_body`.
+fn signed<T>(
+    msg: T,
+    key: &alloy::signers::local::PrivateKeySigner,
+    node: &hanzo_node::keys::NodeId,
+    method: &str,
+    signed_body: &[u8],
+    nonce: &str,
+    deadline: u64,
+) -> Request<T> {
+    let typed = eip712::request(method, signed_body, node, 31337, nonce, deadline);
+    let mut req = Request::new(msg);
+    for (name, value) in eip712::sign(key, &typed, 31337).unwrap() {
+        req.metadata_mut().insert(name, value.parse().unwrap());
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
+    let net = Devnet::start().await;
+    net.client(3)
+        .await
+        .deposit_caller(milli(200))
+        .await
+        .unwrap();
+    let node = Node::start(net.config()).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let ch = channel(&node).await;
+    let mut api = NodeServiceClient::new(ch.clone());
+    let mut repos = RepoServiceClient::new(ch);
+    let key = net.dev_key(3);
+    let id = net.node_key().public();
+    let deadline = unix_now() + 120;
+    const STATUS: &str = "/hanzo.node.v1.NodeService/GetStatus";
+    const REFS: &str = "/hanzo.node.v1.RepoService/GetRefs";
+
+    // Served without a session, as the signer.
+    let status = api
+        .get_status(signed(GetStatusRequest {}, &key, &id, STATUS, &[], "n-1", deadline))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.address, key.address().to_checksum(None));
+    assert_eq!(status.role(), Role::Caller);
+
+    // The same nonce again.
+    let e = api
+        .get_status(signed(GetStatusRequest {}, &key, &id, STATUS, &[], "n-1", deadline))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("already used"), "{}", e.message());
+
+    // Signed for one message, sent with another: the signature is someone else's,
+    // with no stake.
+    let asked = GetRefsRequest { repo: "demo".into() };
+    let body = asked.encode_to_vec();
+    let mut tampered = signed(asked.clone(), &key, &id, REFS, &body, "n-2", deadline);
+    *tampered.get_mut() = GetRefsRequest { repo: "other".into() };
+    let e = repos.get_refs(tampered).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(!e.message().contains(&key.address().to_string()), "{}", e.message());
+    // As signed: served (there is no such repo).
+    let e = repos
+        .get_refs(signed(asked, &key, &id, REFS, &body, "n-2", deadline))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // Signed for another method, another node, or with a passed deadline.
+    let e = api
+        .get_status(signed(GetStatusRequest {}, &key, &id, REFS, &[], "n-3", deadline))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let other = hanzo_node::keys::NodeKey::generate().public();
+    let e = api
+        .get_status(signed(GetStatusRequest {}, &key, &other, STATUS, &[], "n-4", deadline))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = api
+        .get_status(signed(GetStatusRequest {}, &key, &id, STATUS, &[], "n-5", unix_now() - 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("has passed"), "{}", e.message());
     node.shutdown().await;
 }
 

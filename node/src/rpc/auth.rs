@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use super::siwe;
+use super::{eip712, siwe};
 use crate::{
     acl::{Acl, Role, eth},
     bucket::Bucket,
@@ -120,6 +120,8 @@ struct Inner {
     acl: Acl,
     config: RpcConfig,
     nonces: Mutex<HashMap<String, u64>>,
+    /// Nonces of EIP-712 signed calls, with their deadlines.
+    spent: Mutex<HashMap<(Address, String), u64>>,
     buckets: Mutex<HashMap<Address, Bucket>>,
 }
 
@@ -150,6 +152,7 @@ impl Auth {
                 acl,
                 config,
                 nonces: Mutex::default(),
+                spent: Mutex::default(),
                 buckets: Mutex::default(),
             }),
         }
@@ -341,6 +344,59 @@ impl Auth {
             Err(e) => return Err(e),
         };
         self.admit(address, need, path).map(Some)
+    }
+
+    /// Checks a call to `path` signed on its own (EIP-712) over the message `body`:
+    /// the signature and deadline, role and stake, then spends the nonce and takes
+    /// from the rate, as for a session.
+    pub fn authorize_signed(
+        &self,
+        path: &str,
+        signed: &eip712::Signed,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Caller, Refusal> {
+        let (address, deadline) = signed
+            .signer(path, body, &self.inner.node, self.inner.chain_id, now)
+            .map_err(|e| {
+                let reason = match e {
+                    eip712::Error::Expired { .. } | eip712::Error::TooFar { .. } => {
+                        "expired_signature"
+                    }
+                    _ => "bad_signature",
+                };
+                Refusal::unauthenticated(reason, e.to_string())
+            })?;
+        let need = need(path);
+        // Only callers who may call spend a nonce, so strangers cannot fill the map.
+        self.check(address, need, path)?;
+        {
+            let mut spent = lock(&self.inner.spent);
+            if spent.len() >= MAX_PENDING_NONCES {
+                spent.retain(|_, d| *d > now);
+            }
+            if spent.len() >= MAX_PENDING_NONCES {
+                return Err(Refusal {
+                    status: Status::resource_exhausted(
+                        "too many signed calls in the last 10 minutes; sign in for a session",
+                    ),
+                    reason: "busy",
+                });
+            }
+            if spent
+                .insert((address, signed.nonce.clone()), deadline)
+                .is_some()
+            {
+                return Err(Refusal::unauthenticated(
+                    "nonce_replayed",
+                    format!(
+                        "nonce {:?} already used by {address}; sign the request again with a fresh nonce",
+                        signed.nonce
+                    ),
+                ));
+            }
+        }
+        self.admit(address, need, path)
     }
 
     /// Checks that `address` may call a method needing `need`, now, and takes one

@@ -9,6 +9,7 @@ mod layer;
 mod services;
 mod workloads;
 pub mod siwe;
+pub mod eip712;
 
 use std::net::SocketAddr;
 
@@ -169,8 +170,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Server(e.to_string()))?;
-    let layer = layer::AuthLayer::new(ctx.auth.clone(), ctx.metrics.clone());
     let max = config.max_message_bytes;
+    let layer = layer::AuthLayer::new(ctx.auth.clone(), ctx.metrics.clone(), max);
     let router = server
         .layer(layer)
         .layer(tonic_web::GrpcWebLayer::new())
