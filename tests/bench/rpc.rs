@@ -6,6 +6,8 @@
 //!   role and stake from the live ACL, rate limit), against the same handler served
 //!   on a second listener without the auth layer, with the caller attached as the
 //!   layer would, in the same run.
+//! * `Deploy` of a one-process service on the process runtime from 4 clients (each
+//!   removed again), against spawning the same process with `tokio::process`.
 //!
 //! Ends with `key=value` lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
@@ -19,7 +21,7 @@ use hanzo_e2e::{
     Devnet, arg,
     bench::percentile,
     milli,
-    rpc::{connect, sign_in_request},
+    rpc::{bearer, connect, sign_in_request},
 };
 use hanzo_node::{
     acl::Role,
@@ -27,7 +29,8 @@ use hanzo_node::{
     rpc::{
         self, Caller,
         proto::{
-            GetHealthRequest, GetStatusRequest, auth_service_client::AuthServiceClient,
+            DeployRequest, DeploySpec, DeploymentRef, GetHealthRequest, GetStatusRequest,
+            ServiceSpec, auth_service_client::AuthServiceClient,
             node_service_client::NodeServiceClient,
         },
     },
@@ -79,6 +82,66 @@ fn rate(r: &Run) -> f64 {
     r.calls as f64 / r.secs
 }
 
+const DEPLOYS: usize = 100;
+
+/// Deploy latency through the node (each deployment removed again), and the
+/// latency of spawning the same process directly.
+async fn deploys(addr: std::net::SocketAddr, token: &str) -> (Run, Run) {
+    let ch = connect(addr).await;
+    let spec = |i: usize| DeploySpec {
+        name: format!("bench-{i}"),
+        services: vec![ServiceSpec {
+            name: "sleeper".into(),
+            command: "sleep".into(),
+            args: vec!["60".into()],
+            ..Default::default()
+        }],
+    };
+    let per_client = DEPLOYS / 4;
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let (ch, token) = (ch.clone(), token.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut api = NodeServiceClient::new(ch);
+            let mut times = Vec::new();
+            for i in c * per_client..(c + 1) * per_client {
+                let t = Instant::now();
+                api.deploy(bearer(DeployRequest { spec: Some(spec(i)) }, &token))
+                    .await
+                    .unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                api.remove(bearer(DeploymentRef { deployment: format!("bench-{i}") }, &token))
+                    .await
+                    .unwrap();
+            }
+            times
+        }));
+    }
+    let mut deploy = Vec::new();
+    for t in tasks {
+        deploy.extend(t.await.unwrap());
+    }
+    let mut spawn = Vec::new();
+    for _ in 0..DEPLOYS {
+        let t = Instant::now();
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        spawn.push(t.elapsed().as_secs_f64() * 1000.0);
+        child.kill().await.unwrap();
+    }
+    let run = |mut v: Vec<f64>| Run {
+        calls: v.len(),
+        secs: 0.0,
+        p50_ms: percentile(&mut v, 0.50),
+        p99_ms: percentile(&mut v, 0.99),
+    };
+    (run(deploy), run(spawn))
+}
+
 #[tokio::main]
 async fn main() {
     let clients = usize::try_from(arg("--clients", 32)).unwrap();
@@ -93,6 +156,7 @@ async fn main() {
     // The limit is not what is measured.
     config.rpc.base_rate = 1e9;
     config.rpc.max_rate = 1e9;
+    config.deploy.stop_grace = Duration::from_secs(1);
     let node = Node::start(config).await.unwrap();
     node.synced_to(net.confirm().await).await;
     let addr = node.rpc_addr.unwrap();
@@ -117,6 +181,7 @@ async fn main() {
         stake: milli(500),
         rate: 1e9,
     };
+    let (deploy, spawn) = deploys(addr, &session.token).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(rpc::serve_unauthenticated(
         bare,
@@ -181,7 +246,10 @@ async fn main() {
         unauthed2.p99_ms,
         a / u
     );
-    println!("deploy: not measured (workloads are not served yet)");
+    println!(
+        "Deploy of a one-process service (process runtime), {DEPLOYS} deploys from 4 clients: p50 {:.2} ms, p99 {:.2} ms; spawning the same process with tokio::process: p50 {:.2} ms, p99 {:.2} ms",
+        deploy.p50_ms, deploy.p99_ms, spawn.p50_ms, spawn.p99_ms
+    );
     println!("health_rps={:.0}", rate(&health));
     println!("health_p50_ms={:.2}", health.p50_ms);
     println!("health_p99_ms={:.2}", health.p99_ms);
@@ -189,5 +257,8 @@ async fn main() {
     println!("noauth_rps={u:.0}");
     println!("auth_throughput_ratio={:.2}", a / u);
     println!("auth_p99_ms={:.2}", authed2.p99_ms);
+    println!("deploy_p50_ms={:.2}", deploy.p50_ms);
+    println!("deploy_p99_ms={:.2}", deploy.p99_ms);
+    println!("spawn_p99_ms={:.2}", spawn.p99_ms);
     node.shutdown().await;
 }
