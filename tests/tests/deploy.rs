@@ -520,3 +520,60 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
     assert!(end.message().contains("below the minimum"), "{}", end.message());
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
+    let net = Devnet::start().await;
+    net.client(3).await.deposit_caller(milli(500)).await.unwrap();
+    let rpc = hanzo_e2e::bench::free_addr();
+    let env = [("HANZO_RPC_LISTEN", rpc.to_string())];
+    let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut p = net.spawn_operator(6, &env).await;
+    net.confirm().await;
+    let key = net.dev_key(3);
+    let signed_in = async || {
+        eventually(Duration::from_secs(30), async || {
+            let ch = Channel::from_shared(format!("http://{rpc}"))
+                .unwrap()
+                .connect()
+                .await
+                .ok()?;
+            let mut auth = hanzo_node::rpc::proto::auth_service_client::AuthServiceClient::new(ch.clone());
+            let req = hanzo_e2e::rpc::sign_in_request(auth.clone(), &key, None).await;
+            let token = auth.sign_in(req).await.ok()?.into_inner().token;
+            Some((NodeServiceClient::new(ch), token))
+        })
+        .await
+    };
+    let (mut api, token) = signed_in().await;
+    api.deploy(bearer(
+        DeployRequest {
+            spec: Some(DeploySpec {
+                name: "survivor".into(),
+                services: vec![service("sleeper", "sleep 1000")],
+            }),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    let before = running(&mut api, &token, "survivor", "sleeper", 1).await;
+    let old = before["sleeper-1"];
+
+    // SIGKILL: the node cannot stop its replica, which outlives it.
+    p.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(old), "the replica runs on after the node is killed");
+
+    // The node comes back: it kills the orphan, then starts the deployment again.
+    net.respawn(&mut p, &env);
+    let (mut api, token) = signed_in().await;
+    let after = running(&mut api, &token, "survivor", "sleeper", 1).await;
+    assert_ne!(after["sleeper-1"], old);
+    assert!(!alive(old), "the orphan of the killed node was reaped");
+    assert!(alive(after["sleeper-1"]));
+    api.stop(bearer(DeploymentRef { deployment: "survivor".into() }, &token))
+        .await
+        .unwrap();
+    assert!(!alive(after["sleeper-1"]));
+}
