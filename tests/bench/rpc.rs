@@ -106,13 +106,23 @@ async fn deploys(addr: std::net::SocketAddr, token: &str) -> (Run, Run) {
             let mut times = Vec::new();
             for i in c * per_client..(c + 1) * per_client {
                 let t = Instant::now();
-                api.deploy(bearer(DeployRequest { spec: Some(spec(i)) }, &token))
-                    .await
-                    .unwrap();
+                api.deploy(bearer(
+                    DeployRequest {
+                        spec: Some(spec(i)),
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap();
                 times.push(t.elapsed().as_secs_f64() * 1000.0);
-                api.remove(bearer(DeploymentRef { deployment: format!("bench-{i}") }, &token))
-                    .await
-                    .unwrap();
+                api.remove(bearer(
+                    DeploymentRef {
+                        deployment: format!("bench-{i}"),
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap();
             }
             times
         }));

@@ -16,9 +16,9 @@ use hanzo_node::{
     node::Node,
     rpc::proto::{
         ContainerRef, ContainerState, DeployRequest, DeploySpec, DeploymentRef, EventKind,
-        ExecInput, ExecStart, GetEventsRequest, GetLogsRequest, HealthCheck,
-        ListContainersRequest, ListContainersResponse, RestartPolicy, ScaleRequest, ServiceSpec,
-        exec_input::Input, exec_output::Output, node_service_client::NodeServiceClient,
+        ExecInput, ExecStart, GetEventsRequest, GetLogsRequest, HealthCheck, ListContainersRequest,
+        ListContainersResponse, RestartPolicy, ScaleRequest, ServiceSpec, exec_input::Input,
+        exec_output::Output, node_service_client::NodeServiceClient,
     },
 };
 use tokio_stream::StreamExt;
@@ -57,7 +57,11 @@ async fn running(
 ) -> HashMap<String, u32> {
     eventually(Duration::from_secs(20), async || {
         let l = list(api, token, deployment).await;
-        let mine: Vec<_> = l.containers.iter().filter(|c| c.service == service).collect();
+        let mine: Vec<_> = l
+            .containers
+            .iter()
+            .filter(|c| c.service == service)
+            .collect();
         let all_up = mine.len() == n
             && mine
                 .iter()
@@ -68,8 +72,13 @@ async fn running(
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 /// Reads the stream until `want` returns true on an item, at most 30 s.
@@ -91,11 +100,21 @@ async fn until<T: std::fmt::Debug>(
         false
     })
     .await;
-    assert!(found == Ok(true), "{what}: not seen within 30 s; saw {seen:#?}");
+    assert!(
+        found == Ok(true),
+        "{what}: not seen within 30 s; saw {seen:#?}"
+    );
     seen
 }
 
-async fn exec(api: &mut Api, token: &str, deployment: &str, container: &str, command: &[&str], stdin: &[u8]) -> Result<(String, String, i32), Status> {
+async fn exec(
+    api: &mut Api,
+    token: &str,
+    deployment: &str,
+    container: &str,
+    command: &[&str],
+    stdin: &[u8],
+) -> Result<(String, String, i32), Status> {
     let start = ExecInput {
         input: Some(Input::Start(ExecStart {
             deployment: deployment.into(),
@@ -137,7 +156,11 @@ async fn exec(api: &mut Api, token: &str, deployment: &str, container: &str, com
 async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives_a_restart() {
     let net = Devnet::start().await;
     for i in [3, 5] {
-        net.client(i).await.deposit_caller(milli(500)).await.unwrap();
+        net.client(i)
+            .await
+            .deposit_caller(milli(500))
+            .await
+            .unwrap();
     }
     let mut config = net.config();
     config.deploy.keep_alive = Duration::from_secs(1);
@@ -155,7 +178,9 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
         r#"i=0; while true; do echo "tick $i $GREETING $TOKEN"; i=$((i+1)); sleep 0.2; done"#,
     );
     ticker.env.insert("GREETING".into(), "hello".into());
-    ticker.secret_env.insert("TOKEN".into(), "s3cret-value".into());
+    ticker
+        .secret_env
+        .insert("TOKEN".into(), "s3cret-value".into());
     let crasher = ServiceSpec {
         restart: RestartPolicy::OnFailure.into(),
         ..service("crasher", "echo starting; exit 3")
@@ -189,7 +214,11 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
     assert_eq!(deployed.name, "demo");
     assert_eq!(deployed.owner, owner.address().to_checksum(None));
     let id = deployed.deployment.clone();
-    let mut names: Vec<_> = deployed.containers.iter().map(|c| c.container.as_str()).collect();
+    let mut names: Vec<_> = deployed
+        .containers
+        .iter()
+        .map(|c| c.container.as_str())
+        .collect();
     names.sort_unstable();
     assert_eq!(names, ["crasher-1", "ticker-1"]);
 
@@ -217,18 +246,30 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
     // The crasher exits 3 and is restarted (0.5 s, then 1 s, 2 s… apart); the idle
     // gaps between its lines carry keep-alives.
     let mut events = api
-        .get_events(bearer(GetEventsRequest { deployment: id.clone() }, &token))
+        .get_events(bearer(
+            GetEventsRequest {
+                deployment: id.clone(),
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
     let seen = until("crasher restarted twice", &mut events, |e| {
-        e.container == "crasher-1" && e.kind() == EventKind::Restarted && e.detail.starts_with("restart 2")
+        e.container == "crasher-1"
+            && e.kind() == EventKind::Restarted
+            && e.detail.starts_with("restart 2")
     })
     .await;
-    assert!(seen.iter().any(|e| e.container == "crasher-1"
-        && e.kind() == EventKind::Exited
-        && e.exit_code == 3));
-    assert!(seen.iter().any(|e| e.container == "ticker-1" && e.kind() == EventKind::Started));
+    assert!(
+        seen.iter().any(|e| e.container == "crasher-1"
+            && e.kind() == EventKind::Exited
+            && e.exit_code == 3)
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e.container == "ticker-1" && e.kind() == EventKind::Started)
+    );
     let mut crash_logs = api
         .get_logs(bearer(
             GetLogsRequest {
@@ -265,7 +306,11 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
         &token,
         "demo",
         "ticker-1",
-        &["sh", "-c", "read x; echo \"got $x as $HANZO_CONTAINER with $GREETING\"; echo oops >&2; exit 7"],
+        &[
+            "sh",
+            "-c",
+            "read x; echo \"got $x as $HANZO_CONTAINER with $GREETING\"; echo oops >&2; exit 7",
+        ],
         b"abc\n",
     )
     .await
@@ -288,23 +333,39 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
         .unwrap()
         .into_inner();
     assert_eq!(
-        scaled.containers.iter().filter(|c| c.service == "ticker").count(),
+        scaled
+            .containers
+            .iter()
+            .filter(|c| c.service == "ticker")
+            .count(),
         3
     );
     let pids = running(&mut api, &token, "demo", "ticker", 3).await;
     assert!(pids.values().all(|p| alive(*p)));
-    let seen = until("scaled event", &mut events, |e| e.kind() == EventKind::Scaled).await;
+    let seen = until("scaled event", &mut events, |e| {
+        e.kind() == EventKind::Scaled
+    })
+    .await;
     assert_eq!(seen.last().unwrap().detail, "ticker: 1 → 3 replicas");
 
     // Another caller sees nothing and can touch nothing, by name or by id.
     assert!(list(&mut api, &other_token, "").await.containers.is_empty());
     for target in ["demo", id.as_str()] {
         let e = api
-            .stop(bearer(DeploymentRef { deployment: target.into() }, &other_token))
+            .stop(bearer(
+                DeploymentRef {
+                    deployment: target.into(),
+                },
+                &other_token,
+            ))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
-        assert!(e.message().contains(&other.address().to_string()), "{}", e.message());
+        assert!(
+            e.message().contains(&other.address().to_string()),
+            "{}",
+            e.message()
+        );
         let e = api
             .get_logs(bearer(
                 GetLogsRequest {
@@ -359,29 +420,47 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
         .await
         .unwrap()
         .into_inner();
-    let seen = until("ticker-3 after restart", &mut logs, |l| l.line.starts_with(b"tick 1 ")).await;
+    let seen = until("ticker-3 after restart", &mut logs, |l| {
+        l.line.starts_with(b"tick 1 ")
+    })
+    .await;
     assert_eq!(seen.last().unwrap().line, b"tick 1 hello s3cret-value");
 
     // Stop: every replica ends and shows stopped, and stays so across a restart.
     let stopped = api
-        .stop(bearer(DeploymentRef { deployment: "demo".into() }, &token))
+        .stop(bearer(
+            DeploymentRef {
+                deployment: "demo".into(),
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert!(stopped
-        .containers
-        .iter()
-        .all(|c| c.state() == ContainerState::Stopped && c.pid == 0));
-    assert!(after.values().all(|p| !alive(*p)), "a replica survived Stop");
+    assert!(
+        stopped
+            .containers
+            .iter()
+            .all(|c| c.state() == ContainerState::Stopped && c.pid == 0)
+    );
+    assert!(
+        after.values().all(|p| !alive(*p)),
+        "a replica survived Stop"
+    );
     let e = exec(&mut api, &token, "demo", "ticker-1", &["true"], b"")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
 
     // Remove: gone from the list, the store and the disk.
-    api.remove(bearer(DeploymentRef { deployment: id.clone() }, &token))
-        .await
-        .unwrap();
+    api.remove(bearer(
+        DeploymentRef {
+            deployment: id.clone(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
     assert!(list(&mut api, &token, "").await.containers.is_empty());
     assert!(!config.deploy_path().join(&id).exists());
     let e = api
@@ -407,7 +486,11 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_streams() {
     let net = Devnet::start().await;
-    net.client(3).await.deposit_caller(milli(500)).await.unwrap();
+    net.client(3)
+        .await
+        .deposit_caller(milli(500))
+        .await
+        .unwrap();
     let mut config = net.config();
     config.deploy.max_replicas_per_caller = 4;
     config.deploy.stop_grace = Duration::from_secs(1);
@@ -418,12 +501,18 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
     let key = net.dev_key(3);
     let token = session(&ch, &key).await;
     let deploy = async |api: &mut Api, spec: DeploySpec| {
-        api.deploy(bearer(DeployRequest { spec: Some(spec) }, &token)).await
+        api.deploy(bearer(DeployRequest { spec: Some(spec) }, &token))
+            .await
     };
 
     // Bad specs: each refused with what to change.
     let bad = [
-        (service("Web", "true"), "Bad", Code::InvalidArgument, "must be 1 to 63 of a-z"),
+        (
+            service("Web", "true"),
+            "Bad",
+            Code::InvalidArgument,
+            "must be 1 to 63 of a-z",
+        ),
         (
             ServiceSpec {
                 command: "no-such-program-here".into(),
@@ -487,16 +576,28 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
     .await
     .unwrap();
     let mut events = api
-        .get_events(bearer(GetEventsRequest { deployment: "health".into() }, &token))
+        .get_events(bearer(
+            GetEventsRequest {
+                deployment: "health".into(),
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
-    let seen = until("restarted for health", &mut events, |e| e.kind() == EventKind::Restarted).await;
+    let seen = until("restarted for health", &mut events, |e| {
+        e.kind() == EventKind::Restarted
+    })
+    .await;
     let unhealthy = seen
         .iter()
         .find(|e| e.kind() == EventKind::Unhealthy)
         .expect("unhealthy before the restart");
-    assert!(unhealthy.detail.contains("failed 2 times"), "{}", unhealthy.detail);
+    assert!(
+        unhealthy.detail.contains("failed 2 times"),
+        "{}",
+        unhealthy.detail
+    );
 
     // A stream open when the caller unstakes is closed with the reason.
     net.client(3)
@@ -517,14 +618,22 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
     .await
     .expect("the stream was closed");
     assert_eq!(end.code(), Code::PermissionDenied);
-    assert!(end.message().contains("below the minimum"), "{}", end.message());
+    assert!(
+        end.message().contains("below the minimum"),
+        "{}",
+        end.message()
+    );
     node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
     let net = Devnet::start().await;
-    net.client(3).await.deposit_caller(milli(500)).await.unwrap();
+    net.client(3)
+        .await
+        .deposit_caller(milli(500))
+        .await
+        .unwrap();
     let rpc = hanzo_e2e::bench::free_addr();
     let env = [("HANZO_RPC_LISTEN", rpc.to_string())];
     let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -538,7 +647,8 @@ async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
                 .connect()
                 .await
                 .ok()?;
-            let mut auth = hanzo_node::rpc::proto::auth_service_client::AuthServiceClient::new(ch.clone());
+            let mut auth =
+                hanzo_node::rpc::proto::auth_service_client::AuthServiceClient::new(ch.clone());
             let req = hanzo_e2e::rpc::sign_in_request(auth.clone(), &key, None).await;
             let token = auth.sign_in(req).await.ok()?.into_inner().token;
             Some((NodeServiceClient::new(ch), token))
@@ -572,8 +682,13 @@ async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
     assert_ne!(after["sleeper-1"], old);
     assert!(!alive(old), "the orphan of the killed node was reaped");
     assert!(alive(after["sleeper-1"]));
-    api.stop(bearer(DeploymentRef { deployment: "survivor".into() }, &token))
-        .await
-        .unwrap();
+    api.stop(bearer(
+        DeploymentRef {
+            deployment: "survivor".into(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
     assert!(!alive(after["sleeper-1"]));
 }

@@ -17,9 +17,9 @@ use hanzo_node::{
     rpc::{
         eip712,
         proto::{
-            GetHealthRequest, GetRefsRequest, GetStatusRequest, Role, ServingStatus,
-            SignInRequest, auth_service_client::AuthServiceClient,
-            node_service_client::NodeServiceClient, repo_service_client::RepoServiceClient,
+            GetHealthRequest, GetRefsRequest, GetStatusRequest, Role, ServingStatus, SignInRequest,
+            auth_service_client::AuthServiceClient, node_service_client::NodeServiceClient,
+            repo_service_client::RepoServiceClient,
         },
     },
     unix_now,
@@ -238,7 +238,15 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
 
     // Served without a session, as the signer.
     let status = api
-        .get_status(signed(GetStatusRequest {}, &key, &id, STATUS, &[], "n-1", deadline))
+        .get_status(signed(
+            GetStatusRequest {},
+            &key,
+            &id,
+            STATUS,
+            &[],
+            "n-1",
+            deadline,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -247,7 +255,15 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
 
     // The same nonce again.
     let e = api
-        .get_status(signed(GetStatusRequest {}, &key, &id, STATUS, &[], "n-1", deadline))
+        .get_status(signed(
+            GetStatusRequest {},
+            &key,
+            &id,
+            STATUS,
+            &[],
+            "n-1",
+            deadline,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -255,13 +271,21 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
 
     // Signed for one message, sent with another: the signature is someone else's,
     // with no stake.
-    let asked = GetRefsRequest { repo: "demo".into() };
+    let asked = GetRefsRequest {
+        repo: "demo".into(),
+    };
     let body = asked.encode_to_vec();
     let mut tampered = signed(asked.clone(), &key, &id, REFS, &body, "n-2", deadline);
-    *tampered.get_mut() = GetRefsRequest { repo: "other".into() };
+    *tampered.get_mut() = GetRefsRequest {
+        repo: "other".into(),
+    };
     let e = repos.get_refs(tampered).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert!(!e.message().contains(&key.address().to_string()), "{}", e.message());
+    assert!(
+        !e.message().contains(&key.address().to_string()),
+        "{}",
+        e.message()
+    );
     // As signed: served (there is no such repo).
     let e = repos
         .get_refs(signed(asked, &key, &id, REFS, &body, "n-2", deadline))
@@ -271,18 +295,42 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
 
     // Signed for another method, another node, or with a passed deadline.
     let e = api
-        .get_status(signed(GetStatusRequest {}, &key, &id, REFS, &[], "n-3", deadline))
+        .get_status(signed(
+            GetStatusRequest {},
+            &key,
+            &id,
+            REFS,
+            &[],
+            "n-3",
+            deadline,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let other = hanzo_node::keys::NodeKey::generate().public();
     let e = api
-        .get_status(signed(GetStatusRequest {}, &key, &other, STATUS, &[], "n-4", deadline))
+        .get_status(signed(
+            GetStatusRequest {},
+            &key,
+            &other,
+            STATUS,
+            &[],
+            "n-4",
+            deadline,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = api
-        .get_status(signed(GetStatusRequest {}, &key, &id, STATUS, &[], "n-5", unix_now() - 1))
+        .get_status(signed(
+            GetStatusRequest {},
+            &key,
+            &id,
+            STATUS,
+            &[],
+            "n-5",
+            unix_now() - 1,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);

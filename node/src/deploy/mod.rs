@@ -399,7 +399,12 @@ impl Deployer {
             id: dep.id.clone(),
             name: st.spec.name.clone(),
             owner: dep.owner,
-            containers: st.replicas.values().flatten().map(Replica::status).collect(),
+            containers: st
+                .replicas
+                .values()
+                .flatten()
+                .map(Replica::status)
+                .collect(),
         }
     }
 
@@ -445,7 +450,12 @@ impl Deployer {
         let (spec, before, stopped) = {
             let st = lock(&dep.state);
             let Some(s) = st.spec.service(service) else {
-                return Err(no_such(&dep.id, "service", service, st.spec.services.iter().map(|s| s.name.clone())));
+                return Err(no_such(
+                    &dep.id,
+                    "service",
+                    service,
+                    st.spec.services.iter().map(|s| s.name.clone()),
+                ));
             };
             (s.clone(), s.replicas, st.stopped)
         };
@@ -462,7 +472,8 @@ impl Deployer {
         self.persist(&dep)?;
         if !stopped {
             if replicas < before {
-                self.stop_replicas(&dep, Some((service, replicas as usize))).await;
+                self.stop_replicas(&dep, Some((service, replicas as usize)))
+                    .await;
                 let mut st = lock(&dep.state);
                 if let Some(rs) = st.replicas.get_mut(service) {
                     rs.truncate(replicas as usize);
@@ -501,7 +512,12 @@ impl Deployer {
     }
 
     /// One replica.
-    pub fn inspect(&self, who: &Principal, deployment: &str, container: &str) -> Result<Status, Error> {
+    pub fn inspect(
+        &self,
+        who: &Principal,
+        deployment: &str,
+        container: &str,
+    ) -> Result<Status, Error> {
         let dep = self.find(who, deployment)?;
         let st = lock(&dep.state);
         st.replicas
@@ -522,7 +538,12 @@ impl Deployer {
         let dep = self.find(who, deployment)?;
         if let Some(c) = container {
             let st = lock(&dep.state);
-            if !st.replicas.values().flatten().any(|r| &*r.target.container == c) {
+            if !st
+                .replicas
+                .values()
+                .flatten()
+                .any(|r| &*r.target.container == c)
+            {
                 return Err(no_such(&dep.id, "container", c, containers(&st)));
             }
         }
@@ -572,7 +593,10 @@ impl Deployer {
 }
 
 fn containers(st: &DepState) -> impl Iterator<Item = String> + '_ {
-    st.replicas.values().flatten().map(|r| r.target.container.to_string())
+    st.replicas
+        .values()
+        .flatten()
+        .map(|r| r.target.container.to_string())
 }
 
 fn no_such(

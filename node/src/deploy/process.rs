@@ -140,11 +140,7 @@ impl Runtime for Process {
         Ok(())
     }
 
-    async fn start(
-        &self,
-        t: &Target,
-        journal: Arc<Journal>,
-    ) -> Result<Box<dyn Instance>, Error> {
+    async fn start(&self, t: &Target, journal: Arc<Journal>) -> Result<Box<dyn Instance>, Error> {
         self.prepare(t).await?;
         let mut child = self
             .command(t, &t.service.command, &t.service.args)
@@ -163,10 +159,10 @@ impl Runtime for Process {
             }
         }
         let pidfile = self.pidfile(t);
-        if let Some(start) = pid.and_then(start_time) {
-            if let Err(err) = std::fs::write(&pidfile, format!("{} {start}", pid.unwrap_or(0))) {
-                warn!(target: super::TARGET, %err, path = %pidfile.display(), "cannot record the pid");
-            }
+        if let Some((pid, start)) = pid.and_then(|p| Some((p, start_time(p)?)))
+            && let Err(err) = std::fs::write(&pidfile, format!("{pid} {start}"))
+        {
+            warn!(target: super::TARGET, %err, path = %pidfile.display(), "cannot record the pid");
         }
         Ok(Box::new(Child {
             child,
@@ -194,7 +190,10 @@ impl Runtime for Process {
         let (tx, rx) = mpsc::channel(64);
         let mut readers = Vec::new();
         for (out, kind) in [
-            (child.stdout.take().map(boxed), Chunk::Stdout as fn(Vec<u8>) -> Chunk),
+            (
+                child.stdout.take().map(boxed),
+                Chunk::Stdout as fn(Vec<u8>) -> Chunk,
+            ),
             (child.stderr.take().map(boxed), Chunk::Stderr),
         ] {
             if let Some(out) = out {

@@ -1,10 +1,7 @@
 //! Secret environment at rest: sealed with ChaCha20-Poly1305 under a key derived from
 //! the node key, so the database alone does not reveal them.
 
-use chacha20poly1305::{
-    ChaCha20Poly1305, Key, KeyInit, Nonce,
-    aead::Aead,
-};
+use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, aead::Aead};
 use sha2::{Digest, Sha256};
 
 use crate::keys::NodeKey;
@@ -26,7 +23,9 @@ impl Sealer {
         let mut h = Sha256::new();
         h.update(b"hanzo-node deploy secrets v1\0");
         h.update(key.seed().as_slice());
-        Self(ChaCha20Poly1305::new(&Key::from(<[u8; 32]>::from(h.finalize()))))
+        Self(ChaCha20Poly1305::new(&Key::from(<[u8; 32]>::from(
+            h.finalize(),
+        ))))
     }
 
     /// A fresh nonce followed by the ciphertext of `plain`.
@@ -61,7 +60,11 @@ mod tests {
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(a.open(&sealed).unwrap(), b"API_KEY=hunter2");
         assert_ne!(a.seal(b"x"), a.seal(b"x"), "a fresh nonce each time");
-        assert!(Sealer::new(&NodeKey::from_seed(&[2; 32])).open(&sealed).is_none());
+        assert!(
+            Sealer::new(&NodeKey::from_seed(&[2; 32]))
+                .open(&sealed)
+                .is_none()
+        );
         let mut bent = sealed.clone();
         *bent.last_mut().unwrap() ^= 1;
         assert!(a.open(&bent).is_none());

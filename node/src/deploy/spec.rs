@@ -168,8 +168,7 @@ impl ServiceSpec {
                 text(&what("health check command"), a, MAX_ARG_BYTES)?;
             }
             let max = Duration::from_secs(MAX_HEALTH_INTERVAL.into());
-            if h.interval.is_zero() || h.interval > max || h.timeout.is_zero() || h.timeout > max
-            {
+            if h.interval.is_zero() || h.interval > max || h.timeout.is_zero() || h.timeout > max {
                 return Err(invalid(format!(
                     "{}: interval and timeout are 1 s to {MAX_HEALTH_INTERVAL} s",
                     what("health check")
@@ -195,7 +194,8 @@ fn invalid(msg: String) -> Error {
 fn name(what: &str, s: &str) -> Result<(), Error> {
     let ok = !s.is_empty()
         && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-');
     if ok {
         Ok(())
@@ -226,7 +226,10 @@ fn env_name(what: &str, s: &str) -> Result<(), Error> {
 
 fn text(what: &str, s: &str, max: usize) -> Result<(), Error> {
     if s.len() > max {
-        return Err(invalid(format!("{what} is {} bytes, at most {max}", s.len())));
+        return Err(invalid(format!(
+            "{what} is {} bytes, at most {max}",
+            s.len()
+        )));
     }
     if s.contains('\0') {
         return Err(invalid(format!("{what} contains a NUL byte")));

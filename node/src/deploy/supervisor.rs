@@ -147,7 +147,8 @@ impl Supervisor {
     }
 
     fn event(&self, kind: EventKind, code: i32, detail: String) {
-        self.journal.event(&self.target.container, kind, code, detail);
+        self.journal
+            .event(&self.target.container, kind, code, detail);
     }
 
     fn stopped(&self, code: i32) {
@@ -166,56 +167,60 @@ impl Supervisor {
         loop {
             self.set(|s| s.state = State::Starting);
             let began = Instant::now();
-            let (code, failed) =
-                match self.runtime.start(&self.target, self.journal.clone()).await {
-                    Err(err) => {
-                        self.event(EventKind::Exited, -1, format!("cannot start: {err}"));
-                        self.set(|s| {
-                            s.state = State::Exited;
-                            s.exit_code = -1;
-                        });
-                        (-1, true)
+            let (code, failed) = match self.runtime.start(&self.target, self.journal.clone()).await
+            {
+                Err(err) => {
+                    self.event(EventKind::Exited, -1, format!("cannot start: {err}"));
+                    self.set(|s| {
+                        s.state = State::Exited;
+                        s.exit_code = -1;
+                    });
+                    (-1, true)
+                }
+                Ok(mut instance) => {
+                    let pid = instance.pid();
+                    let detail = pid.map_or_else(String::new, |p| format!("pid {p}"));
+                    if starts == 0 {
+                        self.event(EventKind::Started, 0, detail);
+                    } else {
+                        self.event(
+                            EventKind::Restarted,
+                            0,
+                            format!("restart {starts}, {detail}"),
+                        );
                     }
-                    Ok(mut instance) => {
-                        let pid = instance.pid();
-                        let detail = pid.map_or_else(String::new, |p| format!("pid {p}"));
-                        if starts == 0 {
-                            self.event(EventKind::Started, 0, detail);
-                        } else {
-                            self.event(EventKind::Restarted, 0, format!("restart {starts}, {detail}"));
+                    self.set(|s| {
+                        s.state = State::Running;
+                        s.pid = pid;
+                        s.healthy = true;
+                        s.started_at = unix_now();
+                        s.restarts = starts;
+                    });
+                    if let Some(first) = self.first.take() {
+                        let _ = first.send(());
+                    }
+                    let outcome = tokio::select! {
+                        code = instance.wait() => Outcome::Exited(code),
+                        () = self.unhealthy() => Outcome::Unhealthy,
+                        () = self.stop.cancelled() => Outcome::Stop,
+                    };
+                    match outcome {
+                        Outcome::Stop => {
+                            let code = instance.stop(self.grace).await;
+                            return self.stopped(code);
                         }
-                        self.set(|s| {
-                            s.state = State::Running;
-                            s.pid = pid;
-                            s.healthy = true;
-                            s.started_at = unix_now();
-                            s.restarts = starts;
-                        });
-                        if let Some(first) = self.first.take() {
-                            let _ = first.send(());
+                        Outcome::Exited(code) => {
+                            self.event(EventKind::Exited, code, format!("exit code {code}"));
+                            (code, code != 0)
                         }
-                        let outcome = tokio::select! {
-                            code = instance.wait() => Outcome::Exited(code),
-                            () = self.unhealthy() => Outcome::Unhealthy,
-                            () = self.stop.cancelled() => Outcome::Stop,
-                        };
-                        match outcome {
-                            Outcome::Stop => {
-                                let code = instance.stop(self.grace).await;
-                                return self.stopped(code);
-                            }
-                            Outcome::Exited(code) => {
-                                self.event(EventKind::Exited, code, format!("exit code {code}"));
-                                (code, code != 0)
-                            }
-                            Outcome::Unhealthy => {
-                                let code = instance.stop(self.grace).await;
-                                self.event(EventKind::Exited, code, "stopped: unhealthy".into());
-                                (code, true)
-                            }
+                        Outcome::Unhealthy => {
+                            let code = instance.stop(self.grace).await;
+                            self.event(EventKind::Exited, code, "stopped: unhealthy".into());
+                            (code, true)
                         }
                     }
-                };
+                }
+            };
             starts += 1;
             if let Some(first) = self.first.take() {
                 let _ = first.send(());

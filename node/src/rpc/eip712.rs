@@ -46,7 +46,9 @@ pub enum Error {
     DeadlineFormat(String),
     #[error("the signed request's deadline {deadline} has passed (now {now}); sign it again")]
     Expired { deadline: u64, now: u64 },
-    #[error("the deadline {deadline} is more than {MAX_AHEAD} s ahead (now {now}); sign with a nearer one")]
+    #[error(
+        "the deadline {deadline} is more than {MAX_AHEAD} s ahead (now {now}); sign with a nearer one"
+    )]
     TooFar { deadline: u64, now: u64 },
     #[error("{SIGNATURE} is not a 65-byte 0x-hex signature: {0}")]
     Signature(String),
@@ -158,28 +160,79 @@ mod tests {
         let key = PrivateKeySigner::random();
         let node = NodeId([7; 32]);
         let now = 1_000_000;
-        let req = request("/hanzo.node.v1.NodeService/GetStatus", b"body", &node, 31337, "n-1", now + 60);
+        let req = request(
+            "/hanzo.node.v1.NodeService/GetStatus",
+            b"body",
+            &node,
+            31337,
+            "n-1",
+            now + 60,
+        );
         let [(_, signature), (_, nonce), (_, deadline)] = sign(&key, &req, 31337).unwrap();
-        let signed = Signed { signature, nonce, deadline };
-        let ok = signed.signer("/hanzo.node.v1.NodeService/GetStatus", b"body", &node, 31337, now);
+        let signed = Signed {
+            signature,
+            nonce,
+            deadline,
+        };
+        let ok = signed.signer(
+            "/hanzo.node.v1.NodeService/GetStatus",
+            b"body",
+            &node,
+            31337,
+            now,
+        );
         assert_eq!(ok.unwrap().0, key.address());
         // Another body, method, node or chain recovers someone else.
         for (m, b, n, c) in [
-            ("/hanzo.node.v1.NodeService/GetStatus", &b"other"[..], node, 31337),
+            (
+                "/hanzo.node.v1.NodeService/GetStatus",
+                &b"other"[..],
+                node,
+                31337,
+            ),
             ("/hanzo.node.v1.NodeService/Deploy", b"body", node, 31337),
-            ("/hanzo.node.v1.NodeService/GetStatus", b"body", NodeId([8; 32]), 31337),
+            (
+                "/hanzo.node.v1.NodeService/GetStatus",
+                b"body",
+                NodeId([8; 32]),
+                31337,
+            ),
             ("/hanzo.node.v1.NodeService/GetStatus", b"body", node, 1),
         ] {
             let who = signed.signer(m, b, &n, c, now).map(|(a, _)| a);
             assert!(who.is_err() || who.unwrap() != key.address());
         }
-        let late = signed.signer("/hanzo.node.v1.NodeService/GetStatus", b"body", &node, 31337, now + 60);
+        let late = signed.signer(
+            "/hanzo.node.v1.NodeService/GetStatus",
+            b"body",
+            &node,
+            31337,
+            now + 60,
+        );
         assert!(matches!(late, Err(Error::Expired { .. })));
-        let early = signed.signer("/hanzo.node.v1.NodeService/GetStatus", b"body", &node, 31337, now - 600);
+        let early = signed.signer(
+            "/hanzo.node.v1.NodeService/GetStatus",
+            b"body",
+            &node,
+            31337,
+            now - 600,
+        );
         assert!(matches!(early, Err(Error::TooFar { .. })));
-        let bad = Signed { signature: "0x12".into(), ..signed.clone() };
-        assert!(matches!(bad.signer("m", b"", &node, 1, now), Err(Error::Signature(_))));
-        let bad = Signed { nonce: "a b".into(), ..signed };
-        assert!(matches!(bad.signer("m", b"", &node, 1, now), Err(Error::Nonce)));
+        let bad = Signed {
+            signature: "0x12".into(),
+            ..signed.clone()
+        };
+        assert!(matches!(
+            bad.signer("m", b"", &node, 1, now),
+            Err(Error::Signature(_))
+        ));
+        let bad = Signed {
+            nonce: "a b".into(),
+            ..signed
+        };
+        assert!(matches!(
+            bad.signer("m", b"", &node, 1, now),
+            Err(Error::Nonce)
+        ));
     }
 }

@@ -89,28 +89,28 @@ where
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let layer = self.layer.clone();
-        if authorization.is_none() {
-            if let Some(signed) = signed(req.headers()) {
-                // The signature covers the message: read it first.
-                return Box::pin(async move {
-                    let (parts, body) = req.into_parts();
-                    let checked = match single_message(body, layer.max_message).await {
-                        Ok(bytes) => layer
-                            .auth
-                            .authorize_signed(parts.uri.path(), &signed, &bytes[5..], unix_now())
-                            .map(|caller| (caller, bytes)),
-                        Err(refusal) => Err(refusal),
-                    };
-                    match checked {
-                        Ok((caller, bytes)) => {
-                            let mut req = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
-                            req.extensions_mut().insert(caller);
-                            layer.served(inner.call(req), method, started).await
-                        }
-                        Err(refusal) => Ok(layer.refused(refusal, &method, started)),
+        if authorization.is_none()
+            && let Some(signed) = signed(req.headers())
+        {
+            // The signature covers the message: read it first.
+            return Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let checked = match single_message(body, layer.max_message).await {
+                    Ok(bytes) => layer
+                        .auth
+                        .authorize_signed(parts.uri.path(), &signed, &bytes[5..], unix_now())
+                        .map(|caller| (caller, bytes)),
+                    Err(refusal) => Err(refusal),
+                };
+                match checked {
+                    Ok((caller, bytes)) => {
+                        let mut req = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
+                        req.extensions_mut().insert(caller);
+                        layer.served(inner.call(req), method, started).await
                     }
-                });
-            }
+                    Err(refusal) => Ok(layer.refused(refusal, &method, started)),
+                }
+            });
         }
         match self.layer.auth.authorize(path, authorization, unix_now()) {
             Ok(caller) => {
@@ -196,7 +196,7 @@ async fn single_message(body: Body, max: usize) -> Result<Bytes, super::auth::Re
         .await
         .map_err(|e| malformed(&e.to_string()))?
         .to_bytes();
-    let Some((&[flag, a, b, c, d], _)) = bytes.split_first_chunk::<5>().map(|(h, r)| (h, r)) else {
+    let Some((&[flag, a, b, c, d], _)) = bytes.split_first_chunk::<5>() else {
         return Err(malformed("no message"));
     };
     let len = u32::from_be_bytes([a, b, c, d]) as usize;

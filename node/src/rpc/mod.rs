@@ -5,11 +5,11 @@
 //! caller's rate limit and counts the call.
 
 pub mod auth;
+pub mod eip712;
 mod layer;
 mod services;
-mod workloads;
 pub mod siwe;
-pub mod eip712;
+mod workloads;
 
 use std::net::SocketAddr;
 

@@ -229,7 +229,12 @@ impl proto::node_service_server::NodeService for Context {
         let r = req.get_ref();
         let done = self
             .deployer()?
-            .scale(&workloads::principal(&c), &r.deployment, &r.service, r.replicas)
+            .scale(
+                &workloads::principal(&c),
+                &r.deployment,
+                &r.service,
+                r.replicas,
+            )
             .await?;
         Ok(Response::new(workloads::summary(done)))
     }
@@ -240,9 +245,10 @@ impl proto::node_service_server::NodeService for Context {
     ) -> Result<Response<proto::ListContainersResponse>, Status> {
         let c = caller(&req)?;
         let d = &req.get_ref().deployment;
-        let all = self
-            .deployer()?
-            .list(&workloads::principal(&c), (!d.is_empty()).then_some(d.as_str()))?;
+        let all = self.deployer()?.list(
+            &workloads::principal(&c),
+            (!d.is_empty()).then_some(d.as_str()),
+        )?;
         Ok(Response::new(proto::ListContainersResponse {
             containers: all
                 .into_iter()

@@ -232,7 +232,8 @@ impl Context {
                         Err(RecvError::Closed) => return,
                     },
                 };
-                idle.as_mut().reset(tokio::time::Instant::now() + keep_alive);
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + keep_alive);
                 let end = item.is_err();
                 if tx.send(item).await.is_err() || end {
                     return;
@@ -314,10 +315,10 @@ impl Context {
                     input = inbound.message(), if inbound_open => {
                         match input {
                             Ok(Some(proto::ExecInput { input: Some(Input::Stdin(bytes)) })) => {
-                                if let Some(w) = stdin.as_mut() {
-                                    if w.write_all(&bytes).await.and(w.flush().await).is_err() {
-                                        stdin = None;
-                                    }
+                                if let Some(w) = stdin.as_mut()
+                                    && (w.write_all(&bytes).await.is_err() || w.flush().await.is_err())
+                                {
+                                    stdin = None;
                                 }
                             }
                             Ok(Some(proto::ExecInput { input: Some(Input::StdinEof(true)) })) => stdin = None,
