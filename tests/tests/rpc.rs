@@ -91,6 +91,25 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
         );
     }
 
+    // A browser's gRPC-Web call (HTTP/1.1, framed body, trailers in the body).
+    let web = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(node.rpc_addr.unwrap()).await.unwrap();
+        let head = format!(
+            "POST /hanzo.node.v1.NodeService/GetHealth HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+            node.rpc_addr.unwrap()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[0, 0, 0, 0, 0]).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(web.starts_with("HTTP/1.1 200"), "{web}");
+    assert!(web.contains("application/grpc-web+proto"), "{web}");
+    assert!(web.contains("grpc-status:0"), "{web}");
+    assert!(web.contains(&health.node_key), "{web}");
+
     // No token: told how to sign in.
     let e = api.get_status(GetStatusRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
