@@ -94,7 +94,9 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
     // A browser's gRPC-Web call (HTTP/1.1, framed body, trailers in the body).
     let web = {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(node.rpc_addr.unwrap()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(node.rpc_addr.unwrap())
+            .await
+            .unwrap();
         let head = format!(
             "POST /hanzo.node.v1.NodeService/GetHealth HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
             node.rpc_addr.unwrap()
@@ -484,11 +486,16 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tls_serves_clients_that_trust_the_certificate() {
-    let net = Devnet::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+/// A self-signed leaf certificate and its key, from openssl, for `localhost`.
+fn self_signed(
+    dir: &std::path::Path,
+    name: &str,
+    usage: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     let out = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1"])
         .args([
@@ -499,6 +506,7 @@ async fn tls_serves_clients_that_trust_the_certificate() {
         ])
         // A leaf certificate trusted directly (webpki refuses a CA as end entity).
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", &format!("extendedKeyUsage={usage}")])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -510,32 +518,44 @@ async fn tls_serves_clients_that_trust_the_certificate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_serves_clients_that_trust_the_certificate_and_mtls_only_known_clients() {
+    let net = Devnet::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "server", "serverAuth");
     let mut config = net.config();
     config.rpc.tls_cert = Some(cert.clone());
     config.rpc.tls_key = Some(key);
-    let node = Node::start(config).await.unwrap();
+    let node = Node::start(config.clone()).await.unwrap();
     let port = node.rpc_addr.unwrap().port();
+    let trusting = || {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(&cert).unwrap(),
+            ))
+            .domain_name("localhost")
+    };
+    let health = async |port: u16, tls: tonic::transport::ClientTlsConfig| {
+        let ch = Channel::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        NodeServiceClient::new(ch)
+            .get_health(GetHealthRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| e.to_string())
+    };
 
     // A client that trusts the certificate gets health over TLS.
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(
-            std::fs::read(&cert).unwrap(),
-        ))
-        .domain_name("localhost");
-    let ch = Channel::from_shared(format!("https://localhost:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = NodeServiceClient::new(ch)
-        .get_health(GetHealthRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(health.node_key, net.node_key().public().to_string());
-
+    let h = health(port, trusting()).await.unwrap();
+    assert_eq!(h.node_key, net.node_key().public().to_string());
     // A plaintext client gets nothing.
     let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
@@ -549,5 +569,33 @@ async fn tls_serves_clients_that_trust_the_certificate() {
                 .is_err()
         );
     }
+    node.shutdown().await;
+
+    // mTLS: only a client presenting a certificate the node trusts is served.
+    let (client_cert, client_key) = self_signed(dir.path(), "client", "clientAuth");
+    config.rpc.tls_client_ca = Some(client_cert.clone());
+    let node = Node::start(config).await.unwrap();
+    let port = node.rpc_addr.unwrap().port();
+    let e = health(port, trusting()).await.unwrap_err();
+    assert!(!e.is_empty());
+    let (stranger_cert, stranger_key) = self_signed(dir.path(), "stranger", "clientAuth");
+    let identity = |c: &std::path::Path, k: &std::path::Path| {
+        tonic::transport::Identity::from_pem(std::fs::read(c).unwrap(), std::fs::read(k).unwrap())
+    };
+    assert!(
+        health(
+            port,
+            trusting().identity(identity(&stranger_cert, &stranger_key))
+        )
+        .await
+        .is_err()
+    );
+    let h = health(
+        port,
+        trusting().identity(identity(&client_cert, &client_key)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.node_key, net.node_key().public().to_string());
     node.shutdown().await;
 }
