@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: [&str; 5] = ["auth", "node", "operator", "repo", "chain"];
+const PROTOS: [&str; 6] = ["auth", "node", "operator", "repo", "chain", "inference"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files: Vec<String> = PROTOS

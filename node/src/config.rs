@@ -54,6 +54,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// Workloads callers deploy.
     pub deploy: DeployConfig,
+    /// Models served to callers.
+    pub inference: InferenceConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -367,6 +369,73 @@ impl Default for DeployConfig {
     }
 }
 
+/// Inference served to staked callers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Inference calls one caller may have in flight at once. Default: 4.
+    pub max_concurrent_per_caller: usize,
+    /// The models, each with its backend. Default: none.
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_per_caller: 4,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// One model (`[[inference.models]]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// What callers ask for.
+    pub name: String,
+    /// `openai` (an OpenAI-compatible upstream) or `local` (the built-in CPU encoder).
+    pub backend: ModelBackend,
+    /// openai: the upstream's base URL, ending in `/v1`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// openai: the model name upstream. Default: `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// openai: environment variable holding the upstream's API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// openai: longest wait for the upstream's answer, and for each next piece of it.
+    /// Default: `120s`.
+    #[serde(default = "default_model_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// openai: retries when the connection is refused (nothing else is retried).
+    /// Default: 2.
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
+    /// local: the model directory (`config.json`, `vocab.txt`, `model.safetensors`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+fn default_model_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_connect_retries() -> u32 {
+    2
+}
+
+/// Which backend serves a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelBackend {
+    /// An OpenAI-compatible upstream.
+    Openai,
+    /// The built-in CPU encoder (embed, rerank).
+    Local,
+}
+
 /// Logging.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -386,6 +455,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             rpc: RpcConfig::default(),
             deploy: DeployConfig::default(),
+            inference: InferenceConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -35,6 +35,8 @@ pub struct Telemetry {
     pub p2p: Option<Arc<crate::p2p::Metrics>>,
     /// gRPC, when it is on.
     pub rpc: Option<Arc<crate::rpc::Metrics>>,
+    /// Inference.
+    pub inference: Option<Arc<crate::inference::Metrics>>,
 }
 
 #[derive(Clone)]
@@ -198,6 +200,9 @@ impl Telemetry {
         }
         if let Some(p2p) = &self.p2p {
             p2p.register(&mut registry);
+        }
+        if let Some(inference) = &self.inference {
+            inference.register(&mut registry);
         }
         if let Some(rpc) = &self.rpc {
             rpc.register(&mut registry);

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod dns;
 pub mod git;
 pub mod http;
+pub mod inference;
 pub mod keys;
 pub mod node;
 pub mod p2p;

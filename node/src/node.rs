@@ -15,6 +15,7 @@ use crate::{
     dns,
     git::Git,
     http,
+    inference::Inference,
     keys::{NODE_KEY_FILE, NodeKey},
     p2p::P2p,
     rpc,
@@ -43,6 +44,8 @@ pub enum Error {
     Rpc(#[from] crate::rpc::Error),
     #[error(transparent)]
     Deploy(#[from] crate::deploy::Error),
+    #[error(transparent)]
+    Inference(#[from] crate::inference::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -188,6 +191,7 @@ impl Node {
                 }
             })
         };
+        let inference = Inference::start(&config.inference, store.clone())?;
         let rpc_metrics = rpc_listener
             .as_ref()
             .map(|_| Arc::new(rpc::Metrics::default()));
@@ -197,6 +201,7 @@ impl Node {
             git: git.clone(),
             p2p: p2p.as_ref().map(P2p::metrics),
             rpc: rpc_metrics.clone(),
+            inference: Some(inference.metrics()),
         };
         let resolver = dns::Resolver::new(dht);
         let deployer = if config.deploy.enabled {
@@ -236,6 +241,7 @@ impl Node {
                 deploy: deployer.clone(),
                 keep_alive: config.deploy.keep_alive,
                 closing: cancel.child_token(),
+                inference: Some(inference.clone()),
             };
             rpc_context = Some(ctx.clone());
             let (rpc_config, cancel) = (config.rpc.clone(), cancel.child_token());

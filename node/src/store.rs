@@ -10,6 +10,7 @@
 //!   tip: key repo id (big-endian) then ref name.
 //! * `certs` — push certificates by SHA-256 of their text.
 //! * `deploy` — deployments by id, as the `deploy` module encodes them (secrets sealed).
+//! * `usage` — inference usage: key caller address then model name.
 //!
 //! Writes that must land together go in one write batch with a synced WAL, so a crash
 //! leaves either the old or the new checkpoint, never a mix.
@@ -29,7 +30,8 @@ const CF_ACL: &str = "acl";
 const CF_REFS: &str = "refs";
 const CF_CERTS: &str = "certs";
 const CF_DEPLOY: &str = "deploy";
-const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_ACL, CF_REFS, CF_CERTS, CF_DEPLOY];
+const CF_USAGE: &str = "usage";
+const COLUMN_FAMILIES: [&str; 6] = [CF_META, CF_ACL, CF_REFS, CF_CERTS, CF_DEPLOY, CF_USAGE];
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
@@ -341,6 +343,22 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_DEPLOY), id);
         self.write_synced(batch)
+    }
+
+    /// Every inference usage record: key and value.
+    pub fn usage(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        self.db
+            .iterator_cf(self.cf(CF_USAGE), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.into_vec(), v.into_vec()))
+            })
+            .collect()
+    }
+
+    /// Writes a usage record (not synced: a crash may lose the last few calls' counts).
+    pub fn put_usage(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        Ok(self.db.put_cf(self.cf(CF_USAGE), key, value)?)
     }
 
     /// Deletes every ACL checkpoint (a rebuild from the deployment block follows).

@@ -17,6 +17,7 @@ use alloy::{
 pub mod bench;
 pub mod cluster;
 pub mod git;
+pub mod inference;
 pub mod rpc;
 
 use hanzo_node::{

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod eip712;
+mod inference;
 mod layer;
 mod services;
 pub mod siwe;
@@ -190,6 +191,10 @@ pub async fn serve(
         )
         .add_service(
             proto::repo_service_server::RepoServiceServer::new(ctx.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::inference_service_server::InferenceServiceServer::new(ctx.clone())
                 .max_decoding_message_size(max),
         )
         .add_service(

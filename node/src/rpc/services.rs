@@ -16,6 +16,7 @@ use crate::{
     dns::Resolver,
     git::Git,
     http::Telemetry,
+    inference::Inference,
     keys::NodeId,
     p2p::P2p,
     unix_now,
@@ -52,9 +53,11 @@ pub struct Context {
     pub keep_alive: Duration,
     /// Cancelled when the node stops: open streams end.
     pub closing: CancellationToken,
+    /// Models, unless none are configured.
+    pub inference: Option<Inference>,
 }
 
-fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+pub(super) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()
         .get::<Caller>()
         .cloned()

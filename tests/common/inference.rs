@@ -1,0 +1,151 @@
+//! A small OpenAI-compatible upstream for tests and benchmarks (what llama.cpp's
+//! server or vLLM would be): chat completions streamed over SSE, one delta every
+//! `delay`, with usage in the last event; embeddings; a 400 with an OpenAI-shaped
+//! error for a prompt of `fail`. It records how far each generation got and whether
+//! the client went away before the end.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router, body::Body, extract::State, http::StatusCode, response::Response, routing::post,
+};
+use serde_json::{Value, json};
+
+/// How one generation went, as the upstream saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Deltas written.
+    pub sent: usize,
+    /// All of them were written.
+    pub finished: bool,
+    /// The client disconnected before the end.
+    pub cancelled: bool,
+}
+
+/// The upstream's settings and what it saw.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens; its base URL is `http://<addr>/v1`.
+    pub addr: SocketAddr,
+    /// One entry per generation, in order.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    tokens: usize,
+    delay: Duration,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Serves on loopback: `tokens` deltas per generation, `delay` apart.
+    pub async fn start(tokens: usize, delay: Duration) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
+            .with_state(Shared {
+                tokens,
+                delay,
+                seen: seen.clone(),
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, seen }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// What generation `i` looked like so far.
+    pub fn seen(&self, i: usize) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(i)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The text of delta `i`.
+pub fn delta(i: usize) -> String {
+    format!("tok{i} ")
+}
+
+async fn chat(State(s): State<Shared>, Json(req): Json<Value>) -> Response {
+    let prompt = req
+        .pointer("/messages/0/content")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if prompt == "fail" {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"error":{"message":"prompt is too long for the context window","type":"invalid_request_error"}}"#))
+            .unwrap();
+    }
+    let prompt_tokens = prompt.split_whitespace().count();
+    let index = {
+        let mut seen = s.seen.lock().unwrap();
+        seen.push(Seen::default());
+        seen.len() - 1
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, Infallible>>(1);
+    tokio::spawn(async move {
+        let event = |v: Value| Ok(format!("data: {v}\n\n"));
+        for i in 0..s.tokens {
+            tokio::time::sleep(s.delay).await;
+            let chunk = json!({"choices": [{"index": 0, "delta": {"content": delta(i)}, "finish_reason": null}]});
+            if tx.send(event(chunk)).await.is_err() {
+                s.seen.lock().unwrap()[index].cancelled = true;
+                return;
+            }
+            s.seen.lock().unwrap()[index].sent = i + 1;
+        }
+        let last = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        let usage = json!({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": s.tokens}});
+        for e in [event(last), event(usage), Ok("data: [DONE]\n\n".into())] {
+            if tx.send(e).await.is_err() {
+                s.seen.lock().unwrap()[index].cancelled = true;
+                return;
+            }
+        }
+        s.seen.lock().unwrap()[index].finished = true;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap()
+}
+
+/// A vector per input: its length, its word count and a constant.
+async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
+    let inputs = req
+        .get("input")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let t = t.as_str().unwrap_or("");
+            json!({"index": i, "embedding": [t.len() as f64, t.split_whitespace().count() as f64, 1.0]})
+        })
+        .collect();
+    Json(
+        json!({"data": data, "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
+    )
+}

@@ -1,0 +1,307 @@
+//! Inference over gRPC against a real node, through the real auth layer: the unstaked
+//! are refused; a staked caller streams a generation from an OpenAI-compatible
+//! upstream (deltas arrive while the upstream is still generating), usage is
+//! metered; dropping the stream cancels the upstream; concurrency is limited per
+//! caller; upstream errors keep their message; Embed and Rerank on the built-in CPU
+//! backend with a model the test writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use hanzo_e2e::{
+    inference::{Upstream, delta},
+    rpc::{bearer, connect, session},
+    *,
+};
+use hanzo_node::{
+    config::{ModelBackend, ModelConfig},
+    inference::local::write_random,
+    node::Node,
+    rpc::proto::{
+        ChatMessage, EmbedRequest, GenerateRequest, GetUsageRequest, ListModelsRequest,
+        RerankRequest, auth_service_client::AuthServiceClient,
+        inference_service_client::InferenceServiceClient,
+    },
+};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn model(name: &str, backend: ModelBackend) -> ModelConfig {
+    ModelConfig {
+        name: name.into(),
+        backend,
+        url: None,
+        upstream_model: None,
+        api_key_env: None,
+        timeout: Duration::from_secs(10),
+        connect_retries: 2,
+        path: None,
+    }
+}
+
+fn ask(model: &str, prompt: &str) -> GenerateRequest {
+    GenerateRequest {
+        model: model.into(),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        max_tokens: 64,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
+    let upstream = Upstream::start(30, Duration::from_millis(40)).await;
+    let net = Devnet::start().await;
+    net.client(3)
+        .await
+        .deposit_caller(milli(500))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let words = [
+        "the", "cat", "sat", "on", "mat", "dog", "ran", "a", "bird", "flew",
+    ];
+    write_random(&dir.path().join("mini"), &words, 32, 2, 4, 64, 11).unwrap();
+    let mut config = net.config();
+    config.inference.max_concurrent_per_caller = 1;
+    config.inference.models = vec![
+        ModelConfig {
+            url: Some(upstream.url()),
+            upstream_model: Some("llama-test".into()),
+            ..model("chat", ModelBackend::Openai)
+        },
+        ModelConfig {
+            // Nothing listens there.
+            url: Some(format!("http://{}/v1", bench::free_addr())),
+            connect_retries: 1,
+            ..model("gone", ModelBackend::Openai)
+        },
+        ModelConfig {
+            path: Some(dir.path().join("mini")),
+            ..model("mini", ModelBackend::Local)
+        },
+    ];
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let ch = connect(node.rpc_addr.unwrap()).await;
+    let mut api = InferenceServiceClient::new(ch.clone());
+
+    // The unstaked: no session, and no way to get one.
+    let e = api.generate(ask("chat", "hi")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut auth = AuthServiceClient::new(ch.clone());
+    let req = hanzo_e2e::rpc::sign_in_request(auth.clone(), &net.dev_key(4), None).await;
+    let e = auth.sign_in(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    let key = net.dev_key(3);
+    let token = session(&ch, &key).await;
+    let models = api
+        .list_models(bearer(ListModelsRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let mini = models.iter().find(|m| m.name == "mini").unwrap();
+    assert_eq!(
+        (mini.backend.as_str(), mini.dimensions, mini.generate),
+        ("local", 32, false)
+    );
+
+    // A generation streams: the first delta arrives while the upstream still has most
+    // of its 30 deltas (40 ms apart) to write.
+    let mut stream = api
+        .generate(bearer(ask("chat", "say something nice"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.delta, delta(0));
+    let upstream_had_sent = upstream.seen(0).sent;
+    assert!(
+        upstream_had_sent < 30,
+        "the first delta came only after all {upstream_had_sent}"
+    );
+    let mut text = first.delta;
+    let mut last = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        text.push_str(&chunk.delta);
+        if !chunk.finish_reason.is_empty() {
+            last = Some(chunk);
+        }
+    }
+    assert_eq!(text, (0..30).map(delta).collect::<String>());
+    let last = last.expect("a last chunk with the finish reason");
+    assert_eq!(last.finish_reason, "stop");
+    let usage = last.usage.unwrap();
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 30));
+    assert!(upstream.seen(0).finished);
+
+    // Usage is metered per caller and model, and exported per model.
+    let mine = api
+        .get_usage(bearer(GetUsageRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage;
+    let chat = mine.iter().find(|u| u.model == "chat").unwrap();
+    assert_eq!(chat.address, key.address().to_checksum(None));
+    assert_eq!(
+        (chat.requests, chat.prompt_tokens, chat.completion_tokens),
+        (1, 3, 30)
+    );
+    let e = api
+        .get_usage(bearer(
+            GetUsageRequest {
+                address: "*".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let metrics = http_get(node.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("hanzo_inference_tokens_total{model=\"chat\",kind=\"completion\"} 30"),
+        "{metrics}"
+    );
+
+    // Dropping a stream cancels the upstream request; while it runs, the caller's
+    // one concurrent call is taken.
+    let mut stream = api
+        .generate(bearer(ask("chat", "tell a long story"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    let e = api
+        .embed(bearer(
+            EmbedRequest {
+                model: "mini".into(),
+                texts: vec!["the cat".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("in flight"), "{}", e.message());
+    drop(stream);
+    let seen = eventually(Duration::from_secs(10), async || {
+        let s = upstream.seen(1);
+        s.cancelled.then_some(s)
+    })
+    .await;
+    assert!(!seen.finished && seen.sent < 30, "{seen:?}");
+    let metered = eventually(Duration::from_secs(10), async || {
+        let u = api
+            .get_usage(bearer(GetUsageRequest::default(), &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .usage;
+        u.into_iter()
+            .find(|u| u.model == "chat" && u.completion_tokens > 30)
+    })
+    .await;
+    assert!(metered.completion_tokens >= 33, "{metered:?}");
+
+    // Upstream failures keep their message, with a fitting code.
+    let mut failed = api
+        .generate(bearer(ask("chat", "fail"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = failed.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("too long for the context window"),
+        "{}",
+        e.message()
+    );
+    let mut gone = api
+        .generate(bearer(ask("gone", "hi"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = gone.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("after 2 attempts"), "{}", e.message());
+    let mut wrong = api
+        .generate(bearer(ask("mini", "hi"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = wrong.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = api
+        .embed(bearer(
+            EmbedRequest {
+                model: "nope".into(),
+                texts: vec!["x".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("chat, gone, mini"), "{}", e.message());
+
+    // Embeddings from the built-in backend: the model's dimension, unit length, the
+    // same text the same vector.
+    let embedded = api
+        .embed(bearer(
+            EmbedRequest {
+                model: "mini".into(),
+                texts: vec![
+                    "the cat sat".into(),
+                    "a bird flew".into(),
+                    "the cat sat".into(),
+                ],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(embedded.dimensions, 32);
+    assert_eq!(embedded.embeddings.len(), 3);
+    for e in &embedded.embeddings {
+        assert_eq!(e.values.len(), 32);
+        let norm: f32 = e.values.iter().map(|v| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    assert_eq!(embedded.embeddings[0].values, embedded.embeddings[2].values);
+    assert_ne!(embedded.embeddings[0].values, embedded.embeddings[1].values);
+    assert_eq!(embedded.usage.unwrap().prompt_tokens, 3 * 5);
+
+    // Rerank: the document that is the query itself first, scores best first.
+    let ranked = api
+        .rerank(bearer(
+            RerankRequest {
+                model: "mini".into(),
+                query: "the dog ran".into(),
+                documents: vec![
+                    "a bird flew".into(),
+                    "the dog ran".into(),
+                    "cat on mat".into(),
+                ],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(ranked.len(), 3);
+    assert_eq!(ranked[0].index, 1);
+    assert!((ranked[0].score - 1.0).abs() < 1e-4);
+    assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+    node.shutdown().await;
+}
