@@ -40,6 +40,9 @@ const KEY_DNS_PACKET: &[u8] = b"dns-packet";
 /// Largest encoded snapshot accepted when reading back (a guard against a corrupt record).
 const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 
+/// Raw key–value records of a column family.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Why a ref has its tip: the accepted push that set it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RefRecord {
@@ -346,7 +349,7 @@ impl Store {
     }
 
     /// Every inference usage record: key and value.
-    pub fn usage(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn usage(&self) -> Result<Records, Error> {
         self.db
             .iterator_cf(self.cf(CF_USAGE), IteratorMode::Start)
             .map(|item| {

@@ -253,6 +253,34 @@ async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("chat, gone, mini"), "{}", e.message());
 
+    // Embeddings from the upstream come back in order; it has no /rerank.
+    let upstream_vectors = api
+        .embed(bearer(
+            EmbedRequest {
+                model: "chat".into(),
+                texts: vec!["a b".into(), "abcd".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let values: Vec<_> = upstream_vectors.embeddings.iter().map(|e| e.values.clone()).collect();
+    assert_eq!(values, [vec![3.0, 2.0, 1.0], vec![4.0, 1.0, 1.0]]);
+    let e = api
+        .rerank(bearer(
+            RerankRequest {
+                model: "chat".into(),
+                query: "q".into(),
+                documents: vec!["d".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("has no /rerank"), "{}", e.message());
+
     // Embeddings from the built-in backend: the model's dimension, unit length, the
     // same text the same vector.
     let embedded = api

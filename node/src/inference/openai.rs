@@ -150,6 +150,12 @@ impl OpenAi {
     }
 }
 
+/// A score as f32 (what the proto carries).
+#[allow(clippy::cast_possible_truncation)]
+fn narrow(x: f64) -> f32 {
+    x as f32
+}
+
 fn usage(v: &Value) -> Option<Usage> {
     let u = v.get("usage").filter(|u| !u.is_null())?;
     Some(Usage {
@@ -275,7 +281,7 @@ impl Backend for OpenAi {
             let index = d
                 .get("index")
                 .and_then(Value::as_u64)
-                .map_or(i, |x| x as usize);
+                .map_or(i, |x| usize::try_from(x).unwrap_or(usize::MAX));
             let values = d
                 .get("embedding")
                 .and_then(Value::as_array)
@@ -287,7 +293,7 @@ impl Backend for OpenAi {
                 .ok_or_else(|| Error::Protocol(format!("embeddings: index {index} of {n}")))?;
             *slot = values
                 .iter()
-                .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+                .map(|x| narrow(x.as_f64().unwrap_or(0.0)))
                 .collect();
         }
         if out.iter().any(Vec::is_empty) {
@@ -326,7 +332,11 @@ impl Backend for OpenAi {
             .ok_or_else(|| Error::Protocol("rerank: no `results` array".into()))?;
         let mut scores = vec![f32::NEG_INFINITY; n];
         for r in results {
-            let index = r.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
+            let index = r
+                .get("index")
+                .and_then(Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok())
+                .unwrap_or(usize::MAX);
             let score = r
                 .get("relevance_score")
                 .or_else(|| r.get("score"))
@@ -335,7 +345,7 @@ impl Backend for OpenAi {
             *scores
                 .get_mut(index)
                 .ok_or_else(|| Error::Protocol(format!("rerank: index {index} of {n}")))? =
-                score as f32;
+                narrow(score);
         }
         Ok((scores, usage(&v).unwrap_or_default()))
     }

@@ -86,7 +86,9 @@ impl Bert {
             .map_err(|e| format!("config.json: {e}"))?;
         if config.hidden_size == 0
             || config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
         {
             return Err(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
@@ -108,80 +110,45 @@ impl Bert {
                     .and_then(serde_json::Value::as_bool)
             })
             .unwrap_or(false);
-        let mut t = safetensors::parse(&read("model.safetensors")?)?;
+        let t = safetensors::parse(&read("model.safetensors")?)?;
         // BertFor* exports put the encoder under `bert.`.
         let prefix = if t.contains_key("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
             ""
         };
-        let h = config.hidden_size;
-        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
-            let full = format!("{prefix}{name}");
-            let tensor = t
-                .remove(&full)
-                .ok_or_else(|| format!("model.safetensors has no {full}"))?;
-            // The word embeddings may have more rows than vocab.txt (padded exports).
-            let fits = tensor.shape == shape
-                || (name.ends_with("word_embeddings.weight")
-                    && tensor.shape.len() == 2
-                    && tensor.shape[1] == shape[1]
-                    && tensor.shape[0] >= shape[0]);
-            if !fits {
-                return Err(format!(
-                    "{full} has shape {:?}, config says {shape:?}",
-                    tensor.shape
-                ));
-            }
-            Ok(tensor.data)
+        let mut w = Weights {
+            t,
+            prefix,
+            h: config.hidden_size,
         };
-        let vocab_size = tokenizer.vocab_size();
-        let words = take("embeddings.word_embeddings.weight", &[vocab_size, h])?;
-        let positions = take(
+        let h = config.hidden_size;
+        let words = w.take(
+            "embeddings.word_embeddings.weight",
+            &[tokenizer.vocab_size(), h],
+        )?;
+        let positions = w.take(
             "embeddings.position_embeddings.weight",
             &[config.max_position_embeddings, h],
         )?;
-        let types = take(
+        let types = w.take(
             "embeddings.token_type_embeddings.weight",
             &[config.type_vocab_size, h],
         )?;
-        let norm = |take: &mut dyn FnMut(&str, &[usize]) -> Result<Vec<f32>, String>,
-                    p: &str|
-         -> Result<Norm, String> {
-            Ok(Norm {
-                g: take(&format!("{p}.weight"), &[h])?,
-                b: take(&format!("{p}.bias"), &[h])?,
-            })
-        };
-        let emb_norm = norm(&mut take, "embeddings.LayerNorm")?;
+        let emb_norm = w.norm("embeddings.LayerNorm")?;
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let mut linear = |name: &str, out: usize, inputs: usize| -> Result<Linear, String> {
-                Ok(Linear {
-                    w: take(&format!("{p}.{name}.weight"), &[out, inputs])?,
-                    b: take(&format!("{p}.{name}.bias"), &[out])?,
-                    inputs,
-                })
-            };
             let inter = config.intermediate_size;
-            let (q, k, v) = (
-                linear("attention.self.query", h, h)?,
-                linear("attention.self.key", h, h)?,
-                linear("attention.self.value", h, h)?,
-            );
-            let attn_out = linear("attention.output.dense", h, h)?;
-            let up = linear("intermediate.dense", inter, h)?;
-            let down = linear("output.dense", h, inter)?;
             layers.push(Layer {
-                q,
-                k,
-                v,
-                attn_out,
-                up,
-                down,
-                attn_norm: norm(&mut take, &format!("{p}.attention.output.LayerNorm"))?,
-                out_norm: norm(&mut take, &format!("{p}.output.LayerNorm"))?,
+                q: w.linear(&format!("{p}.attention.self.query"), h, h)?,
+                k: w.linear(&format!("{p}.attention.self.key"), h, h)?,
+                v: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+                attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"))?,
+                up: w.linear(&format!("{p}.intermediate.dense"), inter, h)?,
+                down: w.linear(&format!("{p}.output.dense"), h, inter)?,
+                out_norm: w.norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
         Ok(Self {
@@ -290,6 +257,51 @@ impl Bert {
                 *v = (*v - mean) * inv * g + b;
             }
         }
+    }
+}
+
+/// The tensors of a model file, taken out by name with their shapes checked.
+struct Weights {
+    t: std::collections::HashMap<String, safetensors::Tensor>,
+    prefix: &'static str,
+    h: usize,
+}
+
+impl Weights {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+        let full = format!("{}{name}", self.prefix);
+        let tensor = self
+            .t
+            .remove(&full)
+            .ok_or_else(|| format!("model.safetensors has no {full}"))?;
+        // The word embeddings may have more rows than vocab.txt (padded exports).
+        let fits = tensor.shape == shape
+            || (name.ends_with("word_embeddings.weight")
+                && tensor.shape.len() == 2
+                && tensor.shape[1] == shape[1]
+                && tensor.shape[0] >= shape[0]);
+        if !fits {
+            return Err(format!(
+                "{full} has shape {:?}, config says {shape:?}",
+                tensor.shape
+            ));
+        }
+        Ok(tensor.data)
+    }
+
+    fn norm(&mut self, p: &str) -> Result<Norm, String> {
+        Ok(Norm {
+            g: self.take(&format!("{p}.weight"), &[self.h])?,
+            b: self.take(&format!("{p}.bias"), &[self.h])?,
+        })
+    }
+
+    fn linear(&mut self, p: &str, out: usize, inputs: usize) -> Result<Linear, String> {
+        Ok(Linear {
+            w: self.take(&format!("{p}.weight"), &[out, inputs])?,
+            b: self.take(&format!("{p}.bias"), &[out])?,
+            inputs,
+        })
     }
 }
 
