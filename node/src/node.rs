@@ -214,6 +214,20 @@ impl Node {
         } else {
             None
         };
+        if let Some(d) = deployer.clone() {
+            let (mut acl, node, cancel) = (acl.clone(), key.public(), cancel.child_token());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        snapshot = acl.changed() => match snapshot {
+                            Ok(s) => d.enforce(&s, &node).await,
+                            Err(_) => return,
+                        },
+                        () = cancel.cancelled() => return,
+                    }
+                }
+            }));
+        }
         let mut rpc_context = None;
         if let (Some(listener), Some(addr), Some(metrics)) = (rpc_listener, rpc_addr, rpc_metrics) {
             let domain = config.rpc.domain.clone().unwrap_or_else(|| {

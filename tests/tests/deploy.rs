@@ -13,6 +13,7 @@ use hanzo_e2e::{
 };
 use hanzo_node::{
     acl::StakeRole,
+    deploy::{Principal, State},
     node::Node,
     rpc::proto::{
         ContainerRef, ContainerState, DeployRequest, DeploySpec, DeploymentRef, EventKind,
@@ -623,6 +624,22 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
         "{}",
         end.message()
     );
+
+    // Its workloads stop too: the node no longer serves that address.
+    let deployer = node.deployer.clone().unwrap();
+    let everyone = Principal {
+        address: key.address(),
+        admin: true,
+    };
+    eventually(Duration::from_secs(20), async || {
+        let all = deployer.list(&everyone, Some("health")).unwrap();
+        all[0]
+            .containers
+            .iter()
+            .all(|c| c.state == State::Stopped && c.pid.is_none())
+            .then_some(())
+    })
+    .await;
     node.shutdown().await;
 }
 

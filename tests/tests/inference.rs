@@ -265,7 +265,11 @@ async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
         .await
         .unwrap()
         .into_inner();
-    let values: Vec<_> = upstream_vectors.embeddings.iter().map(|e| e.values.clone()).collect();
+    let values: Vec<_> = upstream_vectors
+        .embeddings
+        .iter()
+        .map(|e| e.values.clone())
+        .collect();
     assert_eq!(values, [vec![3.0, 2.0, 1.0], vec![4.0, 1.0, 1.0]]);
     let e = api
         .rerank(bearer(

@@ -32,7 +32,13 @@ pub use secrets::Sealer;
 pub use spec::{HealthCheck, MAX_REPLICAS, Resources, Restart, ServiceSpec, Spec};
 pub use supervisor::{State, Status};
 
-use crate::{config::DeployConfig, keys::NodeKey, store::Store, unix_now};
+use crate::{
+    acl::{Role, Snapshot},
+    config::DeployConfig,
+    keys::{NodeId, NodeKey},
+    store::Store,
+    unix_now,
+};
 use journal::lock;
 use supervisor::Replica;
 
@@ -582,6 +588,38 @@ impl Deployer {
             ));
         }
         self.inner.runtime.exec(&target, command, tty).await
+    }
+
+    /// Stops the deployments of owners this node may no longer serve (their stake
+    /// went below the minimum, and they are no operator). They stay stopped until
+    /// their owner deploys them again. Called on each ACL change, in chain order.
+    pub async fn enforce(&self, snapshot: &Snapshot, node: &NodeId) {
+        let unserved: Vec<_> = lock(&self.inner.deployments)
+            .values()
+            .filter(|d| {
+                !lock(&d.state).stopped && snapshot.rpc_role(&d.owner, node) == Role::Anonymous
+            })
+            .cloned()
+            .collect();
+        for dep in unserved {
+            let why = snapshot
+                .check_caller(&dep.owner)
+                .err()
+                .map_or_else(|| "no stake".to_owned(), |e| e.to_string());
+            let _op = dep.op.lock().await;
+            lock(&dep.state).stopped = true;
+            if let Err(err) = self.persist(&dep) {
+                warn!(target: TARGET, id = %dep.id, %err, "cannot record the stop");
+            }
+            self.stop_replicas(&dep, None).await;
+            dep.journal.event(
+                "",
+                EventKind::Stopped,
+                0,
+                format!("{} can no longer be served: {why}", dep.owner),
+            );
+            warn!(target: TARGET, id = %dep.id, owner = %dep.owner, %why, "stopped: the owner's stake is gone");
+        }
     }
 
     /// Stops every replica for a node shutdown; deployments stay as they were, and
