@@ -50,6 +50,7 @@ struct Shared {
 pub async fn serve(
     listener: TcpListener,
     telemetry: Telemetry,
+    extra: Option<Router>,
     sync_done: CancellationToken,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
@@ -65,7 +66,8 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/acl", get(acl_json))
         .with_state(shared)
-        .merge(crate::git::router(git));
+        .merge(crate::git::router(git))
+        .merge(extra.unwrap_or_default());
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -228,7 +228,7 @@ impl Node {
                 }
             }));
         }
-        let mut rpc_context = None;
+        let (mut rpc_context, mut openai) = (None, None);
         if let (Some(listener), Some(addr), Some(metrics)) = (rpc_listener, rpc_addr, rpc_metrics) {
             let domain = config.rpc.domain.clone().unwrap_or_else(|| {
                 dns::advertised_url(None, addr, "rpc.domain")
@@ -258,6 +258,7 @@ impl Node {
                 inference: Some(inference.clone()),
             };
             rpc_context = Some(ctx.clone());
+            openai = Some(rpc::openai::router(ctx.clone()));
             let (rpc_config, cancel) = (config.rpc.clone(), cancel.child_token());
             tasks.push(tokio::spawn(async move {
                 if let Err(err) = rpc::serve(listener, rpc_config, ctx, cancel).await {
@@ -268,7 +269,8 @@ impl Node {
         let http_task = {
             let cancel = cancel.child_token();
             tokio::spawn(async move {
-                if let Err(err) = http::serve(listener, telemetry, sync_done, cancel).await {
+                if let Err(err) = http::serve(listener, telemetry, openai, sync_done, cancel).await
+                {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }
             })

@@ -3,7 +3,8 @@
 //! upstream (deltas arrive while the upstream is still generating), usage is
 //! metered; dropping the stream cancels the upstream; concurrency is limited per
 //! caller; upstream errors keep their message; Embed and Rerank on the built-in CPU
-//! backend with a model the test writes.
+//! backend with a model the test writes; the same over the node's OpenAI-compatible
+//! HTTP API.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
@@ -335,5 +336,104 @@ async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
     assert_eq!(ranked[0].index, 1);
     assert!((ranked[0].score - 1.0).abs() < 1e-4);
     assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+
+    // The same through the OpenAI-compatible HTTP API, the session token as API key.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v1", node.http_addr);
+    let post = async |path: &str, body: serde_json::Value, auth: bool| {
+        let mut req = http
+            .post(format!("{base}/{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if auth {
+            req = req.bearer_auth(&token);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.bytes().await.unwrap())
+    };
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    let (status, body) = post(
+        "embeddings",
+        serde_json::json!({"model": "mini", "input": "x"}),
+        false,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sign")
+    );
+    let models = http
+        .get(format!("{base}/models"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let models = json(&models.bytes().await.unwrap());
+    let ids: Vec<_> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chat", "gone", "mini"]);
+    let (status, body) = post(
+        "embeddings",
+        serde_json::json!({"model": "mini", "input": ["the cat sat", "a bird flew"]}),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body = json(&body);
+    assert_eq!(body["data"][1]["embedding"].as_array().unwrap().len(), 32);
+    assert_eq!(
+        body["data"][0]["embedding"][0].as_f64().unwrap(),
+        f64::from(embedded.embeddings[0].values[0])
+    );
+    let ask =
+        serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": "hi there"}]});
+    let (status, body) = post("chat/completions", ask.clone(), true).await;
+    assert_eq!(status, 200);
+    let body = json(&body);
+    let full: String = (0..30).map(delta).collect();
+    assert_eq!(body["choices"][0]["message"]["content"], full.as_str());
+    assert_eq!(body["usage"]["completion_tokens"], 30);
+    let mut streamed = ask.clone();
+    streamed["stream"] = true.into();
+    let (status, body) = post("chat/completions", streamed, true).await;
+    assert_eq!(status, 200);
+    let events: Vec<&str> = std::str::from_utf8(&body)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, full);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["usage"]["completion_tokens"], 30);
+    let (status, body) = post(
+        "chat/completions",
+        serde_json::json!({"model": "nope", "messages": []}),
+        true,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model `nope`")
+    );
     node.shutdown().await;
 }

@@ -37,7 +37,8 @@ fn usage(u: inference::Usage) -> proto::Usage {
 }
 
 impl Context {
-    fn inference(&self) -> Result<&Inference, Status> {
+    /// The models, or UNAVAILABLE when this node serves none.
+    pub(super) fn inference(&self) -> Result<&Inference, Status> {
         self.inference
             .as_ref()
             .ok_or_else(|| Status::unavailable("this node serves no inference"))

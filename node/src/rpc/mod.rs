@@ -8,6 +8,7 @@ pub mod auth;
 pub mod eip712;
 mod inference;
 mod layer;
+pub mod openai;
 mod services;
 pub mod siwe;
 mod workloads;
