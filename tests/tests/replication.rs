@@ -374,7 +374,9 @@ async fn a_node_killed_while_receiving_a_pack_is_consistent_and_converges() {
     .await;
     assert!(!arrived.contains("refs/superseded/"), "{arrived}");
     fsck(&repo);
-    assert_eq!(quarantines(&repo), 0);
+    // The killed run's quarantine is gone; a second fetch of the same update (gossip
+    // and the periodic ref comparison can both start one) may still be finishing.
+    eventually(SETTLE, async || (quarantines(&repo) == 0).then_some(())).await;
 }
 
 /// Over QUIC (the other tests use TCP): a push replicates; then the repo's token is
