@@ -327,8 +327,8 @@ impl Default for P2pConfig {
 pub struct DeployConfig {
     /// Whether callers may deploy. Default: true.
     pub enabled: bool,
-    /// `process`: supervised local processes (the only runtime in this build).
-    /// Default: `process`.
+    /// `process` (supervised local processes) or `docker` (containers on the local
+    /// Docker Engine; `DOCKER_HOST` or `/var/run/docker.sock`). Default: `process`.
     pub runtime: DeployRuntime,
     /// Working directories of deployments. Default: `<data_dir>/deploy`.
     pub dir: Option<PathBuf>,
@@ -352,6 +352,8 @@ pub struct DeployConfig {
 pub enum DeployRuntime {
     /// Supervised local processes.
     Process,
+    /// Containers on the local Docker Engine.
+    Docker,
 }
 
 impl Default for DeployConfig {

@@ -205,12 +205,15 @@ impl Node {
         };
         let resolver = dns::Resolver::new(dht);
         let deployer = if config.deploy.enabled {
-            Some(Deployer::start(
-                config.deploy.clone(),
-                config.deploy_path(),
-                store.clone(),
-                &key,
-            )?)
+            Some(
+                Deployer::start(
+                    config.deploy.clone(),
+                    config.deploy_path(),
+                    store.clone(),
+                    &key,
+                )
+                .await?,
+            )
         } else {
             None
         };

@@ -709,3 +709,72 @@ async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
     .unwrap();
     assert!(!alive(after["sleeper-1"]));
 }
+
+/// The docker runtime: with an engine, a container service runs, logs and execs;
+/// without one (as on CI machines with no Docker), the node refuses to start with
+/// that runtime and says how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
+    let net = Devnet::start().await;
+    net.client(3)
+        .await
+        .deposit_caller(milli(500))
+        .await
+        .unwrap();
+    let mut config = net.config();
+    config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
+    let engine = std::env::var_os("DOCKER_HOST").is_some()
+        || std::path::Path::new("/var/run/docker.sock").exists();
+    if !engine {
+        let Err(e) = Node::start(config).await else {
+            panic!("a node with the docker runtime started without an engine");
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("Docker engine"), "{msg}");
+        assert!(msg.contains("runtime = \"process\""), "{msg}");
+        eprintln!("skipped the container part: no Docker engine here ({msg})");
+        return;
+    }
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let ch = connect(node.rpc_addr.unwrap()).await;
+    let mut api = NodeServiceClient::new(ch.clone());
+    let token = session(&ch, &net.dev_key(3)).await;
+    let spec = DeploySpec {
+        name: "boxed".into(),
+        services: vec![ServiceSpec {
+            image: "busybox:latest".into(),
+            ..service(
+                "web",
+                "while true; do echo \"hi $HANZO_CONTAINER\"; sleep 1; done",
+            )
+        }],
+    };
+    api.deploy(bearer(DeployRequest { spec: Some(spec) }, &token))
+        .await
+        .unwrap();
+    let mut logs = api
+        .get_logs(bearer(
+            GetLogsRequest {
+                deployment: "boxed".into(),
+                follow: true,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until("container logs", &mut logs, |l| l.line == b"hi web-1").await;
+    let (stdout, _, code) = exec(&mut api, &token, "boxed", "web-1", &["echo", "ok"], b"")
+        .await
+        .unwrap();
+    assert_eq!((stdout.as_str(), code), ("ok\n", 0));
+    let stopped = api
+        .stop(bearer(DeploymentRef { deployment: "boxed".into() }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stopped.containers.iter().all(|c| c.state() == ContainerState::Stopped));
+    node.shutdown().await;
+}

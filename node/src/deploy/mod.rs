@@ -6,6 +6,7 @@
 //! and name, so callers refer to their deployments by name or id and never see
 //! another caller's. This node's own operator (admin) sees and may stop them all.
 
+mod docker;
 mod journal;
 mod process;
 mod runtime;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 pub use journal::{Event, EventKind, Journal, LogLine, Stream};
+pub use docker::Docker;
 pub use process::Process;
 pub use runtime::{Chunk, Exec, Instance, Runtime, Target};
 pub use secrets::Sealer;
@@ -34,7 +36,7 @@ pub use supervisor::{State, Status};
 
 use crate::{
     acl::{Role, Snapshot},
-    config::DeployConfig,
+    config::{DeployConfig, DeployRuntime},
     keys::{NodeId, NodeKey},
     store::Store,
     unix_now,
@@ -158,15 +160,18 @@ impl std::fmt::Debug for Deployer {
 }
 
 impl Deployer {
-    /// Opens the runtime under `root` and starts the stored deployments that were not
-    /// stopped.
-    pub fn start(
+    /// Opens the configured runtime (the process runtime works under `root`) and
+    /// starts the stored deployments that were not stopped.
+    pub async fn start(
         config: DeployConfig,
         root: PathBuf,
         store: Arc<Store>,
         key: &NodeKey,
     ) -> Result<Self, Error> {
-        let runtime: Arc<dyn Runtime> = Arc::new(Process::new(root)?);
+        let runtime: Arc<dyn Runtime> = match config.runtime {
+            DeployRuntime::Process => Arc::new(Process::new(root)?),
+            DeployRuntime::Docker => Arc::new(Docker::connect().await?),
+        };
         let deployer = Self {
             inner: Arc::new(Inner {
                 runtime,

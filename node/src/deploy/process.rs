@@ -220,7 +220,11 @@ impl Runtime for Process {
                 () = tx.closed() => kill_group(pid, Signal::SIGKILL),
             }
         });
-        Ok(Exec { stdin, output: rx })
+        Ok(Exec {
+            stdin,
+            output: rx,
+            resize: None,
+        })
     }
 
     async fn remove(&self, deployment: &str) -> Result<(), Error> {

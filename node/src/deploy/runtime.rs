@@ -38,6 +38,8 @@ pub struct Exec {
     pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     /// Its output.
     pub output: mpsc::Receiver<Chunk>,
+    /// Terminal size changes (rows, columns), where the runtime has terminals.
+    pub resize: Option<mpsc::UnboundedSender<(u32, u32)>>,
 }
 
 impl std::fmt::Debug for Exec {

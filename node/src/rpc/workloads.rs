@@ -322,7 +322,12 @@ impl Context {
                                 }
                             }
                             Ok(Some(proto::ExecInput { input: Some(Input::StdinEof(true)) })) => stdin = None,
-                            // No terminal to resize under the process runtime.
+                            Ok(Some(proto::ExecInput { input: Some(Input::Resize(size)) })) => {
+                                // Only runtimes with terminals take it.
+                                if let Some(r) = &exec.resize {
+                                    let _ = r.send((size.rows, size.cols));
+                                }
+                            }
                             Ok(Some(_)) => {}
                             Ok(None) | Err(_) => {
                                 inbound_open = false;
