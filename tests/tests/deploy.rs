@@ -771,10 +771,20 @@ async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
         .unwrap();
     assert_eq!((stdout.as_str(), code), ("ok\n", 0));
     let stopped = api
-        .stop(bearer(DeploymentRef { deployment: "boxed".into() }, &token))
+        .stop(bearer(
+            DeploymentRef {
+                deployment: "boxed".into(),
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert!(stopped.containers.iter().all(|c| c.state() == ContainerState::Stopped));
+    assert!(
+        stopped
+            .containers
+            .iter()
+            .all(|c| c.state() == ContainerState::Stopped)
+    );
     node.shutdown().await;
 }

@@ -87,7 +87,13 @@ impl Runtime for Docker {
         // What a previous run left under this name goes first.
         let _ = self
             .api
-            .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await;
         self.pull(&s.image).await?;
         let mut cmd = vec![s.command.clone()];
@@ -108,7 +114,10 @@ impl Runtime for Docker {
             image: Some(s.image.clone()),
             cmd: Some(cmd),
             env: Some(env),
-            labels: Some(HashMap::from([("hanzo.deployment".to_owned(), t.deployment.clone())])),
+            labels: Some(HashMap::from([(
+                "hanzo.deployment".to_owned(),
+                t.deployment.clone(),
+            )])),
             host_config: Some(HostConfig {
                 memory: (s.resources.memory_bytes > 0)
                     .then(|| i64::try_from(s.resources.memory_bytes).unwrap_or(i64::MAX)),
@@ -148,9 +157,13 @@ impl Runtime for Docker {
             let mut partial: [Vec<u8>; 2] = Default::default();
             while let Some(Ok(out)) = logs.next().await {
                 let (i, stream, bytes) = match out {
-                    bollard::container::LogOutput::StdErr { message } => (1, Stream::Stderr, message),
+                    bollard::container::LogOutput::StdErr { message } => {
+                        (1, Stream::Stderr, message)
+                    }
                     bollard::container::LogOutput::StdOut { message }
-                    | bollard::container::LogOutput::Console { message } => (0, Stream::Stdout, message),
+                    | bollard::container::LogOutput::Console { message } => {
+                        (0, Stream::Stdout, message)
+                    }
                     bollard::container::LogOutput::StdIn { .. } => continue,
                 };
                 let buf = &mut partial[i];
@@ -267,7 +280,13 @@ impl Container {
     async fn gone(&mut self, code: i32) -> i32 {
         let _ = self
             .api
-            .remove_container(&self.name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &self.name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await;
         self.exited = Some(code);
         code
@@ -301,7 +320,13 @@ impl Instance for Container {
         let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
         let _ = self
             .api
-            .stop_container(&self.name, Some(StopContainerOptions { t: Some(t), signal: None }))
+            .stop_container(
+                &self.name,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    signal: None,
+                }),
+            )
             .await;
         self.wait().await
     }

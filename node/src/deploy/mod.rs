@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-pub use journal::{Event, EventKind, Journal, LogLine, Stream};
 pub use docker::Docker;
+pub use journal::{Event, EventKind, Journal, LogLine, Stream};
 pub use process::Process;
 pub use runtime::{Chunk, Exec, Instance, Runtime, Target};
 pub use secrets::Sealer;

@@ -143,7 +143,29 @@ pub fn write(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any bytes, or a plausible header over any data: an error or tensors whose
+        /// sizes match their shapes, never a panic.
+        #[test]
+        fn any_file_parses_or_is_refused(data in proptest::collection::vec(any::<u8>(), 0..512),
+                                          shape in proptest::collection::vec(0usize..70_000, 0..4),
+                                          dtype in prop::sample::select(vec!["F32", "F16", "BF16", "I8"]),
+                                          begin in 0usize..600, len in 0usize..600) {
+            let _ = parse(&data);
+            let header = serde_json::json!({"t": {"dtype": dtype, "shape": shape, "data_offsets": [begin, begin + len]}}).to_string();
+            let mut file = (header.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(header.as_bytes());
+            file.extend_from_slice(&data);
+            if let Ok(t) = parse(&file) {
+                let t = &t["t"];
+                prop_assert_eq!(t.data.len(), t.shape.iter().product::<usize>());
+            }
+        }
+    }
 
     #[test]
     fn round_trip_and_bad_files() {

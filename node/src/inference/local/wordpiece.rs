@@ -151,7 +151,22 @@ fn is_cjk(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any text: `[CLS] … [SEP]`, within the length, every id in the vocabulary.
+        #[test]
+        fn any_text_encodes_within_bounds(text in "\\PC{0,200}", max in 2usize..40) {
+            let t = Tokenizer::new("[PAD]\n[UNK]\n[CLS]\n[SEP]\na\n##b\nab\n.", true).unwrap();
+            let ids = t.encode(&text, max);
+            prop_assert!(ids.len() <= max && ids.len() >= 2);
+            prop_assert_eq!(ids[0], 2);
+            prop_assert_eq!(*ids.last().unwrap(), 3);
+            prop_assert!(ids.iter().all(|i| (*i as usize) < t.vocab_size()));
+        }
+    }
 
     #[test]
     fn splits_lowercases_and_finds_word_pieces() {
