@@ -17,12 +17,11 @@ use hanzo_e2e::{
     bench::percentile,
     inference::Upstream,
     milli,
-    rpc::{bearer, connect, session},
+    rpc::{bearer, served, session},
 };
 use hanzo_node::{
     config::{ModelBackend, ModelConfig},
     inference::local::write_random,
-    node::Node,
     rpc::proto::{
         ChatMessage, EmbedRequest, GenerateRequest,
         inference_service_client::InferenceServiceClient,
@@ -154,9 +153,7 @@ async fn main() {
             ..openai("tiny", String::new())
         },
     ];
-    let node = Node::start(config).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = connect(node.rpc_addr.unwrap()).await;
+    let (node, ch) = served(&net, config).await;
     let token = session(&ch, &net.dev_key(3)).await;
     let http = reqwest::Client::new();
 

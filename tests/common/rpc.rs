@@ -2,6 +2,8 @@
 
 use alloy::signers::{SignerSync, local::PrivateKeySigner};
 use hanzo_node::{
+    config::Config,
+    node::Node,
     rpc::{
         proto::{GetNonceRequest, SignInRequest, auth_service_client::AuthServiceClient},
         siwe,
@@ -17,6 +19,15 @@ pub async fn connect(addr: std::net::SocketAddr) -> Channel {
         .connect()
         .await
         .expect("gRPC connects")
+}
+
+/// A node started from `config` and synced to the chain's head, with a channel to its
+/// gRPC listener.
+pub async fn served(net: &crate::Devnet, config: Config) -> (Node, Channel) {
+    let node = Node::start(config).await.expect("node starts");
+    node.synced_to(net.confirm().await).await;
+    let ch = connect(node.rpc_addr.expect("rpc on")).await;
+    (node, ch)
 }
 
 /// A SIWE sign-in request for `key`, as a wallet would sign it: for the chain the

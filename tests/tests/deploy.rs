@@ -8,7 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use hanzo_e2e::{
-    rpc::{bearer, connect, session},
+    rpc::{bearer, connect, served, session},
     *,
 };
 use hanzo_node::{
@@ -166,9 +166,7 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
     let mut config = net.config();
     config.deploy.keep_alive = Duration::from_secs(1);
     config.deploy.stop_grace = Duration::from_secs(2);
-    let node = Node::start(config.clone()).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = connect(node.rpc_addr.unwrap()).await;
+    let (node, ch) = served(&net, config.clone()).await;
     let mut api = NodeServiceClient::new(ch.clone());
     let (owner, other) = (net.dev_key(3), net.dev_key(5));
     let token = session(&ch, &owner).await;
@@ -402,9 +400,7 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
         pids.values().all(|p| !alive(*p)),
         "replicas outlived the node"
     );
-    let node = Node::start(config.clone()).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = connect(node.rpc_addr.unwrap()).await;
+    let (node, ch) = served(&net, config.clone()).await;
     let mut api = NodeServiceClient::new(ch.clone());
     let token = session(&ch, &owner).await;
     let after = running(&mut api, &token, "demo", "ticker", 3).await;
@@ -495,9 +491,7 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
     let mut config = net.config();
     config.deploy.max_replicas_per_caller = 4;
     config.deploy.stop_grace = Duration::from_secs(1);
-    let node = Node::start(config).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = connect(node.rpc_addr.unwrap()).await;
+    let (node, ch) = served(&net, config).await;
     let mut api = NodeServiceClient::new(ch.clone());
     let key = net.dev_key(3);
     let token = session(&ch, &key).await;
@@ -735,9 +729,7 @@ async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
         eprintln!("skipped the container part: no Docker engine here ({msg})");
         return;
     }
-    let node = Node::start(config).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = connect(node.rpc_addr.unwrap()).await;
+    let (node, ch) = served(&net, config).await;
     let mut api = NodeServiceClient::new(ch.clone());
     let token = session(&ch, &net.dev_key(3)).await;
     let spec = DeploySpec {

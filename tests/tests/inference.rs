@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use hanzo_e2e::{
     inference::{Upstream, delta},
-    rpc::{bearer, connect, session},
+    rpc::{bearer, served, session},
     *,
 };
 use hanzo_node::{
     config::{ModelBackend, ModelConfig},
     inference::local::write_random,
-    node::Node,
     rpc::proto::{
         ChatMessage, EmbedRequest, GenerateRequest, GetUsageRequest, ListModelsRequest,
         RerankRequest, auth_service_client::AuthServiceClient,
@@ -85,9 +84,7 @@ async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
             ..model("mini", ModelBackend::Local)
         },
     ];
-    let node = Node::start(config).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = connect(node.rpc_addr.unwrap()).await;
+    let (node, ch) = served(&net, config).await;
     let mut api = InferenceServiceClient::new(ch.clone());
 
     // The unstaked: no session, and no way to get one.

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use hanzo_e2e::{
-    rpc::{bearer, connect, sign_in_request},
+    rpc::{bearer, connect, served, sign_in_request},
     *,
 };
 use hanzo_node::{
@@ -47,9 +47,7 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
         .unwrap();
     let mut config = net.config();
     config.rpc.session_ttl = Duration::from_secs(3);
-    let node = Node::start(config).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = channel(&node).await;
+    let (node, ch) = served(&net, config).await;
     let mut auth = AuthServiceClient::new(ch.clone());
     let mut api = NodeServiceClient::new(ch);
 
@@ -370,9 +368,7 @@ async fn rate_limits_and_malformed_requests_get_their_codes() {
     let mut config = net.config();
     config.rpc.base_rate = 5.0;
     config.rpc.max_rate = 5.0;
-    let node = Node::start(config).await.unwrap();
-    node.synced_to(net.confirm().await).await;
-    let ch = channel(&node).await;
+    let (node, ch) = served(&net, config).await;
     let mut auth = AuthServiceClient::new(ch.clone());
     let mut api = NodeServiceClient::new(ch.clone());
     let key = net.dev_key(3);
