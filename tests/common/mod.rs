@@ -16,6 +16,7 @@ use alloy::{
 };
 pub mod bench;
 pub mod cluster;
+pub mod faults;
 pub mod git;
 pub mod inference;
 pub mod rpc;
