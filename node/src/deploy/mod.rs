@@ -185,11 +185,6 @@ impl Deployer {
         Ok(deployer)
     }
 
-    /// The runtime's name.
-    pub fn runtime(&self) -> &'static str {
-        self.inner.runtime.name()
-    }
-
     fn restore(&self) -> Result<(), Error> {
         for (id, bytes) in self.inner.store.deployments()? {
             let Some((spec, owner, created_at, stopped)) = self.decode(&bytes) else {
