@@ -8,6 +8,8 @@ use std::{
 
 use tokio::sync::broadcast;
 
+use crate::lock;
+
 /// Longest log line kept; longer output is split.
 pub const MAX_LINE: usize = 16 << 10;
 /// Events kept per deployment.
@@ -181,10 +183,6 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Splits a byte stream into lines of at most [`MAX_LINE`] bytes, calling `f` on each

@@ -38,10 +38,10 @@ use crate::{
     acl::{Role, Snapshot},
     config::{DeployConfig, DeployRuntime},
     keys::{NodeId, NodeKey},
+    lock,
     store::Store,
     unix_now,
 };
-use journal::lock;
 use supervisor::Replica;
 
 /// Tracing target.

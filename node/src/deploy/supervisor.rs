@@ -10,11 +10,11 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    journal::{EventKind, Journal, lock},
+    journal::{EventKind, Journal},
     runtime::{Chunk, Runtime, Target},
     spec::{HealthCheck, Restart},
 };
-use crate::unix_now;
+use crate::{lock, unix_now};
 
 /// First wait before a restart; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);

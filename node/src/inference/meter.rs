@@ -135,10 +135,7 @@ impl Meter {
                 .inc_by(n);
         }
         let counts = {
-            let mut totals = self
-                .totals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut totals = crate::lock(&self.totals);
             let c = totals.entry((caller, model.to_owned())).or_default();
             if ok {
                 c.requests += 1;
@@ -160,9 +157,7 @@ impl Meter {
 
     /// Usage of `address`, or everyone's.
     pub fn usage(&self, address: Option<Address>) -> Vec<(Address, String, Counts)> {
-        self.totals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.totals)
             .iter()
             .filter(|((a, _), _)| address.is_none_or(|x| x == *a))
             .map(|((a, m), c)| (*a, m.clone(), *c))

@@ -226,11 +226,7 @@ impl Inference {
     /// One of `caller`'s concurrent calls, or [`Error::Busy`].
     fn permit(&self, caller: Address) -> Result<OwnedSemaphorePermit, Error> {
         let sem = {
-            let mut map = self
-                .inner
-                .in_flight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut map = crate::lock(&self.inner.in_flight);
             // Idle callers' entries go, so the map stays as big as the active set.
             if map.len() > 4096 {
                 map.retain(|_, s| s.available_permits() < self.inner.per_caller);
@@ -351,6 +347,12 @@ impl Inference {
     pub fn usage(&self, address: Option<Address>) -> Vec<(Address, String, Counts)> {
         self.inner.meter.usage(address)
     }
+}
+
+/// A JSON number as f32 (what vectors, scores and temperatures are).
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn narrow(x: f64) -> f32 {
+    x as f32
 }
 
 fn text(what: &str, s: &str) -> Result<(), Error> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Backend, Capabilities, Error, Finish, Generation, Usage};
+use super::{Backend, Capabilities, Error, Finish, Generation, Usage, narrow};
 use crate::config::ModelConfig;
 
 /// Longest SSE line accepted.
@@ -148,12 +148,6 @@ impl OpenAi {
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Protocol(format!("{path}: not JSON: {e}")))
     }
-}
-
-/// A score as f32 (what the proto carries).
-#[allow(clippy::cast_possible_truncation)]
-fn narrow(x: f64) -> f32 {
-    x as f32
 }
 
 fn usage(v: &Value) -> Option<Usage> {

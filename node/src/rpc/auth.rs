@@ -24,6 +24,7 @@ use crate::{
     bucket::Bucket,
     config::RpcConfig,
     keys::{NodeId, NodeKey},
+    lock,
 };
 
 /// Most sign-in nonces waiting to be used at once.
@@ -463,10 +464,6 @@ impl Auth {
             rate,
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use super::{Caller, services::Context};
-use crate::{inference::Generation, unix_now};
+use crate::{
+    inference::{Generation, narrow},
+    unix_now,
+};
 
 /// The routes, for the HTTP listener.
 pub fn router(ctx: Context) -> Router {
@@ -234,10 +237,4 @@ async fn embeddings(
         }
         Err(e) => error(&tonic::Status::from(e)),
     }
-}
-
-/// A temperature as f32 (what backends take).
-#[allow(clippy::cast_possible_truncation)]
-fn narrow(x: f64) -> f32 {
-    x as f32
 }
