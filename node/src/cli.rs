@@ -47,9 +47,9 @@ enum Command {
     /// Operator stake and registration.
     #[command(subcommand)]
     Operator(OperatorCmd),
-    /// Caller (dApp) stake.
+    /// Caller (dApp) stake, and signing in to a node's gRPC.
     #[command(subcommand)]
-    Caller(StakeCmd),
+    Caller(CallerCmd),
     /// Identity tokens and their keys.
     #[command(subcommand)]
     Identity(IdentityCmd),
@@ -70,6 +70,11 @@ enum Command {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// The whole system on this machine: anvil, the contracts, a loopback DHT, N
+    /// operators' nodes, a demo identity and repo; prints what to try. Its state is
+    /// kept in --data-dir [default: ./.devnet]; Ctrl-C stops it, running it again
+    /// resumes.
+    Devnet(crate::devnet::Args),
     /// Run a Mainline DHT of a few nodes on loopback for a devnet; prints its
     /// bootstrap addresses (comma-separated, for `dns.bootstrap`) and runs until
     /// stopped.
@@ -205,6 +210,20 @@ enum StakeCmd {
         #[command(flatten)]
         signer: SignerArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CallerCmd {
+    /// Sign in to a node's gRPC with the signer's Ethereum key (a SIWE message) and
+    /// print the session token, for `authorization: Bearer <token>`.
+    SignIn {
+        /// The node's gRPC URL, e.g. `http://127.0.0.1:8682`.
+        url: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    #[command(flatten)]
+    Stake(StakeCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,7 +408,11 @@ fn stake_text(v: &chain::OperatorView) -> String {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    let config = Config::load(&cli.overrides)?;
+    let mut config = Config::load(&cli.overrides)?;
+    if matches!(cli.command, Command::Devnet(_)) && cli.overrides.log.is_none() {
+        // Several nodes share the terminal with the devnet's summary.
+        config.log.filter = "warn".into();
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .with_context(|| format!("invalid log filter {:?}", config.log.filter))?;
     tracing_subscriber::fmt()
@@ -453,7 +476,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Operator(cmd) => operator(&config, cmd).await,
-        Command::Caller(cmd) => stake(&config, StakeRole::Caller, cmd).await,
+        Command::Caller(CallerCmd::Stake(cmd)) => stake(&config, StakeRole::Caller, cmd).await,
+        Command::Caller(CallerCmd::SignIn { url, signer: s }) => {
+            println!("{}", sign_in(&url, &signer(&config, &s)?).await?);
+            Ok(())
+        }
+        Command::Devnet(args) => {
+            let root = cli
+                .overrides
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| ".devnet".into());
+            crate::devnet::run(&root, &args, cli.overrides.log.clone()).await
+        }
         Command::Identity(cmd) => identity(&config, cmd).await,
         Command::Repo(cmd) => repo(&config, cmd).await,
         Command::Acl(AclCmd::Show(read)) => {
@@ -465,6 +500,44 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::GitCredential(args) => git_credential(&args),
     }
+}
+
+/// Signs in to the gRPC at `url` as `key` (SIWE, as a wallet would) and returns the
+/// session token.
+async fn sign_in(url: &str, key: &PrivateKeySigner) -> Result<String> {
+    use crate::rpc::{
+        proto::{GetNonceRequest, SignInRequest, auth_service_client::AuthServiceClient},
+        siwe,
+    };
+    use alloy::signers::SignerSync;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url:?} is not a gRPC URL like http://127.0.0.1:8682"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the node's gRPC at {url}"))?;
+    let mut auth = AuthServiceClient::new(channel);
+    let n = auth.get_nonce(GetNonceRequest {}).await?.into_inner();
+    let now = crate::unix_now();
+    let message = siwe::message(&siwe::Message {
+        domain: n.domain,
+        address: key.address(),
+        uri: n.uri,
+        chain_id: n.chain_id,
+        nonce: n.nonce,
+        issued_at: now,
+        // The node accepts sign-in messages that expire; this one is used at once.
+        expires_at: Some(now + 300),
+        not_before: None,
+    });
+    let signature = key.sign_message_sync(message.as_bytes())?;
+    let r = auth
+        .sign_in(SignInRequest {
+            message,
+            signature: signature.as_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("sign-in refused ({:?}): {}", s.code(), s.message()))?;
+    Ok(r.into_inner().token)
 }
 
 /// The node's database, read-only (the node may be running).
