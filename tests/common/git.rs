@@ -65,6 +65,11 @@ impl GitUser {
     /// Runs `git args` in `dir` as this user, with this build's `git-remote-hanzo`
     /// on the PATH.
     pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        self.command(dir, args).output().expect("run git")
+    }
+
+    /// `git args` in `dir` as this user, to run or spawn.
+    pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
         let bin = crate::node_bin();
         let path = std::env::join_paths(
             std::iter::once(bin.parent().expect("target dir").to_path_buf()).chain(
@@ -72,17 +77,16 @@ impl GitUser {
             ),
         )
         .expect("PATH");
-        Command::new("git")
-            .args(args)
+        let mut cmd = Command::new("git");
+        cmd.args(args)
             .current_dir(dir)
             .env_clear()
             .env("PATH", path)
             .env("HOME", self.home.path())
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LANG", "C")
-            .output()
-            .expect("run git")
+            .env("LANG", "C");
+        cmd
     }
 
     /// Runs git and returns stdout and stderr together, panicking on failure.
@@ -130,6 +134,31 @@ impl GitUser {
             .map(|(id, name)| (id.to_owned(), name.to_owned()))
             .collect()
     }
+}
+
+/// Asserts that `git fsck --strict` finds the bare repo `repo` clean.
+pub fn fsck(repo: &Path) {
+    let out = Command::new("git")
+        .args(["fsck", "--strict", "--no-dangling"])
+        .current_dir(repo)
+        .output()
+        .expect("run git fsck");
+    assert!(
+        out.status.success(),
+        "fsck of {}: {}",
+        repo.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The quarantine directories (`objects/incoming-*`) in a bare repo: a pack still
+/// arriving, or left by a crash.
+pub fn quarantines(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("objects")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
+            .count()
+    })
 }
 
 /// Runs `cmd` with `input` on its stdin; returns its stdout.

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 
 use hanzo_e2e::{
     cluster::{Member, connected},
-    git::{GitUser, piped},
+    git::{GitUser, fsck, piped, quarantines},
     *,
 };
 use hanzo_node::{
@@ -132,19 +132,6 @@ async fn pushes_reach_every_node_and_an_offline_node_catches_up() {
 
 fn all_of(nodes: &[Member]) -> Vec<&Member> {
     nodes.iter().collect()
-}
-
-fn fsck(repo: &std::path::Path) {
-    let out = Command::new("git")
-        .args(["fsck", "--strict", "--no-dangling"])
-        .current_dir(repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,15 +305,6 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
 
 fn oid(commit: &str) -> [u8; 20] {
     alloy::hex::decode(commit).unwrap().try_into().unwrap()
-}
-
-/// The quarantine directories (`objects/incoming-*`) in a repo.
-fn quarantines(repo: &std::path::Path) -> usize {
-    std::fs::read_dir(repo.join("objects")).map_or(0, |d| {
-        d.filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
-            .count()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
