@@ -12,6 +12,8 @@ pub mod config;
 pub mod deploy;
 pub mod devnet;
 pub mod dns;
+#[cfg(test)]
+mod fuzz;
 pub mod git;
 pub mod http;
 pub mod inference;

@@ -303,6 +303,16 @@ mod tests {
         }
 
         #[test]
+        fn mutated_certificates_parse_or_are_errors(
+            bytes in crate::fuzz::mutated(text(&format!("{OLD} {NEW} refs/heads/main\n{NEW} {OLD} refs/tags/v1\n")))
+        ) {
+            if let Ok(cert) = PushCert::parse(bytes) {
+                prop_assert!(!cert.commands.is_empty());
+                prop_assert!(cert.verify().is_err(), "a mutated signature verified");
+            }
+        }
+
+        #[test]
         fn garbage_commands_are_errors(line in "[0-9a-f ]{0,90}[a-z/.]{0,20}") {
             let _ = Command::parse(line.as_bytes());
         }

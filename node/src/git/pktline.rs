@@ -141,6 +141,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A receive-pack request's shape: commands, a flush, then pack bytes.
+    fn stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out, b"0000000000000000000000000000000000000000 1111111111111111111111111111111111111111 refs/heads/main\0report-status push-cert=1-ab\n");
+        write(&mut out, b"push-cert\0push-cert=1-ab\n");
+        write(&mut out, b"certificate version 0.1\n");
+        write(&mut out, b"push-cert-end\n");
+        flush(&mut out);
+        out.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\0");
+        out
+    }
+
     #[test]
     fn known_packets() {
         let mut out = Vec::new();
@@ -177,6 +189,23 @@ mod tests {
                 rest = tail;
             }
             prop_assert_eq!(back, data);
+        }
+
+        #[test]
+        fn mutated_streams_never_panic(bytes in crate::fuzz::mutated(stream()), budget in 0usize..400) {
+            let mut rest = &bytes[..];
+            while let Ok(Some((_, tail))) = split(rest) {
+                prop_assert!(tail.len() < rest.len());
+                rest = tail;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = &bytes[..];
+                let mut budget = budget;
+                while let Ok(pkt) = read(&mut r, &mut budget).await {
+                    if pkt == Pkt::ResponseEnd { break; }
+                }
+            });
         }
 
         #[test]

@@ -223,6 +223,18 @@ mod tests {
 
     proptest! {
         #[test]
+        fn mutated_updates_decode_to_what_they_encode_or_are_errors(bytes in crate::fuzz::mutated(RefUpdate {
+            repo: 7,
+            refs: vec![("refs/heads/main".into(), [1; 20], [2; 20]), ("refs/tags/v1".into(), [0; 20], [3; 20])],
+            cert: b"certificate version 0.1".to_vec(),
+            announced_ms: 5,
+        }.encode())) {
+            if let Ok(m) = RefUpdate::decode(&bytes, 1024) {
+                prop_assert_eq!(RefUpdate::decode(&m.encode(), 1024).unwrap(), m);
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = RefUpdate::decode(&bytes, 1024);
             libp2p::futures::executor::block_on(async {

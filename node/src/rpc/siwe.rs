@@ -289,6 +289,22 @@ mod tests {
 
     proptest! {
         #[test]
+        fn mutated_messages_round_trip_or_are_errors(s in crate::fuzz::mutated_text(message(&Message {
+            domain: "node.example.org:8690".into(),
+            address: alloy::primitives::Address::repeat_byte(0xab),
+            uri: "https://node.example.org:8690".into(),
+            chain_id: 31337,
+            nonce: "a1b2c3d4e5f6a7b8".into(),
+            issued_at: 1_700_000_000,
+            expires_at: Some(1_700_000_300),
+            not_before: Some(1_699_999_999),
+        }))) {
+            if let Ok(m) = Message::parse(&s) {
+                prop_assert_eq!(Message::parse(&message(&m)), Ok(m));
+            }
+        }
+
+        #[test]
         fn arbitrary_text_never_panics(s in "\\PC{0,600}") {
             let _ = Message::parse(&s);
         }

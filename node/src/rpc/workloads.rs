@@ -355,3 +355,60 @@ impl Context {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+
+    fn request() -> proto::DeployRequest {
+        proto::DeployRequest {
+            spec: Some(proto::DeploySpec {
+                name: "web".into(),
+                services: vec![proto::ServiceSpec {
+                    name: "api".into(),
+                    command: "sh".into(),
+                    args: vec!["-c".into(), "echo hi".into()],
+                    env: [("GREETING".into(), "hello".into())].into(),
+                    secret_env: [("TOKEN".into(), "s3cret".into())].into(),
+                    replicas: 2,
+                    restart: proto::RestartPolicy::Always.into(),
+                    health_check: Some(proto::HealthCheck {
+                        command: vec!["true".into()],
+                        interval_secs: 2,
+                        timeout_secs: 1,
+                        retries: 2,
+                    }),
+                    resources: Some(proto::Resources {
+                        memory_bytes: 1 << 26,
+                        cpu_millis: 0,
+                    }),
+                    image: String::new(),
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn the_seed_request_is_a_valid_spec() {
+        let s = spec(request().spec).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.replicas(), 2);
+    }
+
+    proptest! {
+        /// Bytes off the wire: a DeployRequest decodes, becomes a spec and is checked,
+        /// or is refused with INVALID_ARGUMENT; nothing panics.
+        #[test]
+        fn mutated_deploy_requests_are_specs_or_errors(bytes in crate::fuzz::mutated(request().encode_to_vec())) {
+            if let Ok(req) = proto::DeployRequest::decode(&bytes[..]) {
+                match spec(req.spec) {
+                    Ok(s) => { let _ = s.validate(); }
+                    Err(status) => prop_assert_eq!(status.code(), tonic::Code::InvalidArgument),
+                }
+            }
+        }
+    }
+}
