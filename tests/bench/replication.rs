@@ -17,7 +17,6 @@ use hanzo_e2e::{
     Devnet, arg,
     bench::{generate, median, peak_rss_mb, percentile},
     cluster::Process,
-    git::GitUser,
     http_get,
 };
 
@@ -62,13 +61,7 @@ async fn main() {
     let bytes = usize::try_from(mb * 1_000_000 / commits).unwrap();
 
     let net = Devnet::start().await;
-    let alice = GitUser::new("alice");
-    net.identity_for(1, &alice).await;
-    net.client(1)
-        .await
-        .create_repo("demo", "alice", false)
-        .await
-        .unwrap();
+    let (alice, _) = net.alice_with_demo().await;
     // Catch-up every 5 s, so that it rarely runs during a measurement.
     let mut nodes = Vec::new();
     for i in 0..3 {

@@ -17,25 +17,12 @@ use std::{
 
 use hanzo_e2e::{
     Devnet, arg,
-    bench::{free_addr, median, percentile},
+    bench::{free_addr, median, percentile, rss_mb},
     cluster::Process,
-    git::GitUser,
     http_get, milli,
     rpc::{bearer, connect, session},
 };
 use hanzo_node::rpc::proto::{GetStatusRequest, node_service_client::NodeServiceClient};
-
-/// Current resident memory of process `pid`, in MB.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
 
 /// Waits (at most 30 s) until every node advertises `tip`; whether they did.
 async fn replicated(nodes: &[Process], tip: &str) -> bool {
@@ -79,13 +66,7 @@ async fn main() {
     let sample_s = arg("--sample-s", 30);
 
     let net = Devnet::start().await;
-    let alice = GitUser::new("alice");
-    net.identity_for(1, &alice).await;
-    net.client(1)
-        .await
-        .create_repo("demo", "alice", false)
-        .await
-        .unwrap();
+    let (alice, _) = net.alice_with_demo().await;
     let caller = net.dev_key(3);
     net.client(3)
         .await

@@ -198,6 +198,20 @@ impl Devnet {
             .expect("add key");
     }
 
+    /// Alice (dev account 1) with her SSH key on chain, and her public repo demo; the
+    /// repo's token id.
+    pub async fn alice_with_demo(&self) -> (GitUser, u64) {
+        let alice = GitUser::new("alice");
+        self.identity_for(1, &alice).await;
+        let demo = self
+            .client(1)
+            .await
+            .create_repo("demo", "alice", false)
+            .await
+            .expect("create repo demo");
+        (alice, demo)
+    }
+
     /// Where the node keeps repo token `id`.
     pub fn repo_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join("repos").join(format!("{id}.git"))

@@ -95,19 +95,6 @@ async fn a_node_whose_chain_rpc_goes_away_serves_its_last_acl_and_resumes() {
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Alice (dev account 1) with her SSH key on chain, and her public repo demo.
-async fn alice_and_demo(net: &Devnet) -> (GitUser, u64) {
-    let alice = GitUser::new("alice");
-    net.identity_for(1, &alice).await;
-    let demo = net
-        .client(1)
-        .await
-        .create_repo("demo", "alice", false)
-        .await
-        .unwrap();
-    (alice, demo)
-}
-
 /// `main` of demo as `url` serves it, if it has one.
 fn main_at(alice: &GitUser, url: &str) -> Option<String> {
     alice
@@ -155,7 +142,7 @@ fn refs_on_disk(net: &Devnet, dir: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_while_receiving_a_push_loses_no_accepted_push() {
     let net = Devnet::start().await;
-    let (alice, demo) = alice_and_demo(&net).await;
+    let (alice, demo) = net.alice_with_demo().await;
     let peer = net.cluster(1, 5).await;
     let mut a = net.spawn_operator(6, &[]).await;
     let block = net.confirm().await;
@@ -230,7 +217,7 @@ async fn a_node_killed_while_receiving_a_push_loses_no_accepted_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_cut_off_from_its_peers_converges_after_healing() {
     let net = Devnet::start().await;
-    let (alice, demo) = alice_and_demo(&net).await;
+    let (alice, demo) = net.alice_with_demo().await;
     let peers = net.cluster(2, 5).await;
     let c = net.spawn_operator(7, &[]).await;
     let block = net.confirm().await;

@@ -141,6 +141,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Reads packets from `bytes` until an error or a response end.
+    fn read_all(bytes: &[u8], mut budget: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut r = bytes;
+            while let Ok(pkt) = read(&mut r, &mut budget).await {
+                if pkt == Pkt::ResponseEnd {
+                    break;
+                }
+            }
+        });
+    }
+
     /// A receive-pack request's shape: commands, a flush, then pack bytes.
     fn stream() -> Vec<u8> {
         let mut out = Vec::new();
@@ -198,26 +213,12 @@ mod tests {
                 prop_assert!(tail.len() < rest.len());
                 rest = tail;
             }
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            rt.block_on(async {
-                let mut r = &bytes[..];
-                let mut budget = budget;
-                while let Ok(pkt) = read(&mut r, &mut budget).await {
-                    if pkt == Pkt::ResponseEnd { break; }
-                }
-            });
+            read_all(&bytes, budget);
         }
 
         #[test]
         fn read_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300), budget in 0usize..400) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            rt.block_on(async {
-                let mut r = &bytes[..];
-                let mut budget = budget;
-                while let Ok(pkt) = read(&mut r, &mut budget).await {
-                    if pkt == Pkt::ResponseEnd { break; }
-                }
-            });
+            read_all(&bytes, budget);
         }
     }
 }
