@@ -95,87 +95,117 @@ fn node_dir(root: &Path, i: usize) -> PathBuf {
     root.join(format!("node-{i}"))
 }
 
-/// Runs the devnet in `root` until Ctrl-C (or SIGTERM).
+/// Runs the devnet in `root` until Ctrl-C (or SIGTERM), which may come at any point:
+/// what has started by then is stopped in order (nodes, then anvil).
 pub async fn run(root: &Path, args: &Args, log: Option<String>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let started = Instant::now();
+    let (mut interrupt, mut terminate) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
+    let stop = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    tokio::pin!(stop);
     std::fs::create_dir_all(root)
         .with_context(|| format!("cannot create the devnet dir {}", root.display()))?;
     let root = &root.canonicalize()?;
+
     let n = usize::from(args.nodes);
-
-    let mut anvil = Anvil::start(root, args, n + 2).await?;
-    let result = async {
-        let dev = anvil.accounts(root).await?;
-        let deployment = match Deployment::load(&root.join(DEPLOYMENT)) {
-            Ok(d) => {
-                resume_check(&anvil.url, &d, root, args).await?;
-                d
-            }
-            Err(_) => set_up(root, args, &dev, &anvil.url).await?,
-        };
-        // Blocks every second from now on, so confirmations come without transactions.
-        let provider = chain::connect(&anvil.url, None).await?;
-        provider
-            .raw_request::<_, ()>("evm_setIntervalMining".into(), (1,))
-            .await
-            .context("evm_setIntervalMining")?;
-
-        let dht = tokio::task::spawn_blocking(|| mainline::Testnet::builder(5).build()).await??;
-        let bootstrap = dht.bootstrap.clone();
-        let mut nodes = Vec::with_capacity(n);
-        for i in 0..n {
-            let config = Config::load(&Overrides {
-                data_dir: Some(node_dir(root, i)),
-                dns_bootstrap: Some(bootstrap.clone()),
-                dns_request_timeout: Some(DHT_TIMEOUT),
-                log: log.clone(),
-                ..Overrides::default()
-            })?;
-            let node = Node::start(config)
-                .await
-                .with_context(|| format!("node {i} ({})", node_dir(root, i).display()))?;
-            nodes.push(node);
-        }
-        let waiting = ready(&nodes, &provider).await;
-        let summary = Summary {
-            root,
-            args,
-            deployment: &deployment,
-            bootstrap: &bootstrap,
-            alice: dev.alice(n),
-            nodes: &nodes,
-        };
-        print!("{}", summary.text(started.elapsed(), &waiting)?);
-        shutdown_signal().await;
-        eprintln!("devnet: stopping {n} nodes and anvil");
-        for node in nodes {
-            node.shutdown().await;
-        }
-        drop(dht);
-        anyhow::Ok(())
+    let mut anvil = tokio::select! {
+        anvil = Anvil::start(root, args, n + 2) => anvil?,
+        () = &mut stop => return Ok(()),
+    };
+    let mut parts = Parts {
+        nodes: Vec::with_capacity(n),
+        dht: None,
+    };
+    let up = tokio::select! {
+        up = start(root, args, log, &anvil, &mut parts, started) => up,
+        () = &mut stop => Ok(false),
+    };
+    if matches!(up, Ok(true)) {
+        stop.await;
     }
-    .await;
+    eprintln!("devnet: stopping {} nodes and anvil", parts.nodes.len());
+    for node in parts.nodes {
+        node.shutdown().await;
+    }
+    drop(parts.dht);
     anvil.stop().await;
-    if result.is_ok() {
+    if up.is_ok() {
         eprintln!("devnet: stopped; its state is in {}", root.display());
     }
-    result
+    up.map(|_| ())
 }
 
-/// Waits until Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// What runs in this process, kept where a stop at any moment can reach it.
+struct Parts {
+    nodes: Vec<Node>,
+    dht: Option<mainline::Testnet>,
+}
+
+/// Sets up (first run) or checks (later runs) the chain, starts the DHT and the nodes
+/// (into `parts`), waits for them and prints the summary; `true` once it is printed.
+async fn start(
+    root: &Path,
+    args: &Args,
+    log: Option<String>,
+    anvil: &Anvil,
+    parts: &mut Parts,
+    started: Instant,
+) -> Result<bool> {
+    let n = usize::from(args.nodes);
+    let dev = anvil.accounts(root).await?;
+    let deployment = match Deployment::load(&root.join(DEPLOYMENT)) {
+        Ok(d) => {
+            resume_check(&anvil.url, &d, root, args).await?;
+            d
         }
+        Err(_) => set_up(root, args, &dev, &anvil.url).await?,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+    // Blocks every second from now on, so confirmations come without transactions.
+    let provider = chain::connect(&anvil.url, None).await?;
+    provider
+        .raw_request::<_, ()>("evm_setIntervalMining".into(), (1,))
+        .await
+        .context("evm_setIntervalMining")?;
+
+    let dht = tokio::task::spawn_blocking(|| mainline::Testnet::builder(5).build()).await??;
+    let bootstrap = dht.bootstrap.clone();
+    parts.dht = Some(dht);
+    for i in 0..n {
+        let config = Config::load(&Overrides {
+            data_dir: Some(node_dir(root, i)),
+            dns_bootstrap: Some(bootstrap.clone()),
+            dns_request_timeout: Some(DHT_TIMEOUT),
+            log: log.clone(),
+            ..Overrides::default()
+        })?;
+        let node = Node::start(config).await.with_context(|| {
+            format!(
+                "node {i} ({}); if a port is taken, choose others with --base-port",
+                node_dir(root, i).display()
+            )
+        })?;
+        parts.nodes.push(node);
     }
+    let nodes = &parts.nodes;
+    let waiting = ready(nodes, &provider).await;
+    let summary = Summary {
+        root,
+        args,
+        deployment: &deployment,
+        bootstrap: &bootstrap,
+        alice: dev.alice(n),
+        nodes,
+    };
+    print!("{}", summary.text(started.elapsed(), &waiting)?);
+    Ok(true)
 }
 
 /// anvil as a child process in its own process group, so Ctrl-C reaches the devnet

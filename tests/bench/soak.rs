@@ -17,7 +17,7 @@ use std::{
 
 use hanzo_e2e::{
     Devnet, arg,
-    bench::{free_addr, median, percentile, rss_mb},
+    bench::{free_addr, median, percentile, rss_mb, status_mb},
     cluster::Process,
     http_get, milli,
     rpc::{bearer, connect, session},
@@ -170,12 +170,16 @@ async fn main() {
     while Instant::now() < deadline {
         if Instant::now() >= next_sample {
             let s: Vec<f64> = pids.iter().map(|&p| rss_mb(p)).collect();
+            let anon: Vec<f64> = pids.iter().map(|&p| status_mb(p, "RssAnon:")).collect();
             println!(
-                "t={:>4}s pushes={n} rss_mb=[{:.0}, {:.0}, {:.0}] rpc_calls={}",
+                "t={:>4}s pushes={n} rss_mb=[{:.0}, {:.0}, {:.0}] (anonymous [{:.0}, {:.0}, {:.0}]) rpc_calls={}",
                 began.elapsed().as_secs(),
                 s[0],
                 s[1],
                 s[2],
+                anon[0],
+                anon[1],
+                anon[2],
                 rpc_lat.lock().unwrap().len()
             );
             rss.push(s);

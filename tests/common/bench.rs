@@ -99,8 +99,8 @@ pub fn rss_mb(pid: u32) -> f64 {
     status_mb(pid, "VmRSS:")
 }
 
-/// A `kB` field of `/proc/<pid>/status`, in MB.
-fn status_mb(pid: u32, field: &str) -> f64 {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, …), in MB.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
         .lines()
