@@ -733,3 +733,55 @@ async fn a_fetch_client_that_stops_reading_is_dropped() {
         body.len()
     );
 }
+
+/// Each push adds a pack; past 50 of them the node combines them (`git gc --auto`,
+/// as stock git's receive-pack does), in the background: pushes go on meanwhile,
+/// nothing is lost, and a clone matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn packs_from_many_pushes_are_combined_and_nothing_is_lost() {
+    let w = World::start(|_| {}).await;
+    let url = w.url("demo");
+    let work = w.alice.init("demo");
+    let packs = || {
+        std::fs::read_dir(w.net.repo_dir(w.demo).join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .count()
+    };
+    let mut most = 0;
+    for i in 0..60 {
+        w.alice.commit(&work, "log", &format!("push {i}"));
+        w.alice
+            .git_ok(&work, &["push", "-q", "--signed", &url, "main"]);
+        most = most.max(packs());
+    }
+    assert!(most > 50, "each push adds a pack: at most {most}");
+    // Combined once past 50: a pack or two, plus one per push since.
+    let combined = eventually(Duration::from_secs(60), async || {
+        let n = packs();
+        (n <= 20).then_some(n)
+    })
+    .await;
+    assert!(combined >= 1, "no pack left");
+    let tip = w.alice.rev(&work, "HEAD");
+    assert_eq!(w.tips("demo")[1], (tip.clone(), "refs/heads/main".into()));
+    w.assert_repo_clean(w.demo);
+    let clone = w.dave.home.path().join("clone");
+    w.dave.git_ok(
+        w.dave.home.path(),
+        &["clone", "-q", &url, clone.to_str().unwrap()],
+    );
+    assert_eq!(w.dave.rev(&clone, "HEAD"), tip);
+    assert_eq!(
+        w.dave
+            .git_ok(&clone, &["rev-list", "--count", "HEAD"])
+            .trim(),
+        "60"
+    );
+    // Pushing goes on after the repack.
+    w.alice.commit(&work, "log", "after");
+    w.alice
+        .git_ok(&work, &["push", "-q", "--signed", &url, "main"]);
+    w.node.shutdown().await;
+}

@@ -31,7 +31,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufRead;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use serve::router;
 
@@ -56,6 +56,9 @@ pub(crate) type BodyReader = Box<dyn AsyncBufRead + Send + Unpin>;
 const MAX_DRAIN: u64 = 64 << 20;
 /// Largest difference, in seconds, between a push certificate's time and the node's.
 const MAX_CLOCK_SKEW: u64 = 600;
+/// Packs a repo may have before `git gc --auto` combines them (git's own
+/// `gc.autoPackLimit` default).
+const MAX_PACKS: usize = 50;
 
 /// Why a git request failed.
 #[allow(missing_docs)] // each variant's #[error] message documents it
@@ -89,6 +92,8 @@ struct Inner {
     /// Which repos this node holds.
     seeding: Replicate,
     node: NodeId,
+    /// Repos whose packs are being combined now.
+    maintaining: Mutex<HashSet<RepoId>>,
     /// Accepted pushes, for `p2p` to announce.
     announce: tokio::sync::broadcast::Sender<Update>,
 }
@@ -127,6 +132,7 @@ impl Git {
                 nonces,
                 config,
                 push_locks: Mutex::default(),
+                maintaining: Mutex::default(),
                 stats: Stats::default(),
                 seeding,
                 node: node_key.public(),
@@ -477,6 +483,7 @@ impl Git {
         }
         // Nobody listening (p2p off) is fine.
         let _ = self.inner.announce.send(Update::of_push(id, cert));
+        self.maintain(id, &dir);
         info!(
             target: TARGET,
             repo = name,
@@ -543,6 +550,54 @@ impl Git {
 async fn drain(body: &mut BodyReader, limit: u64) {
     use tokio::io::AsyncReadExt;
     let _ = tokio::io::copy(&mut body.take(limit), &mut tokio::io::sink()).await;
+}
+
+impl Git {
+    /// Every push and replicated update adds a pack; past [`MAX_PACKS`] of them, `git
+    /// gc --auto` combines them in the background (at most one run per repo), as stock
+    /// git's receive-pack does. It is safe beside pushes and fetches: new packs are
+    /// written before old ones go, and unreachable objects are kept for two weeks, so a
+    /// pack admitted just before its ref moves is never lost. Without this, packs pile
+    /// up, and with them the node's memory and every fetch's cost.
+    fn maintain(&self, id: RepoId, dir: &std::path::Path) {
+        let packs = std::fs::read_dir(dir.join("objects/pack")).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        });
+        if packs <= MAX_PACKS || !crate::lock(&self.inner.maintaining).insert(id) {
+            return;
+        }
+        let (this, dir) = (self.clone(), dir.to_path_buf());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let out = tokio::process::Command::new("git")
+                .args(["-c", "gc.autoDetach=false", "-c", "gc.packRefs=false"])
+                .args(["-c", &format!("gc.autoPackLimit={MAX_PACKS}")])
+                .args(["gc", "--auto", "--quiet"])
+                .current_dir(&dir)
+                .kill_on_drop(true)
+                .output()
+                .await;
+            match out {
+                Ok(o) if o.status.success() => debug!(
+                    target: TARGET,
+                    repo = id,
+                    packs,
+                    ms = started.elapsed().as_millis() as u64,
+                    "packs combined"
+                ),
+                Ok(o) => warn!(
+                    target: TARGET,
+                    repo = id,
+                    "git gc failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => warn!(target: TARGET, repo = id, %e, "cannot run git gc"),
+            }
+            crate::lock(&this.inner.maintaining).remove(&id);
+        });
+    }
 }
 
 async fn blocking<T: Send + 'static>(

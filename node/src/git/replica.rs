@@ -426,6 +426,7 @@ impl Git {
             cert = %hex::encode(plan.hash),
             "replicated update applied"
         );
+        self.maintain(plan.repo, &dir);
         Ok(Applied {
             refs: updates.len(),
             objects,
