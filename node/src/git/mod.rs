@@ -584,7 +584,7 @@ impl Git {
                     target: TARGET,
                     repo = id,
                     packs,
-                    ms = started.elapsed().as_millis() as u64,
+                    took = ?started.elapsed(),
                     "packs combined"
                 ),
                 Ok(o) => warn!(
