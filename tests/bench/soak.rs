@@ -78,9 +78,16 @@ async fn main() {
     for i in 0..3 {
         let rpc = free_addr();
         let listen = rpc.to_string();
+        // The default ref comparison every 30 s (the tests' cluster uses 1 s).
         nodes.push(
-            net.spawn_operator(5 + i, &[("HANZO_RPC_LISTEN", listen.as_str())])
-                .await,
+            net.spawn_operator(
+                5 + i,
+                &[
+                    ("HANZO_RPC_LISTEN", listen.as_str()),
+                    ("HANZO_P2P_SYNC_INTERVAL", "30s"),
+                ],
+            )
+            .await,
         );
         grpc.push(rpc);
     }
