@@ -39,6 +39,8 @@ const DEMO_SSH_KEY: &str = "alice_ed25519";
 const ANVIL_STATE: &str = "anvil-state.json";
 /// What anvil writes at start: its dev accounts and their keys.
 const ANVIL_ACCOUNTS: &str = "anvil.json";
+/// The running anvil's pid, so that the next run can stop one a killed devnet left.
+const ANVIL_PID: &str = "anvil.pid";
 /// The deployment file; it is written last, so its presence means set-up finished.
 const DEPLOYMENT: &str = "deployment.json";
 /// DHT request timeout on loopback.
@@ -213,10 +215,13 @@ async fn start(
 struct Anvil {
     child: Child,
     url: String,
+    root: PathBuf,
 }
 
 impl Anvil {
     async fn start(root: &Path, args: &Args, accounts: usize) -> Result<Self> {
+        let state = root.join(ANVIL_STATE);
+        reap_left_behind(&root.join(ANVIL_PID), &state).await;
         let accounts_file = root.join(ANVIL_ACCOUNTS);
         let _ = std::fs::remove_file(&accounts_file);
         let mut child = Command::new(&args.anvil)
@@ -228,7 +233,7 @@ impl Anvil {
             ])
             .args(["--accounts", &accounts.max(10).to_string()])
             .arg("--state")
-            .arg(root.join(ANVIL_STATE))
+            .arg(&state)
             .args(["--state-interval", "5", "--silent", "--config-out"])
             .arg(&accounts_file)
             .stdin(Stdio::null())
@@ -267,8 +272,15 @@ impl Anvil {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(pid) = child.id() {
+            std::fs::write(root.join(ANVIL_PID), pid.to_string())?;
+        }
         info!(target: TARGET, %url, "anvil is up");
-        Ok(Self { child, url })
+        Ok(Self {
+            child,
+            url,
+            root: root.to_path_buf(),
+        })
     }
 
     /// anvil's dev accounts, from the file it writes at start.
@@ -306,7 +318,39 @@ impl Anvil {
             warn!(target: TARGET, "anvil did not stop within 10 s; killing it");
             let _ = self.child.kill().await;
         }
+        let _ = std::fs::remove_file(self.root.join(ANVIL_PID));
     }
+}
+
+/// Stops the anvil a devnet killed with SIGKILL left running on this data dir (its
+/// pid file names it, and its command line names this dir's state file), so that it
+/// writes its state and frees its port.
+async fn reap_left_behind(pid_file: &Path, state: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let ours = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("anvil") && c.contains(&*state.to_string_lossy())
+        })
+    };
+    if !ours(pid) {
+        return;
+    }
+    warn!(target: TARGET, pid, "stopping the anvil a killed devnet left running");
+    let pid_t = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGINT);
+    for _ in 0..100 {
+        if !ours(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
 }
 
 /// anvil's funded dev accounts: 0 deploys, 1..=n operate the nodes, n+1 is alice.

@@ -1,7 +1,8 @@
 //! `hanzo-node devnet`, the README's main-job command, as a newcomer runs it: it comes
 //! up, the commands it prints work as printed (a `hanzo://` clone, a signed push, a
 //! replicated ref, a wallet sign-in and a gRPC call with buf), Ctrl-C stops it
-//! cleanly, and a second run from the same data dir has the same state.
+//! cleanly, and a second run from the same data dir has the same state — as does a
+//! third after the devnet was SIGKILLed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::{
@@ -209,7 +210,7 @@ fn converged(run: &Running, commit: &str) {
 }
 
 #[test]
-fn devnet_comes_up_its_printed_commands_work_and_it_resumes_from_its_data_dir() {
+fn devnet_comes_up_its_printed_commands_work_and_it_resumes_after_a_stop_or_a_kill() {
     let home = tempfile::tempdir().unwrap();
     let dir: PathBuf = home.path().join("devnet");
     let chain_port = free_base();
@@ -259,6 +260,13 @@ fn devnet_comes_up_its_printed_commands_work_and_it_resumes_from_its_data_dir() 
         "the first push is the parent"
     );
     assert!(out.contains("HEAD -> main"), "{out}");
+    converged(&run, &second);
+
+    // SIGKILL: no clean stop, anvil left running. The next run stops that anvil (it
+    // writes its state) and resumes with the second push on every node.
+    drop(run);
+    let run = Running::start(&dir, chain_port, base_port);
+    assert_eq!(run.node_keys(), keys, "node keys changed across a kill");
     converged(&run, &second);
     run.interrupt();
 }
