@@ -1,7 +1,8 @@
 //! Soak (run by `scripts/soak`): three `hanzo-node` processes on loopback driven at a
 //! steady rate for a bounded time — a signed push every `--push-ms` to the nodes in
 //! turn (each timed until all three advertise it) and `--rps` gRPC `GetStatus` calls
-//! from a signed-in caller spread over the nodes. Every `--sample-s` it prints the
+//! from a signed-in caller spread over the nodes, with a block every `--block-ms`
+//! (1000; 0 for none). Every `--sample-s` it prints the
 //! nodes' RSS; at the end the errors, p50/p99 latencies and the RSS trend (first
 //! sample, last sample, and the median of the first and the last quarter of samples).
 //! Ends with `key=value` lines.
@@ -64,6 +65,8 @@ async fn main() {
     let push_ms = arg("--push-ms", 2000);
     let rps = arg("--rps", 20);
     let sample_s = arg("--sample-s", 30);
+    // A block every `--block-ms` (0: none after set-up).
+    let block_ms = arg("--block-ms", 1000);
 
     let net = Devnet::start().await;
     let (alice, _) = net.alice_with_demo().await;
@@ -96,8 +99,8 @@ async fn main() {
     let miner = {
         let provider = net.provider.clone();
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            while block_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(block_ms)).await;
                 let _ = alloy::providers::ext::AnvilApi::anvil_mine(&provider, Some(1), None).await;
             }
         })
