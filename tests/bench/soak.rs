@@ -99,7 +99,10 @@ async fn main() {
     let miner = {
         let provider = net.provider.clone();
         tokio::spawn(async move {
-            while block_ms > 0 {
+            if block_ms == 0 {
+                return;
+            }
+            loop {
                 tokio::time::sleep(Duration::from_millis(block_ms)).await;
                 let _ = alloy::providers::ext::AnvilApi::anvil_mine(&provider, Some(1), None).await;
             }
