@@ -419,7 +419,6 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, Error> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,6 @@ use hanzo_e2e::{
     Devnet, arg,
     bench::percentile,
     inference::Upstream,
-    milli,
     rpc::{bearer, served, session},
 };
 use hanzo_node::{
@@ -120,11 +119,7 @@ async fn main() {
     let paced = Upstream::start(tokens, delay).await;
     let unpaced = Upstream::start(tokens, Duration::ZERO).await;
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let dir = tempfile::tempdir().unwrap();
     let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();

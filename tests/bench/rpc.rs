@@ -157,11 +157,7 @@ async fn main() {
     let clients = usize::try_from(arg("--clients", 32)).unwrap();
     let duration = Duration::from_secs(arg("--secs", 5));
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let mut config = net.config();
     // The limit is not what is measured.
     config.rpc.base_rate = 1e9;

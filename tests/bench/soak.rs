@@ -20,7 +20,7 @@ use hanzo_e2e::{
     Devnet, arg,
     bench::{free_addr, median, percentile, rss_mb, status_mb},
     cluster::Process,
-    http_get, milli,
+    http_get,
     rpc::{bearer, connect, session},
 };
 use hanzo_node::rpc::proto::{GetStatusRequest, node_service_client::NodeServiceClient};
@@ -71,11 +71,7 @@ async fn main() {
     let net = Devnet::start().await;
     let (alice, _) = net.alice_with_demo().await;
     let caller = net.dev_key(3);
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let mut nodes = Vec::new();
     let mut grpc = Vec::new();
     for i in 0..3 {

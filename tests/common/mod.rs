@@ -177,6 +177,15 @@ impl Devnet {
         Client::new(provider, self.deployment.clone())
     }
 
+    /// Dev account `i` deposits 0.5 ETH of caller stake (the minimum is 0.1).
+    pub async fn stake_caller(&self, i: usize) {
+        self.client(i)
+            .await
+            .deposit_caller(milli(500))
+            .await
+            .expect("caller deposit");
+    }
+
     /// The node key in the data dir.
     pub fn node_key(&self) -> NodeKey {
         NodeKey::load(&self.dir.path().join(NODE_KEY_FILE)).expect("node key")

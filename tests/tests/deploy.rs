@@ -157,11 +157,7 @@ async fn exec(
 async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives_a_restart() {
     let net = Devnet::start().await;
     for i in [3, 5] {
-        net.client(i)
-            .await
-            .deposit_caller(milli(500))
-            .await
-            .unwrap();
+        net.stake_caller(i).await;
     }
     let mut config = net.config();
     config.deploy.keep_alive = Duration::from_secs(1);
@@ -483,11 +479,7 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_streams() {
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let mut config = net.config();
     config.deploy.max_replicas_per_caller = 4;
     config.deploy.stop_grace = Duration::from_secs(1);
@@ -640,11 +632,7 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let rpc = hanzo_e2e::bench::free_addr();
     let env = [("HANZO_RPC_LISTEN", rpc.to_string())];
     let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -710,11 +698,7 @@ async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let mut config = net.config();
     config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
     let engine = std::env::var_os("DOCKER_HOST").is_some()

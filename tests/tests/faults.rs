@@ -25,11 +25,7 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_chain_rpc_goes_away_serves_its_last_acl_and_resumes() {
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let proxy = Proxy::start(format!("127.0.0.1:{}", net.anvil.port()).parse().unwrap()).await;
     let mut config = net.config();
     config.chain.rpc_url = proxy.url();
@@ -65,11 +61,7 @@ async fn a_node_whose_chain_rpc_goes_away_serves_its_last_acl_and_resumes() {
         .unwrap();
 
     // Meanwhile on chain: another caller deposits. The node cannot see it yet.
-    net.client(5)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(5).await;
     let block = net.confirm().await;
     let mut auth = AuthServiceClient::new(ch.clone());
     let req = rpc::sign_in_request(auth.clone(), &net.dev_key(5), None).await;

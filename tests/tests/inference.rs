@@ -55,11 +55,7 @@ fn ask(model: &str, prompt: &str) -> GenerateRequest {
 async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
     let upstream = Upstream::start(30, Duration::from_millis(40)).await;
     let net = Devnet::start().await;
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let dir = tempfile::tempdir().unwrap();
     let words = [
         "the", "cat", "sat", "on", "mat", "dog", "ran", "a", "bird", "flew",

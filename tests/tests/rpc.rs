@@ -35,11 +35,7 @@ async fn channel(node: &Node) -> Channel {
 async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
     let net = Devnet::start().await;
     // Account 3 holds caller stake; account 4 holds too little.
-    net.client(3)
-        .await
-        .deposit_caller(milli(500))
-        .await
-        .unwrap();
+    net.stake_caller(3).await;
     let poor = net.client(4).await;
     poor.deposit_caller(milli(100)).await.unwrap();
     poor.request_unstake(StakeRole::Caller, milli(80))
