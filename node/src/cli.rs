@@ -50,6 +50,10 @@ enum Command {
     /// Caller (dApp) stake, and signing in to a node's gRPC.
     #[command(subcommand)]
     Caller(CallerCmd),
+    /// Run a compose app on a node, as `docker compose` does on a Docker host:
+    /// `up -f docker-compose.yml`, `ps`, `logs -f`, `exec -it`, `scale`, `down`,
+    /// `events`.
+    Compose(ComposeArgs),
     /// Identity tokens and their keys.
     #[command(subcommand)]
     Identity(IdentityCmd),
@@ -209,6 +213,77 @@ enum StakeCmd {
         read: ReadArgs,
         #[command(flatten)]
         signer: SignerArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ComposeArgs {
+    /// The node's gRPC URL (`https://…` for TLS).
+    #[arg(long, env = "HANZO_NODE_URL", default_value = "http://127.0.0.1:8690")]
+    url: String,
+    /// The compose file; its top-level `name` (else its directory) names the
+    /// deployment.
+    #[arg(short = 'f', long = "file", default_value = "docker-compose.yml")]
+    file: PathBuf,
+    /// The deployment's name, over the file's.
+    #[arg(short = 'p', long = "project-name")]
+    project: Option<String>,
+    /// The node's CA certificate (PEM), for TLS.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// A client certificate and key (PEM), for a node that asks for mTLS.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    #[command(flatten)]
+    signer: SignerArgs,
+    #[command(subcommand)]
+    command: ComposeCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum ComposeCmd {
+    /// Deploy the file (replacing an earlier deploy of it); always detached.
+    Up {
+        /// Accepted for compose's habit; the node runs it detached anyway.
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
+    /// The containers.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Log lines (of one service).
+    Logs {
+        service: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines from the end (0: all kept).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
+    /// Run a command in a container (`web-1`, or a service's first).
+    Exec {
+        /// Keep stdin open.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// A terminal (raw mode, resizes followed).
+        #[arg(short = 't', long)]
+        tty: bool,
+        container: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Set replicas: `web=3`.
+    Scale { spec: String },
+    /// Stop and remove the containers (named volumes stay).
+    Down,
+    /// Events as they happen.
+    Events {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -499,45 +574,83 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::GitCredential(args) => git_credential(&args),
+        Command::Compose(args) => compose(&config, args).await,
     }
+}
+
+async fn compose(config: &Config, a: ComposeArgs) -> Result<()> {
+    use hanzo_node_client::{Client, Connect, compose};
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut connect = Connect::new(a.url.clone());
+    connect.ca_pem = a.ca.as_ref().map(read).transpose()?;
+    if let (Some(c), Some(k)) = (&a.cert, &a.key) {
+        connect.identity_pem = Some((read(c)?, read(k)?));
+    }
+    // The file is read only by `up`; the others need only its name.
+    let text = match &a.command {
+        ComposeCmd::Up { .. } => {
+            let meta = std::fs::metadata(&a.file)
+                .with_context(|| format!("no compose file {}: pass -f", a.file.display()))?;
+            if meta.len() > 16 << 20 {
+                bail!(
+                    "{} is {} bytes: not a compose file",
+                    a.file.display(),
+                    meta.len()
+                );
+            }
+            String::from_utf8(read(&a.file)?).context("the compose file is not UTF-8")?
+        }
+        _ => std::fs::read_to_string(&a.file).unwrap_or_default(),
+    };
+    let name = compose::project_name(a.project.as_deref(), &a.file, &text);
+    let client = Client::connect(&connect, signer(config, &a.signer)?).await?;
+    let out = &mut std::io::stdout();
+    match a.command {
+        ComposeCmd::Up { .. } => compose::up(&client, &text, &name, out).await?,
+        ComposeCmd::Ps { json } => compose::ps(&client, &name, json, out).await?,
+        ComposeCmd::Logs {
+            service,
+            follow,
+            tail,
+        } => {
+            compose::logs(&client, &name, service.as_deref(), follow, tail, out).await?;
+        }
+        ComposeCmd::Exec {
+            interactive,
+            tty,
+            container,
+            command,
+        } => {
+            let container = if container.contains('-') {
+                container
+            } else {
+                format!("{container}-1")
+            };
+            let code = compose::exec(&client, &name, &container, command, interactive, tty).await?;
+            std::process::exit(code);
+        }
+        ComposeCmd::Scale { spec } => {
+            let Some((service, n)) = spec.split_once('=') else {
+                bail!("`{spec}` is not SERVICE=N, e.g. web=3");
+            };
+            let n = n
+                .parse()
+                .with_context(|| format!("`{n}` is not a replica count"))?;
+            compose::scale(&client, &name, service, n, out).await?;
+        }
+        ComposeCmd::Down => compose::down(&client, &name, out).await?,
+        ComposeCmd::Events { json } => compose::events(&client, &name, json, out).await?,
+    }
+    Ok(())
 }
 
 /// Signs in to the gRPC at `url` as `key` (SIWE, as a wallet would) and returns the
 /// session token.
 async fn sign_in(url: &str, key: &PrivateKeySigner) -> Result<String> {
-    use crate::rpc::{
-        proto::{GetNonceRequest, SignInRequest, auth_service_client::AuthServiceClient},
-        siwe,
-    };
-    use alloy::signers::SignerSync;
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{url:?} is not a gRPC URL like http://127.0.0.1:8682"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the node's gRPC at {url}"))?;
-    let mut auth = AuthServiceClient::new(channel);
-    let n = auth.get_nonce(GetNonceRequest {}).await?.into_inner();
-    let now = crate::unix_now();
-    let message = siwe::message(&siwe::Message {
-        domain: n.domain,
-        address: key.address(),
-        uri: n.uri,
-        chain_id: n.chain_id,
-        nonce: n.nonce,
-        issued_at: now,
-        // The node accepts sign-in messages that expire; this one is used at once.
-        expires_at: Some(now + 300),
-        not_before: None,
-    });
-    let signature = key.sign_message_sync(message.as_bytes())?;
-    let r = auth
-        .sign_in(SignInRequest {
-            message,
-            signature: signature.as_bytes().to_vec(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("sign-in refused ({:?}): {}", s.code(), s.message()))?;
-    Ok(r.into_inner().token)
+    use hanzo_node_client::{Client, Connect};
+    let client = Client::connect(&Connect::new(url), key.clone()).await?;
+    Ok(client.token().await?)
 }
 
 /// The node's database, read-only (the node may be running).

@@ -344,6 +344,42 @@ pub struct DeployConfig {
     /// Idle time after which a log or event stream sends a keep-alive. Default: `15s`.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// The Docker Engine the `docker` runtime uses (`unix:///…/docker.sock`, `tcp://…`).
+    /// Default: `DOCKER_HOST`, else `unix:///var/run/docker.sock`.
+    pub docker_host: Option<String>,
+    /// The host address the docker runtime publishes ports on when a spec names
+    /// none. Default: `0.0.0.0` (every interface).
+    pub publish_address: String,
+    /// Whether callers may publish host ports below 1024. Default: false.
+    pub allow_low_ports: bool,
+    /// Runs process-runtime workloads WITHOUT a sandbox: as the node's own user, with
+    /// the host's whole filesystem (node key and keystore included) in reach. Only for
+    /// a node whose callers are all trusted. Default: false.
+    pub insecure_no_sandbox: bool,
+    /// Whether sandboxed workloads share the host's network (`host`: they can listen
+    /// on the host's ports and reach whatever the host reaches, the node's own
+    /// loopback listeners included) or have only a loopback of their own (`none`).
+    /// Default: `none`.
+    pub network: WorkloadNetwork,
+    /// The host uid (and gid) sandboxed workloads run as when the node runs as root.
+    /// Default: 65534 (`nobody`).
+    pub sandbox_uid: u32,
+    /// Memory of a replica whose spec sets none, in bytes. Default: 1 GiB.
+    pub replica_memory_bytes: u64,
+    /// Processes and threads one replica may have. Default: 256.
+    pub replica_pids: u32,
+    /// Open files per process of a replica. Default: 1024.
+    pub replica_open_files: u32,
+}
+
+/// The network of sandboxed workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadNetwork {
+    /// A loopback of their own, nothing else.
+    None,
+    /// The host's.
+    Host,
 }
 
 /// The runtime that runs replicas.
@@ -367,6 +403,15 @@ impl Default for DeployConfig {
             max_replicas_per_caller: 16,
             stop_grace: Duration::from_secs(10),
             keep_alive: Duration::from_secs(15),
+            docker_host: None,
+            publish_address: "0.0.0.0".into(),
+            allow_low_ports: false,
+            insecure_no_sandbox: false,
+            network: WorkloadNetwork::None,
+            sandbox_uid: 65534,
+            replica_memory_bytes: 1 << 30,
+            replica_pids: 256,
+            replica_open_files: 1024,
         }
     }
 }

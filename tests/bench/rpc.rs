@@ -96,6 +96,7 @@ async fn deploys(addr: std::net::SocketAddr, token: &str) -> (Run, Run) {
             args: vec!["60".into()],
             ..Default::default()
         }],
+        ..Default::default()
     };
     let per_client = DEPLOYS / 4;
     let mut tasks = Vec::new();
@@ -109,6 +110,7 @@ async fn deploys(addr: std::net::SocketAddr, token: &str) -> (Run, Run) {
                 api.deploy(bearer(
                     DeployRequest {
                         spec: Some(spec(i)),
+                        ..Default::default()
                     },
                     &token,
                 ))

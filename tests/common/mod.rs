@@ -16,6 +16,7 @@ use alloy::{
 };
 pub mod bench;
 pub mod cluster;
+pub mod docker;
 pub mod faults;
 pub mod git;
 pub mod inference;

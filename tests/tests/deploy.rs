@@ -183,12 +183,14 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
     let spec = DeploySpec {
         name: "demo".into(),
         services: vec![ticker, crasher],
+        ..Default::default()
     };
 
     // Without a session: told to sign in.
     let e = api
         .deploy(DeployRequest {
             spec: Some(spec.clone()),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -198,6 +200,7 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
         .deploy(bearer(
             DeployRequest {
                 spec: Some(spec.clone()),
+                ..Default::default()
             },
             &token,
         ))
@@ -488,8 +491,14 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
     let key = net.dev_key(3);
     let token = session(&ch, &key).await;
     let deploy = async |api: &mut Api, spec: DeploySpec| {
-        api.deploy(bearer(DeployRequest { spec: Some(spec) }, &token))
-            .await
+        api.deploy(bearer(
+            DeployRequest {
+                spec: Some(spec),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
     };
 
     // Bad specs: each refused with what to change.
@@ -507,7 +516,7 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
             },
             "bad",
             Code::InvalidArgument,
-            "is not on the node's PATH",
+            "is not on the sandbox's PATH",
         ),
         (
             ServiceSpec {
@@ -534,6 +543,7 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
             DeploySpec {
                 name: name.into(),
                 services: vec![s],
+                ..Default::default()
             },
         )
         .await
@@ -550,6 +560,7 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
             interval_secs: 1,
             timeout_secs: 1,
             retries: 2,
+            ..Default::default()
         }),
         ..service("sick", "sleep 1000")
     };
@@ -558,6 +569,7 @@ async fn sick_replicas_restart_bad_specs_are_refused_and_unstaking_closes_stream
         DeploySpec {
             name: "health".into(),
             services: vec![sick],
+            ..Default::default()
         },
     )
     .await
@@ -660,7 +672,9 @@ async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
             spec: Some(DeploySpec {
                 name: "survivor".into(),
                 services: vec![service("sleeper", "sleep 1000")],
+                ..Default::default()
             }),
+            ..Default::default()
         },
         &token,
     ))
@@ -692,47 +706,121 @@ async fn replicas_left_by_a_killed_node_are_reaped_and_started_again() {
     assert!(!alive(after["sleeper-1"]));
 }
 
-/// The docker runtime: with an engine, a container service runs, logs and execs;
-/// without one (as on CI machines with no Docker), the node refuses to start with
-/// that runtime and says how to fix it.
+/// A node with the docker runtime refuses to start without an engine and says how to
+/// fix it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
+async fn the_docker_runtime_without_an_engine_says_why() {
     let net = Devnet::start().await;
-    net.stake_caller(3).await;
     let mut config = net.config();
     config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
-    let engine = std::env::var_os("DOCKER_HOST").is_some()
-        || std::path::Path::new("/var/run/docker.sock").exists();
-    if !engine {
-        let Err(e) = Node::start(config).await else {
-            panic!("a node with the docker runtime started without an engine");
-        };
-        let msg = e.to_string();
-        assert!(msg.contains("Docker engine"), "{msg}");
-        assert!(msg.contains("runtime = \"process\""), "{msg}");
-        eprintln!("skipped the container part: no Docker engine here ({msg})");
-        return;
+    config.deploy.docker_host = Some("unix:///nonexistent/docker.sock".into());
+    let Err(e) = Node::start(config).await else {
+        panic!("a node with the docker runtime started without an engine");
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("Docker engine"), "{msg}");
+    assert!(msg.contains("runtime = \"process\""), "{msg}");
+}
+
+/// A compose app on the docker runtime, against a real engine (the tests start their
+/// own dockerd): a busybox httpd on a published port answers from the host, a worker
+/// that waits for it to be healthy writes to a named volume that survives `down` and
+/// `up`; logs and exec work; another caller sees and touches none of it; what the
+/// node does not do is refused before anything changes; containers a killed node left
+/// are removed when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compose_app_runs_on_docker_and_is_its_owners_alone() {
+    let engine = hanzo_e2e::docker::engine();
+    let net = Devnet::start().await;
+    for i in [3, 5] {
+        net.stake_caller(i).await;
     }
-    let (node, ch) = served(&net, config).await;
+    let mut config = net.config();
+    config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
+    config.deploy.docker_host = Some(engine.host.clone());
+    config.deploy.stop_grace = Duration::from_secs(1);
+    // A container of this node's that a killed run left behind.
+    let node_label = hex::encode(&net.node_key().public().0[..8]);
+    engine.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "hanzo-leftover-web-1",
+        "--label",
+        &format!("hanzo.node={node_label}"),
+        hanzo_e2e::docker::BUSYBOX,
+        "sleep",
+        "1000",
+    ]);
+    let (node, ch) = served(&net, config.clone()).await;
+    assert!(
+        !engine
+            .containers(true)
+            .contains(&"hanzo-leftover-web-1".to_owned()),
+        "the leftover container was removed at start"
+    );
     let mut api = NodeServiceClient::new(ch.clone());
     let token = session(&ch, &net.dev_key(3)).await;
-    let spec = DeploySpec {
-        name: "boxed".into(),
-        services: vec![ServiceSpec {
-            image: "busybox:latest".into(),
-            ..service(
-                "web",
-                "while true; do echo \"hi $HANZO_CONTAINER\"; sleep 1; done",
-            )
-        }],
-    };
-    api.deploy(bearer(DeployRequest { spec: Some(spec) }, &token))
+    let other = session(&ch, &net.dev_key(5)).await;
+
+    let port = hanzo_e2e::bench::free_addr().port();
+    let compose = format!(
+        r#"
+name: shop
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "echo hello-from-web > /tmp/index.html; echo web up; exec httpd -f -p 80 -h /tmp"]
+    ports: ["127.0.0.1:{port}:80"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+      interval: 1s
+      retries: 5
+  worker:
+    image: {image}
+    command: sh -c 'echo run >> /data/runs; echo worker saw $$(wget -q -O- http://web/); sleep 1000'
+    volumes: ["data:/data"]
+    depends_on:
+      web: {{condition: service_healthy}}
+    labels: {{tier: batch}}
+volumes:
+  data:
+"#,
+        image = hanzo_e2e::docker::BUSYBOX
+    );
+    let up = async |api: &mut Api, token: &str, compose: &str| {
+        api.deploy(bearer(
+            DeployRequest {
+                compose: compose.into(),
+                ..Default::default()
+            },
+            token,
+        ))
         .await
-        .unwrap();
+    };
+    let deployed = up(&mut api, &token, &compose).await.unwrap().into_inner();
+    let id = deployed.status.unwrap().deployment;
+    running(&mut api, &token, "shop", "web", 1).await;
+    running(&mut api, &token, "shop", "worker", 1).await;
+
+    // The published port answers from the host.
+    let page = eventually(Duration::from_secs(20), async || {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/")])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await;
+    assert_eq!(page, "hello-from-web\n");
+
+    // The worker started after web was healthy, and reached it by service name.
     let mut logs = api
         .get_logs(bearer(
             GetLogsRequest {
-                deployment: "boxed".into(),
+                deployment: "shop".into(),
                 follow: true,
                 ..Default::default()
             },
@@ -741,15 +829,139 @@ async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
         .await
         .unwrap()
         .into_inner();
-    until("container logs", &mut logs, |l| l.line == b"hi web-1").await;
-    let (stdout, _, code) = exec(&mut api, &token, "boxed", "web-1", &["echo", "ok"], b"")
+    until("worker reaches web", &mut logs, |l| {
+        l.line == b"worker saw hello-from-web"
+    })
+    .await;
+    let (runs, _, code) = exec(
+        &mut api,
+        &token,
+        "shop",
+        "worker-1",
+        &["cat", "/data/runs"],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!((runs.as_str(), code), ("run\n", 0));
+
+    // Docker shows the two containers, on the deployment's own network, labelled.
+    let names = engine.containers(false);
+    let want = [format!("hanzo-{id}-web-1"), format!("hanzo-{id}-worker-1")];
+    assert_eq!(names, want);
+    let inspect = engine.docker(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}} {{json .NetworkSettings.Networks}}",
+        &want[1],
+    ]);
+    assert!(inspect.contains("\"tier\":\"batch\""), "{inspect}");
+    assert!(
+        inspect.contains(&format!("hanzo-{id}-default")),
+        "{inspect}"
+    );
+
+    // Another caller sees none of it and cannot touch it.
+    let theirs = list(&mut api, &other, "").await;
+    assert!(theirs.containers.is_empty(), "{theirs:?}");
+    let e = exec(&mut api, &other, &id, "worker-1", &["true"], b"")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = api
+        .remove(bearer(
+            DeploymentRef {
+                deployment: id.clone(),
+            },
+            &other,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Refused before anything changes, each with its reason.
+    let refused = [
+        (
+            compose.replace("    labels:", "    privileged: true\n    labels:"),
+            "privileged",
+        ),
+        (
+            compose.replace("[\"data:/data\"]", "[\"/etc:/data\"]"),
+            "host bind mounts are refused",
+        ),
+        (
+            compose.replace(hanzo_e2e::docker::BUSYBOX, "hanzo-test/nowhere:1"),
+            "cannot pull image hanzo-test/nowhere:1",
+        ),
+        (
+            compose.replace(&format!(":{port}:80"), ":80:80"),
+            "below 1024",
+        ),
+        ("just: text\n".into(), "not a compose file"),
+        (
+            format!("# {}\n{compose}", "x".repeat(300 << 10)),
+            "at most 262144",
+        ),
+    ];
+    for (bad, why) in refused {
+        let e = up(&mut api, &token, &bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+        assert!(e.message().contains(why), "{why}: {}", e.message());
+    }
+    // 10 MB does not pass the gRPC message limit.
+    let huge = format!("# {}\n{compose}", "x".repeat(10 << 20));
+    let e = up(&mut api, &token, &huge).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("too large"), "{}", e.message());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = compose.replace("name: shop", "name: other-shop").replace(
+        &format!(":{port}:80"),
+        &format!(":{}:80", taken.local_addr().unwrap().port()),
+    );
+    let e = up(&mut api, &token, &busy).await.unwrap_err();
+    assert!(e.message().contains("is not free"), "{}", e.message());
+    assert_eq!(engine.containers(false), want, "nothing changed");
+
+    // down, then up: the volume's content survives.
+    api.remove(bearer(
+        DeploymentRef {
+            deployment: "shop".into(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        engine.containers(true).is_empty(),
+        "down removes the containers"
+    );
+    up(&mut api, &token, &compose).await.unwrap();
+    running(&mut api, &token, "shop", "worker", 1).await;
+    let runs = eventually(Duration::from_secs(20), async || {
+        let (runs, _, _) = exec(
+            &mut api,
+            &token,
+            "shop",
+            "worker-1",
+            &["cat", "/data/runs"],
+            b"",
+        )
+        .await
+        .ok()?;
+        (runs == "run\nrun\n").then_some(runs)
+    })
+    .await;
+    assert_eq!(runs, "run\nrun\n");
+
+    // Exec beside the app.
+    let (tty, _, code) = exec(&mut api, &token, "shop", "web-1", &["echo", "ok"], b"")
         .await
         .unwrap();
-    assert_eq!((stdout.as_str(), code), ("ok\n", 0));
+    assert_eq!((tty.as_str(), code), ("ok\n", 0));
     let stopped = api
         .stop(bearer(
             DeploymentRef {
-                deployment: "boxed".into(),
+                deployment: "shop".into(),
             },
             &token,
         ))
@@ -762,5 +974,191 @@ async fn the_docker_runtime_runs_containers_or_says_why_it_cannot() {
             .iter()
             .all(|c| c.state() == ContainerState::Stopped)
     );
+    assert!(
+        engine.containers(false).is_empty(),
+        "stop stops the containers"
+    );
+    node.shutdown().await;
+}
+
+/// The process runtime's sandbox, tried as a hostile caller would: the workload runs
+/// as an unprivileged uid, sees nothing of the node's data dir or of other callers'
+/// deployments, writes only its own dir, and a fork bomb and a memory hog are stopped
+/// by their limits (the event names the limit) while the node and other workloads
+/// keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workloads_are_sandboxed_to_their_own_dir_and_limits() {
+    let net = Devnet::start().await;
+    for i in [3, 5] {
+        net.stake_caller(i).await;
+    }
+    let mut config = net.config();
+    config.deploy.replica_pids = 32;
+    let data = config.data_dir.clone();
+    // What an operator's data dir holds beside the node key and the store.
+    std::fs::write(
+        data.join("config.toml"),
+        "[deploy]\nrole = \"secret config\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join(hanzo_node::keys::OPERATOR_KEYSTORE_FILE),
+        "{\"secret\": \"operator keystore\"}",
+    )
+    .unwrap();
+    let (node, ch) = served(&net, config.clone()).await;
+    let mut api = NodeServiceClient::new(ch.clone());
+    let token = session(&ch, &net.dev_key(3)).await;
+    let neighbour_token = session(&ch, &net.dev_key(5)).await;
+
+    let deploy = async |api: &mut Api, token: &str, name: &str, s: ServiceSpec| {
+        api.deploy(bearer(
+            DeployRequest {
+                spec: Some(DeploySpec {
+                    name: name.into(),
+                    services: vec![s],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+    };
+    deploy(
+        &mut api,
+        &neighbour_token,
+        "neighbour",
+        service("keeper", "echo neighbour-secret > mine.txt; sleep 1000"),
+    )
+    .await;
+    deploy(&mut api, &token, "probe", service("probe", "sleep 1000")).await;
+    running(&mut api, &token, "probe", "probe", 1).await;
+    let neighbour_dir = config
+        .deploy_path()
+        .join(hanzo_node::deploy::id_of(&net.dev_address(5), "neighbour"))
+        .join("keeper");
+    eventually(Duration::from_secs(10), async || {
+        neighbour_dir.join("mine.txt").exists().then_some(())
+    })
+    .await;
+
+    let (uid, _, code) = exec(&mut api, &token, "probe", "probe-1", &["id", "-u"], b"")
+        .await
+        .unwrap();
+    assert_eq!((uid.trim(), code), ("65534", 0), "not root");
+
+    // Each secret of the node, and the neighbour's file, by their host paths.
+    let db_file = std::fs::read_dir(config.db_path())
+        .unwrap()
+        .flatten()
+        .find(|f| f.path().is_file())
+        .unwrap()
+        .path();
+    for path in [
+        data.join("node.key"),
+        data.join(hanzo_node::keys::OPERATOR_KEYSTORE_FILE),
+        data.join("config.toml"),
+        db_file,
+        neighbour_dir.join("mine.txt"),
+    ] {
+        let path = path.to_str().unwrap();
+        let (out, err, code) = exec(&mut api, &token, "probe", "probe-1", &["cat", path], b"")
+            .await
+            .unwrap();
+        assert_ne!(code, 0, "{path} was readable: {out}");
+        assert!(out.is_empty(), "{path}: {out}");
+        assert!(err.contains("No such file"), "{path}: {err}");
+    }
+    let (listing, _, _) = exec(&mut api, &token, "probe", "probe-1", &["ls", "/"], b"")
+        .await
+        .unwrap();
+    assert!(!listing.contains(data.file_name().unwrap().to_str().unwrap()));
+
+    // Writes: its own dir yes, anywhere else no.
+    for (script, ok) in [
+        ("echo x > /work/own.txt", true),
+        ("echo x > /tmp/private.txt", true),
+        ("echo x > /usr/evil", false),
+        ("echo x > /evil", false),
+        ("echo x > /etc/evil", false),
+    ] {
+        let (_, err, code) = exec(
+            &mut api,
+            &token,
+            "probe",
+            "probe-1",
+            &["sh", "-c", script],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(code == 0, ok, "{script}: exit {code}, {err}");
+    }
+    let probe_dir = config
+        .deploy_path()
+        .join(hanzo_node::deploy::id_of(&net.dev_address(3), "probe"))
+        .join("probe");
+    assert_eq!(
+        std::fs::read_to_string(probe_dir.join("own.txt")).unwrap(),
+        "x\n"
+    );
+    let mine = std::fs::read_dir(&probe_dir).unwrap().count();
+    assert_eq!(mine, 1, "/tmp is the sandbox's own, not the work dir");
+
+    // A fork bomb and a memory hog, each stopped by its limit, the event naming it.
+    let no_restart = |s: ServiceSpec| ServiceSpec {
+        restart: RestartPolicy::No.into(),
+        ..s
+    };
+    deploy(
+        &mut api,
+        &token,
+        "bomb",
+        no_restart(service("bomb", "while true; do sleep 30 & done")),
+    )
+    .await;
+    let mut hog = no_restart(service(
+        "hog",
+        "x=0123456789abcdef; while true; do x=\"$x$x\"; done",
+    ));
+    hog.resources = Some(hanzo_node::rpc::proto::Resources {
+        memory_bytes: 64 << 20,
+        ..Default::default()
+    });
+    deploy(&mut api, &token, "hog", hog).await;
+    for (deployment, limit) in [
+        ("bomb", "process limit of 32 reached"),
+        ("hog", "memory limit of 64 MiB reached"),
+    ] {
+        let mut events = api
+            .get_events(bearer(
+                GetEventsRequest {
+                    deployment: deployment.into(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let seen = until(deployment, &mut events, |e| e.kind() == EventKind::Exited).await;
+        let exited = seen.last().unwrap();
+        assert!(exited.detail.contains(limit), "{deployment}: {exited:?}");
+    }
+
+    // The node and the other workloads serve on.
+    let (out, _, code) = exec(
+        &mut api,
+        &token,
+        "probe",
+        "probe-1",
+        &["echo", "alive"],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!((out.as_str(), code), ("alive\n", 0));
+    running(&mut api, &neighbour_token, "neighbour", "keeper", 1).await;
     node.shutdown().await;
 }

@@ -1,30 +1,68 @@
 //! The container runtime: each replica is a container on the local Docker Engine
-//! (through its API, with bollard), named `hanzo-<deployment>-<container>` so that a
-//! node restarted after a crash replaces what it left running.
+//! (through its API, with bollard), named `hanzo-<deployment>-<container>` and
+//! labelled with this node's id, so that a node restarted after a crash removes what
+//! it left running before its deployments start again. Each deployment's networks are
+//! its own (`hanzo-<deployment>-<network>`, `default` unless the spec names others;
+//! services reach each other by service name); named volumes are the owner's
+//! (`hanzo-<owner>-<volume>`) and outlive the deployment.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use alloy::primitives::Address;
 use bollard::{
-    models::{ContainerCreateBody, ExecConfig, HostConfig},
+    models::{
+        ContainerCreateBody, ExecConfig, HostConfig, MountType, NetworkConnectRequest,
+        NetworkCreateRequest, PortBinding, VolumeCreateRequest,
+    },
     query_parameters::{
-        CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
-        ResizeExecOptions, StopContainerOptions,
+        CreateContainerOptions, CreateImageOptions, InspectNetworkOptions, ListContainersOptions,
+        ListNetworksOptions, LogsOptions, RemoveContainerOptions, ResizeExecOptions,
+        StopContainerOptions,
     },
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use super::{
     Error,
     journal::{Journal, Stream},
     runtime::{Chunk, Exec, Instance, Runtime, Target},
-    spec::ServiceSpec,
+    spec::{ServiceSpec, Spec},
 };
 
 /// Replicas as containers on the local engine.
 #[derive(Debug, Clone)]
 pub struct Docker {
     api: bollard::Docker,
+    /// The `hanzo.node` label of this node's containers and networks.
+    node: String,
+    limits: Defaults,
+}
+
+/// What a replica gets where its spec says nothing, and what it may not ask for.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Memory of a replica whose spec sets none.
+    pub memory_bytes: u64,
+    /// Processes per container.
+    pub pids: u32,
+    /// Host address ports are published on when the spec names none.
+    pub publish_address: String,
+    /// Whether host ports below 1024 may be published.
+    pub low_ports: bool,
+}
+
+const NODE_LABEL: &str = "hanzo.node";
+const DEPLOYMENT_LABEL: &str = "hanzo.deployment";
+
+/// The docker name of `owner`'s volume `name`.
+pub fn volume_name(owner: &Address, name: &str) -> String {
+    format!("hanzo-{}-{name}", hex::encode(&owner.as_slice()[..8]))
+}
+
+fn network_name(deployment: &str, name: &str) -> String {
+    format!("hanzo-{deployment}-{name}")
 }
 
 fn engine(e: impl std::fmt::Display) -> Error {
@@ -34,12 +72,108 @@ fn engine(e: impl std::fmt::Display) -> Error {
 }
 
 impl Docker {
-    /// Connects to the local engine (`DOCKER_HOST`, else `/var/run/docker.sock`) and
-    /// checks it answers.
-    pub async fn connect() -> Result<Self, Error> {
-        let api = bollard::Docker::connect_with_local_defaults().map_err(engine)?;
+    /// Connects to the engine at `host` (default: `DOCKER_HOST`, else
+    /// `/var/run/docker.sock`) and checks it answers.
+    /// Containers this node (`node`) left behind are removed: the deployments that
+    /// should run start again from their records.
+    pub async fn connect(
+        host: Option<&str>,
+        node: String,
+        limits: Defaults,
+    ) -> Result<Self, Error> {
+        let api = match host {
+            Some(h) => bollard::Docker::connect_with_host(h),
+            None => bollard::Docker::connect_with_defaults(),
+        }
+        .map_err(engine)?;
         api.ping().await.map_err(engine)?;
-        Ok(Self { api })
+        let docker = Self { api, node, limits };
+        docker.remove_where(None).await;
+        Ok(docker)
+    }
+
+    /// Removes this node's containers (of `deployment`, or all).
+    async fn remove_where(&self, deployment: Option<&str>) {
+        let mut labels = vec![format!("{NODE_LABEL}={}", self.node)];
+        labels.extend(deployment.map(|d| format!("{DEPLOYMENT_LABEL}={d}")));
+        let filters = HashMap::from([("label".to_owned(), labels)]);
+        let found = self
+            .api
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_default();
+        for c in found {
+            let Some(id) = c.id else { continue };
+            warn!(target: super::TARGET, names = ?c.names, "removing a container left by an earlier run");
+            let _ = self
+                .api
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        }
+    }
+
+    fn labels(&self, deployment: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (NODE_LABEL.to_owned(), self.node.clone()),
+            (DEPLOYMENT_LABEL.to_owned(), deployment.to_owned()),
+        ])
+    }
+
+    async fn ensure_network(&self, deployment: &str, name: &str) -> Result<(), Error> {
+        let full = network_name(deployment, name);
+        if self
+            .api
+            .inspect_network(&full, None::<InspectNetworkOptions>)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.api
+            .create_network(NetworkCreateRequest {
+                name: full.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(self.labels(deployment)),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|e| Error::Io {
+                what: format!("create network {full}"),
+                source: std::io::Error::other(e.to_string()),
+            })
+    }
+
+    async fn ensure_volume(&self, owner: &Address, name: &str) -> Result<(), Error> {
+        let full = volume_name(owner, name);
+        if self.api.inspect_volume(&full).await.is_ok() {
+            return Ok(());
+        }
+        self.api
+            .create_volume(VolumeCreateRequest {
+                name: Some(full.clone()),
+                labels: Some(HashMap::from([(
+                    "hanzo.owner".to_owned(),
+                    owner.to_checksum(None),
+                )])),
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|e| Error::Io {
+                what: format!("create volume {full}"),
+                source: std::io::Error::other(e.to_string()),
+            })
     }
 
     fn name(t: &Target) -> String {
@@ -78,6 +212,30 @@ impl Runtime for Docker {
                 s.name
             )));
         }
+        if let Some(p) = s
+            .ports
+            .iter()
+            .find(|p| p.host < 1024 && !self.limits.low_ports)
+        {
+            return Err(Error::Invalid(format!(
+                "service `{}`: host port {} is below 1024, which this node does not publish (`[deploy] allow_low_ports`); publish 1024 or above",
+                s.name, p.host
+            )));
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, owner: &Address, spec: &Spec) -> Result<(), Error> {
+        for s in &spec.services {
+            self.pull(&s.image).await?;
+        }
+        let id = super::id_of(owner, &spec.name);
+        for n in std::iter::once("default").chain(spec.networks.iter().map(String::as_str)) {
+            self.ensure_network(&id, n).await?;
+        }
+        for v in &spec.volumes {
+            self.ensure_volume(owner, v).await?;
+        }
         Ok(())
     }
 
@@ -96,8 +254,22 @@ impl Runtime for Docker {
             )
             .await;
         self.pull(&s.image).await?;
-        let mut cmd = vec![s.command.clone()];
-        cmd.extend(s.args.iter().cloned());
+        let networks: Vec<&str> = if s.networks.is_empty() {
+            vec!["default"]
+        } else {
+            s.networks.iter().map(String::as_str).collect()
+        };
+        for n in &networks {
+            self.ensure_network(&t.deployment, n).await?;
+        }
+        for m in &s.volumes {
+            self.ensure_volume(&t.owner, &m.volume).await?;
+        }
+        let cmd = (!s.command.is_empty()).then(|| {
+            let mut cmd = vec![s.command.clone()];
+            cmd.extend(s.args.iter().cloned());
+            cmd
+        });
         let env: Vec<String> = s
             .env
             .iter()
@@ -110,20 +282,67 @@ impl Runtime for Docker {
                 format!("HANZO_REPLICA={}", t.index),
             ])
             .collect();
+        let port_key =
+            |p: &super::Port| format!("{}/{}", p.container, if p.udp { "udp" } else { "tcp" });
+        let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &s.ports {
+            let ip = if p.host_ip.is_empty() {
+                &self.limits.publish_address
+            } else {
+                &p.host_ip
+            };
+            port_bindings
+                .entry(port_key(p))
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: Some(ip.clone()),
+                    host_port: Some(p.host.to_string()),
+                });
+        }
+        let mounts: Vec<bollard::models::Mount> = s
+            .volumes
+            .iter()
+            .map(|m| bollard::models::Mount {
+                target: Some(m.target.clone()),
+                source: Some(volume_name(&t.owner, &m.volume)),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
+        labels.extend(self.labels(&t.deployment));
+        let memory = match s.resources.memory_bytes {
+            0 => self.limits.memory_bytes,
+            n => n,
+        };
+        let first = network_name(&t.deployment, networks[0]);
+        let endpoint = |_: &str| bollard::models::EndpointSettings {
+            aliases: Some(vec![s.name.clone()]),
+            ..Default::default()
+        };
         let body = ContainerCreateBody {
             image: Some(s.image.clone()),
-            cmd: Some(cmd),
+            cmd,
+            entrypoint: (!s.entrypoint.is_empty()).then(|| s.entrypoint.clone()),
             env: Some(env),
-            labels: Some(HashMap::from([(
-                "hanzo.deployment".to_owned(),
-                t.deployment.clone(),
-            )])),
+            labels: Some(labels),
+            exposed_ports: Some(s.ports.iter().map(port_key).collect()),
+            hostname: Some(t.container.to_string()),
             host_config: Some(HostConfig {
-                memory: (s.resources.memory_bytes > 0)
-                    .then(|| i64::try_from(s.resources.memory_bytes).unwrap_or(i64::MAX)),
+                memory: (memory > 0).then(|| i64::try_from(memory).unwrap_or(i64::MAX)),
                 nano_cpus: (s.resources.cpu_millis > 0)
                     .then(|| i64::from(s.resources.cpu_millis) * 1_000_000),
+                pids_limit: Some(i64::from(self.limits.pids)),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                port_bindings: Some(port_bindings),
+                mounts: Some(mounts),
+                network_mode: Some(first.clone()),
                 ..Default::default()
+            }),
+            networking_config: Some(bollard::models::NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(first.clone(), endpoint(&first))])),
             }),
             ..Default::default()
         };
@@ -141,6 +360,19 @@ impl Runtime for Docker {
             )
             .await
             .map_err(io)?;
+        for n in &networks[1..] {
+            let full = network_name(&t.deployment, n);
+            self.api
+                .connect_network(
+                    &full,
+                    NetworkConnectRequest {
+                        container: name.clone(),
+                        endpoint_config: Some(endpoint(&full)),
+                    },
+                )
+                .await
+                .map_err(io)?;
+        }
         self.api.start_container(&name, None).await.map_err(io)?;
         let mut logs = self.api.logs(
             &name,
@@ -177,9 +409,18 @@ impl Runtime for Docker {
                 }
             }
         });
+        let pid = self
+            .api
+            .inspect_container(&name, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p != 0);
         Ok(Box::new(Container {
             api: self.api.clone(),
             name,
+            pid,
             exited: None,
         }))
     }
@@ -264,8 +505,29 @@ impl Runtime for Docker {
         })
     }
 
-    async fn remove(&self, _deployment: &str) -> Result<(), Error> {
-        // Containers are removed as their replicas stop.
+    async fn remove(&self, deployment: &str) -> Result<(), Error> {
+        // Containers are removed as their replicas stop; what is left, and the
+        // deployment's networks, go now. Volumes are the owner's and stay.
+        self.remove_where(Some(deployment)).await;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{DEPLOYMENT_LABEL}={deployment}"),
+                format!("{NODE_LABEL}={}", self.node),
+            ],
+        )]);
+        let networks = self
+            .api
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .unwrap_or_default();
+        for n in networks.into_iter().filter_map(|n| n.name) {
+            if let Err(err) = self.api.remove_network(&n).await {
+                warn!(target: super::TARGET, network = %n, %err, "cannot remove network");
+            }
+        }
         Ok(())
     }
 }
@@ -273,6 +535,8 @@ impl Runtime for Docker {
 struct Container {
     api: bollard::Docker,
     name: String,
+    /// Of its main process, on the host.
+    pid: Option<u32>,
     exited: Option<i32>,
 }
 
@@ -296,7 +560,7 @@ impl Container {
 #[async_trait::async_trait]
 impl Instance for Container {
     fn pid(&self) -> Option<u32> {
-        None
+        self.pid
     }
 
     async fn wait(&mut self) -> i32 {

@@ -6,10 +6,13 @@
 //! and name, so callers refer to their deployments by name or id and never see
 //! another caller's. This node's own operator (admin) sees and may stop them all.
 
+mod cgroup;
+mod compose;
 mod docker;
 mod journal;
 mod process;
 mod runtime;
+mod sandbox;
 mod secrets;
 mod spec;
 mod supervisor;
@@ -26,12 +29,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+pub use compose::{MAX_COMPOSE_BYTES, parse as parse_compose};
 pub use docker::Docker;
 pub use journal::{Event, EventKind, Journal, LogLine, Stream};
 pub use process::Process;
 pub use runtime::{Chunk, Exec, Instance, Runtime, Target};
 pub use secrets::Sealer;
-pub use spec::{HealthCheck, MAX_REPLICAS, Resources, Restart, ServiceSpec, Spec};
+pub use spec::{
+    Dependency, HealthCheck, MAX_REPLICAS, Mount, Port, Resources, Restart, ServiceSpec, Spec,
+};
 pub use supervisor::{State, Status};
 
 use crate::{
@@ -169,8 +175,17 @@ impl Deployer {
         key: &NodeKey,
     ) -> Result<Self, Error> {
         let runtime: Arc<dyn Runtime> = match config.runtime {
-            DeployRuntime::Process => Arc::new(Process::new(root)?),
-            DeployRuntime::Docker => Arc::new(Docker::connect().await?),
+            DeployRuntime::Process => Arc::new(Process::new(root, &config).await?),
+            DeployRuntime::Docker => {
+                let defaults = docker::Defaults {
+                    memory_bytes: config.replica_memory_bytes,
+                    pids: config.replica_pids,
+                    publish_address: config.publish_address.clone(),
+                    low_ports: config.allow_low_ports,
+                };
+                let node = hex::encode(&key.public().0[..8]);
+                Arc::new(Docker::connect(config.docker_host.as_deref(), node, defaults).await?)
+            }
         };
         let deployer = Self {
             inner: Arc::new(Inner {
@@ -293,12 +308,56 @@ impl Deployer {
         Ok(())
     }
 
+    /// Refuses host ports that another process holds, leaving out those the
+    /// deployment being replaced publishes itself.
+    fn check_ports(&self, owner: &Address, spec: &Spec) -> Result<(), Error> {
+        let id = id_of(owner, &spec.name);
+        let held: Vec<Port> = lock(&self.inner.deployments)
+            .get(&id)
+            .map(|d| {
+                let st = lock(&d.state);
+                st.spec
+                    .services
+                    .iter()
+                    .flat_map(|s| s.ports.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for s in &spec.services {
+            for p in s
+                .ports
+                .iter()
+                .filter(|p| !held.iter().any(|h| h.host == p.host && h.udp == p.udp))
+            {
+                let ip = if p.host_ip.is_empty() {
+                    &self.inner.config.publish_address
+                } else {
+                    &p.host_ip
+                };
+                let addr = format!("{ip}:{}", p.host);
+                let free = match p.udp {
+                    true => std::net::UdpSocket::bind(&addr).map(drop),
+                    false => std::net::TcpListener::bind(&addr).map(drop),
+                };
+                if let Err(e) = free {
+                    return Err(Error::Invalid(format!(
+                        "service `{}`: host port {addr} is not free ({e}); publish another",
+                        s.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Starts `spec` for `owner`, replacing the owner's deployment of the same name.
     pub async fn deploy(&self, owner: Address, spec: Spec) -> Result<Summary, Error> {
         spec.validate()?;
         for s in &spec.services {
             self.inner.runtime.check(s)?;
         }
+        self.check_ports(&owner, &spec)?;
+        self.inner.runtime.prepare(&owner, &spec).await?;
         let id = id_of(&owner, &spec.name);
         let dep = {
             let mut map = lock(&self.inner.deployments);
@@ -343,7 +402,14 @@ impl Deployer {
     }
 
     fn spawn_all(&self, dep: &Deployment) -> Vec<tokio::sync::oneshot::Receiver<()>> {
-        let services: Vec<_> = lock(&dep.state).spec.services.clone();
+        // Validated specs have a start order; dependents wait for what they need.
+        let services: Vec<ServiceSpec> = {
+            let st = lock(&dep.state);
+            st.spec.start_order().map_or_else(
+                |_| st.spec.services.clone(),
+                |o| o.into_iter().cloned().collect(),
+            )
+        };
         services
             .into_iter()
             .flat_map(|s| {
@@ -363,16 +429,33 @@ impl Deployer {
     ) -> tokio::sync::oneshot::Receiver<()> {
         let target = Target {
             deployment: dep.id.clone(),
+            owner: dep.owner,
             container: format!("{}-{index}", service.name).into(),
             service,
             index,
         };
         let name = target.service.name.clone();
+        let after = {
+            let st = lock(&dep.state);
+            target
+                .service
+                .depends_on
+                .iter()
+                .flat_map(|d| {
+                    st.replicas
+                        .get(&d.service)
+                        .into_iter()
+                        .flatten()
+                        .map(|r| (d.service.clone(), r.status.clone(), d.healthy))
+                })
+                .collect()
+        };
         let (replica, first) = Replica::spawn(
             self.inner.runtime.clone(),
             target,
             dep.journal.clone(),
             self.inner.config.stop_grace,
+            after,
         );
         lock(&dep.state)
             .replicas

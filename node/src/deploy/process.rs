@@ -1,5 +1,6 @@
-//! The embedded runtime: each replica is a supervised local process group, run in
-//! the service's own directory with only the environment the spec gives it.
+//! The embedded runtime: each replica is a supervised local process, confined by the
+//! [`Sandbox`] to the service's own directory, with only the environment the spec
+//! gives it, under its limits.
 
 use std::{
     os::unix::process::ExitStatusExt,
@@ -10,40 +11,69 @@ use std::{
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
+use sha2::{Digest, Sha256};
 use tokio::{process::Command, sync::mpsc};
 use tracing::{debug, warn};
 
 use super::{
     Error,
+    cgroup::{Cgroup, Limits},
     journal::{Journal, MAX_LINE, Stream, read_lines},
     runtime::{Chunk, Exec, Instance, Runtime, Target},
+    sandbox::{Sandbox, Stat, sandbox_init, which, workload_pids},
     spec::ServiceSpec,
 };
-
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-/// Runs the program under an address-space limit (KiB in `$1`).
-const LIMIT_SCRIPT: &str = r#"ulimit -v "$1" || exit 126; shift; exec "$@""#;
+use crate::config::DeployConfig;
 
 /// Local processes under `<root>/<deployment>/<service>`.
 #[derive(Debug)]
 pub struct Process {
     root: PathBuf,
+    sandbox: Sandbox,
+    /// Names this node's control groups: several nodes may share a host.
+    cgroup_prefix: String,
+    defaults: Limits,
 }
 
 impl Process {
     /// Uses `root` for working directories, first killing process groups a previous
-    /// run of the node left behind (it was killed before it could stop them).
-    pub fn new(root: PathBuf) -> Result<Self, Error> {
+    /// run of the node left behind (it was killed before it could stop them); refuses
+    /// when workloads cannot be sandboxed (unless the config says not to).
+    pub async fn new(root: PathBuf, config: &DeployConfig) -> Result<Self, Error> {
         std::fs::create_dir_all(&root).map_err(|source| Error::Io {
             what: format!("create {}", root.display()),
             source,
         })?;
+        let sandbox = Sandbox::new(config, &root.join(".sandbox-trial")).await?;
+        let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
+        let cgroup_prefix = format!("h{}", hex::encode(&digest[..6]));
         reap_orphans(&root);
-        Ok(Self { root })
+        if let Some(cg) = sandbox.cgroups() {
+            cg.remove_all(&cgroup_prefix);
+        }
+        Ok(Self {
+            root,
+            sandbox,
+            cgroup_prefix,
+            defaults: Limits {
+                memory_bytes: config.replica_memory_bytes,
+                pids: config.replica_pids,
+                open_files: config.replica_open_files,
+                cpu_millis: 0,
+            },
+        })
     }
 
     fn dir(&self, t: &Target) -> PathBuf {
         self.root.join(&t.deployment).join(&t.service.name)
+    }
+
+    /// Where `owner`'s volume `name` lives: beside the deployments, outliving them.
+    fn volume_dir(&self, t: &Target, name: &str) -> PathBuf {
+        self.root
+            .join("volumes")
+            .join(hex::encode(&t.owner.as_slice()[..8]))
+            .join(name)
     }
 
     fn pidfile(&self, t: &Target) -> PathBuf {
@@ -53,32 +83,83 @@ impl Process {
             .join(format!("{}.pid", t.container))
     }
 
-    /// `program args` in the replica's directory and environment, in its own process
-    /// group, under its memory limit.
-    fn command(&self, t: &Target, program: &str, args: &[String]) -> Command {
-        let s = &t.service;
-        let mut cmd = if s.resources.memory_bytes > 0 {
-            let mut c = Command::new("sh");
-            c.args(["-c", LIMIT_SCRIPT, "hanzo-limit"])
-                .arg((s.resources.memory_bytes / 1024).to_string())
-                .arg(program);
-            c
-        } else {
-            Command::new(program)
+    fn limits(&self, s: &ServiceSpec) -> Limits {
+        let r = &s.resources;
+        Limits {
+            memory_bytes: match r.memory_bytes {
+                0 => self.defaults.memory_bytes,
+                n => n,
+            },
+            cpu_millis: r.cpu_millis,
+            ..self.defaults
+        }
+    }
+
+    /// The replica's control group, made if need be; none where limits are rlimits.
+    fn cgroup(&self, t: &Target) -> Result<Option<Cgroup>, Error> {
+        let Some(cgroups) = self.sandbox.cgroups() else {
+            return Ok(None);
         };
+        let name = format!("{}-{}-{}", self.cgroup_prefix, t.deployment, t.container);
+        cgroups
+            .create(&name, &self.limits(&t.service))
+            .map(Some)
+            .map_err(|source| Error::Io {
+                what: format!("limit {} in its control group", t.container),
+                source,
+            })
+    }
+
+    /// The namespace init of `t`'s running sandbox, if it runs (from its pid file).
+    fn running_sandbox(&self, t: &Target) -> Option<u32> {
+        if !self.sandbox.enabled() {
+            return None;
+        }
+        let recorded = std::fs::read_to_string(self.pidfile(t)).ok()?;
+        let mut words = recorded.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next()) else {
+            return None;
+        };
+        let pid = u32::try_from(pid).ok()?;
+        (Stat::read(pid)?.start == start).then_some(())?;
+        sandbox_init(pid)
+    }
+
+    /// `program args` in the replica's sandbox (a new one, or inside the running one
+    /// with `enter`), directory, environment and cgroup.
+    fn command(
+        &self,
+        t: &Target,
+        enter: Option<u32>,
+        cgroup: Option<&Cgroup>,
+        program: &str,
+        args: &[String],
+    ) -> Command {
+        let s = &t.service;
         let dir = self.dir(t);
-        cmd.args(args)
-            .current_dir(&dir)
-            .env_clear()
-            .env("PATH", node_path())
-            .env("HOME", &dir)
+        let volumes: Vec<_> = s
+            .volumes
+            .iter()
+            .map(|m| (self.volume_dir(t, &m.volume), m))
+            .collect();
+        let mut cmd = self.sandbox.command(
+            &dir,
+            &volumes,
+            enter,
+            cgroup,
+            &self.limits(s),
+            program,
+            args,
+        );
+        cmd.env_clear()
+            .env("PATH", self.sandbox.path())
+            .env("HOME", self.sandbox.work_dir(&dir))
             .env("HANZO_DEPLOYMENT", &t.deployment)
             .env("HANZO_SERVICE", &s.name)
             .env("HANZO_CONTAINER", &*t.container)
             .env("HANZO_REPLICA", t.index.to_string())
             .envs(&s.env)
             .envs(&s.secret_env)
-            .process_group(0)
             .kill_on_drop(true)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -86,21 +167,30 @@ impl Process {
         cmd
     }
 
-    async fn prepare(&self, t: &Target) -> Result<(), Error> {
+    async fn prepare(&self, t: &Target) -> Result<Option<Cgroup>, Error> {
+        let io = |dir: &Path, what: &str, source| Error::Io {
+            what: format!("{what} {}", dir.display()),
+            source,
+        };
         for dir in [self.dir(t), self.root.join(&t.deployment).join("run")] {
             tokio::fs::create_dir_all(&dir)
                 .await
-                .map_err(|source| Error::Io {
-                    what: format!("create {}", dir.display()),
-                    source,
-                })?;
+                .map_err(|e| io(&dir, "create", e))?;
         }
-        Ok(())
+        let owned = std::iter::once(self.dir(t)).chain(
+            t.service
+                .volumes
+                .iter()
+                .map(|m| self.volume_dir(t, &m.volume)),
+        );
+        for dir in owned {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| io(&dir, "create", e))?;
+            self.sandbox.own(&dir).map_err(|e| io(&dir, "chown", e))?;
+        }
+        self.cgroup(t)
     }
-}
-
-fn node_path() -> String {
-    std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_owned())
 }
 
 fn spawn_error(t: &Target, program: &str, source: std::io::Error) -> Error {
@@ -126,24 +216,52 @@ impl Runtime for Process {
         if !s.image.is_empty() {
             return unsupported("an image needs a container runtime");
         }
-        if s.resources.cpu_millis != 0 {
-            return unsupported("a CPU limit needs a container runtime; leave cpu_millis at 0");
+        if !s.ports.is_empty() {
+            return unsupported(
+                "publishing ports needs a container runtime (under `[deploy] network = \"host\"` a process listens on the host's ports itself)",
+            );
         }
-        if !s.command.contains('/') && which(&s.command).is_none() {
+        if s.networks.iter().any(|n| n != "default") {
+            return unsupported("networks need a container runtime");
+        }
+        if !s.entrypoint.is_empty() {
+            return unsupported("an entrypoint belongs to an image; give the command");
+        }
+        if !s.volumes.is_empty() && !self.sandbox.enabled() {
+            return unsupported(
+                "volumes are mounted by the sandbox, which `[deploy] insecure_no_sandbox` turns off",
+            );
+        }
+        if s.resources.cpu_millis != 0 && self.sandbox.cgroups().is_none() {
+            return unsupported(
+                "a CPU limit needs control groups, which this node cannot use; leave cpu_millis at 0",
+            );
+        }
+        let path = self.sandbox.path();
+        if !s.command.contains('/') && which(&s.command, &path).is_none() {
+            let whose = if self.sandbox.enabled() {
+                "the sandbox's"
+            } else {
+                "the node's"
+            };
             return Err(Error::Invalid(format!(
-                "service `{}`: command `{}` is not on the node's PATH ({})",
-                s.name,
-                s.command,
-                node_path()
+                "service `{}`: command `{}` is not on {whose} PATH ({path})",
+                s.name, s.command
             )));
         }
         Ok(())
     }
 
     async fn start(&self, t: &Target, journal: Arc<Journal>) -> Result<Box<dyn Instance>, Error> {
-        self.prepare(t).await?;
+        let cgroup = self.prepare(t).await?;
         let mut child = self
-            .command(t, &t.service.command, &t.service.args)
+            .command(
+                t,
+                None,
+                cgroup.as_ref(),
+                &t.service.command,
+                &t.service.args,
+            )
             .spawn()
             .map_err(|e| spawn_error(t, &t.service.command, e))?;
         let pid = child.id();
@@ -159,7 +277,7 @@ impl Runtime for Process {
             }
         }
         let pidfile = self.pidfile(t);
-        if let Some((pid, start)) = pid.and_then(|p| Some((p, start_time(p)?)))
+        if let Some((pid, start)) = pid.and_then(|p| Some((p, Stat::read(p)?.start)))
             && let Err(err) = std::fs::write(&pidfile, format!("{pid} {start}"))
         {
             warn!(target: super::TARGET, %err, path = %pidfile.display(), "cannot record the pid");
@@ -169,6 +287,10 @@ impl Runtime for Process {
             pid,
             pidfile,
             exited: None,
+            limits: self.limits(&t.service),
+            cgroup,
+            sandboxed: self.sandbox.enabled(),
+            why: None,
         }))
     }
 
@@ -181,9 +303,12 @@ impl Runtime for Process {
         let Some((program, args)) = command.split_first() else {
             return Err(Error::Invalid("exec needs a command".into()));
         };
-        self.prepare(t).await?;
+        let cgroup = self.prepare(t).await?;
+        // Inside the replica's sandbox while it runs (its loopback, processes and
+        // files), else in a sandbox of its own over the same dir.
+        let enter = self.running_sandbox(t);
         let mut child = self
-            .command(t, program, args)
+            .command(t, enter, cgroup.as_ref(), program, args)
             .stdin(Stdio::piped())
             .spawn()
             .map_err(|e| spawn_error(t, program, e))?;
@@ -264,6 +389,11 @@ struct Child {
     pid: Option<u32>,
     pidfile: PathBuf,
     exited: Option<i32>,
+    limits: Limits,
+    cgroup: Option<Cgroup>,
+    sandboxed: bool,
+    /// Which limits stopped it, once it exited.
+    why: Option<String>,
 }
 
 impl Child {
@@ -271,6 +401,11 @@ impl Child {
         let c = status.map_or(-1, |s| code(&s));
         kill_group(self.pid, Signal::SIGKILL);
         let _ = std::fs::remove_file(&self.pidfile);
+        if let Some(cg) = self.cgroup.take() {
+            let hit = cg.limits_hit(&self.limits);
+            self.why = (!hit.is_empty()).then(|| hit.join("; "));
+            cg.remove();
+        }
         self.exited = Some(c);
         c
     }
@@ -290,11 +425,20 @@ impl Instance for Child {
         self.exited(status)
     }
 
+    fn limits_hit(&self) -> Option<String> {
+        self.why.clone()
+    }
+
     async fn stop(&mut self, grace: Duration) -> i32 {
         if let Some(c) = self.exited {
             return c;
         }
-        kill_group(self.pid, Signal::SIGTERM);
+        // SIGTERM to the workload's processes; the sandbox's own would end it at once.
+        if let Some(sid) = self.pid {
+            for pid in workload_pids(sid, self.sandboxed) {
+                kill_one(pid, Signal::SIGTERM);
+            }
+        }
         let status = match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => status,
             Err(_) => {
@@ -318,18 +462,10 @@ fn kill_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&node_path())
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
-/// The start time of process `pid` in clock ticks since boot (field 22 of
-/// `/proc/<pid>/stat`), which tells a process from a later one given the same pid.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+fn kill_one(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+    }
 }
 
 /// Kills the process groups recorded in `<root>/*/run/*.pid` that are still the
@@ -347,7 +483,7 @@ fn reap_orphans(root: &Path) {
             let mut words = recorded.split_whitespace().map(str::parse::<u64>);
             if let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next()) {
                 let pid = u32::try_from(pid).ok();
-                if pid.and_then(start_time) == Some(start) {
+                if pid.and_then(Stat::read).map(|s| s.start) == Some(start) {
                     warn!(target: super::TARGET, ?pid, file = %file.display(), "killing a replica left by a previous run");
                     kill_group(pid, Signal::SIGKILL);
                 }

@@ -5,13 +5,19 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
-use super::{Error, journal::Journal, spec::ServiceSpec};
+use super::{
+    Error,
+    journal::Journal,
+    spec::{ServiceSpec, Spec},
+};
 
 /// One replica to run.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// Deployment id.
     pub deployment: String,
+    /// Who deployed it: volumes are the owner's.
+    pub owner: alloy::primitives::Address,
     /// The service's spec, secrets in the clear.
     pub service: Arc<ServiceSpec>,
     /// `<service>-<index>`.
@@ -55,6 +61,11 @@ pub trait Instance: Send {
     fn pid(&self) -> Option<u32>;
     /// Waits for it to exit: the exit code, or 128 + signal. Cancel-safe.
     async fn wait(&mut self) -> i32;
+    /// After it exited: the limits that stopped it, for people (an out-of-memory kill,
+    /// forks refused); `None` when none did or the runtime cannot tell.
+    fn limits_hit(&self) -> Option<String> {
+        None
+    }
     /// Asks it to stop, and kills it after `grace`; the exit code.
     async fn stop(&mut self, grace: Duration) -> i32;
 }
@@ -66,6 +77,15 @@ pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Whether it can run `service` at all, with the reason if not.
     fn check(&self, service: &ServiceSpec) -> Result<(), Error>;
+    /// Gets what `spec`'s replicas need before any of them starts (images, networks,
+    /// volumes), so that a deploy that cannot run fails before it replaces anything.
+    async fn prepare(
+        &self,
+        _owner: &alloy::primitives::Address,
+        _spec: &Spec,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
     /// Starts a replica, its output going to `journal`.
     async fn start(
         &self,

@@ -24,6 +24,44 @@ pub struct Spec {
     pub name: String,
     /// In the order given.
     pub services: Vec<ServiceSpec>,
+    /// Networks its services may join beside `default` (docker runtime).
+    pub networks: Vec<String>,
+    /// Named volumes its services may mount; they belong to the caller and outlive
+    /// the deployment.
+    pub volumes: Vec<String>,
+}
+
+/// A container port published on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// On the host.
+    pub host: u16,
+    /// In the container.
+    pub container: u16,
+    /// UDP rather than TCP.
+    pub udp: bool,
+    /// The host address to bind; empty: the node's `[deploy] publish_address`.
+    pub host_ip: String,
+}
+
+/// A named volume mounted into a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// One of the deployment's volumes.
+    pub volume: String,
+    /// An absolute path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Another service that has to be up first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// Its name.
+    pub service: String,
+    /// Healthy (its health check passed), not only started.
+    pub healthy: bool,
 }
 
 /// One service of a deployment.
@@ -49,6 +87,18 @@ pub struct ServiceSpec {
     pub resources: Resources,
     /// Container image, for the docker runtime.
     pub image: String,
+    /// Replaces the image's entrypoint (docker runtime); empty: the image's.
+    pub entrypoint: Vec<String>,
+    /// Ports published on the host (docker runtime).
+    pub ports: Vec<Port>,
+    /// Named volumes mounted.
+    pub volumes: Vec<Mount>,
+    /// Networks joined; empty: the deployment's `default` (docker runtime).
+    pub networks: Vec<String>,
+    /// Labels (docker runtime: on the container, beside the node's own `hanzo.*`).
+    pub labels: BTreeMap<String, String>,
+    /// Services that have to be up first.
+    pub depends_on: Vec<Dependency>,
 }
 
 /// When a replica that exited is started again.
@@ -73,6 +123,8 @@ pub struct HealthCheck {
     pub timeout: Duration,
     /// Consecutive failures before the replica is unhealthy and restarted.
     pub retries: u32,
+    /// Failures in this time after a start do not count.
+    pub start_period: Duration,
 }
 
 /// Limits on one replica; zero means none.
@@ -102,7 +154,77 @@ impl Spec {
                 return Err(invalid(format!("service `{}` is named twice", s.name)));
             }
         }
-        Ok(())
+        for (what, names) in [("network", &self.networks), ("volume", &self.volumes)] {
+            if names.len() > MAX_SERVICES {
+                return Err(invalid(format!("at most {MAX_SERVICES} {what}s")));
+            }
+            for n in names {
+                name(what, n)?;
+            }
+        }
+        let mut host_ports = std::collections::BTreeSet::new();
+        for s in &self.services {
+            for n in &s.networks {
+                if n != "default" && !self.networks.contains(n) {
+                    return Err(invalid(format!(
+                        "service `{}` joins network `{n}`, which the deployment does not declare (it has: default{})",
+                        s.name,
+                        self.networks
+                            .iter()
+                            .map(|n| format!(", {n}"))
+                            .collect::<String>()
+                    )));
+                }
+            }
+            for m in &s.volumes {
+                if !self.volumes.contains(&m.volume) {
+                    return Err(invalid(format!(
+                        "service `{}` mounts volume `{}`, which the deployment does not declare",
+                        s.name, m.volume
+                    )));
+                }
+            }
+            for p in &s.ports {
+                if !host_ports.insert((p.host, p.udp)) {
+                    return Err(invalid(format!("host port {} is published twice", p.host)));
+                }
+            }
+            for d in &s.depends_on {
+                let Some(other) = self.service(&d.service).filter(|o| o.name != s.name) else {
+                    return Err(invalid(format!(
+                        "service `{}` depends on `{}`, which is not another service of the deployment",
+                        s.name, d.service
+                    )));
+                };
+                if d.healthy && other.health.is_none() {
+                    return Err(invalid(format!(
+                        "service `{}` waits for `{}` to be healthy, which has no health check",
+                        s.name, d.service
+                    )));
+                }
+            }
+        }
+        self.start_order().map(drop)
+    }
+
+    /// Services in an order that starts each after those it depends on.
+    pub fn start_order(&self) -> Result<Vec<&ServiceSpec>, Error> {
+        let mut order: Vec<&ServiceSpec> = Vec::with_capacity(self.services.len());
+        while order.len() < self.services.len() {
+            let ready = self.services.iter().find(|s| {
+                !order.iter().any(|o| o.name == s.name)
+                    && s.depends_on
+                        .iter()
+                        .all(|d| order.iter().any(|o| o.name == d.service))
+            });
+            match ready {
+                Some(s) => order.push(s),
+                None => {
+                    return Err(invalid("services' depends_on form a cycle".to_owned()));
+                }
+            }
+        }
+        Ok(order)
     }
 
     /// The service called `name`.
@@ -120,8 +242,11 @@ impl ServiceSpec {
     fn validate(&self) -> Result<(), Error> {
         name("service name", &self.name)?;
         let what = |field: &str| format!("service `{}`: {field}", self.name);
-        if self.command.is_empty() {
-            return Err(invalid(format!("{} is empty", what("command"))));
+        if self.command.is_empty() && self.image.is_empty() {
+            return Err(invalid(format!(
+                "{} is empty (only a service with an image may leave it to the image)",
+                what("command")
+            )));
         }
         text(&what("command"), &self.command, MAX_ARG_BYTES)?;
         if self.args.len() > MAX_ARGS {
@@ -174,6 +299,58 @@ impl ServiceSpec {
                     what("health check")
                 )));
             }
+        }
+        let words = self.entrypoint.len() + self.labels.len() * 2;
+        if words > MAX_ARGS {
+            return Err(invalid(format!(
+                "{} have more than {MAX_ARGS} words",
+                what("entrypoint and labels")
+            )));
+        }
+        for a in self
+            .entrypoint
+            .iter()
+            .chain(self.labels.keys())
+            .chain(self.labels.values())
+        {
+            text(&what("an entrypoint word or label"), a, MAX_ARG_BYTES)?;
+        }
+        if let Some(k) = self.labels.keys().find(|k| k.starts_with("hanzo.")) {
+            return Err(invalid(format!(
+                "{}: `{k}`: labels under `hanzo.` are the node's own",
+                what("labels")
+            )));
+        }
+        if self.ports.len() > MAX_SERVICES || self.volumes.len() > MAX_SERVICES {
+            return Err(invalid(format!(
+                "{} at most {MAX_SERVICES} ports and {MAX_SERVICES} volumes",
+                what("has")
+            )));
+        }
+        for p in &self.ports {
+            if p.host == 0 || p.container == 0 {
+                return Err(invalid(format!(
+                    "{} needs host and container ports 1 to 65535",
+                    what("ports")
+                )));
+            }
+            if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(format!(
+                    "{}: `{}` is not an IP address",
+                    what("ports"),
+                    p.host_ip
+                )));
+            }
+        }
+        for m in &self.volumes {
+            let t = &m.target;
+            if !t.starts_with('/') || t == "/" || t.split('/').any(|c| c == ".." || c == ".") {
+                return Err(invalid(format!(
+                    "{}: target `{t}` must be an absolute path other than `/`, without `.` or `..`",
+                    what("volume")
+                )));
+            }
+            text(&what("volume target"), t, MAX_ARG_BYTES)?;
         }
         if self.resources.memory_bytes != 0 && self.resources.memory_bytes < 1 << 20 {
             return Err(invalid(format!(
@@ -253,6 +430,12 @@ mod tests {
             health: None,
             resources: Resources::default(),
             image: String::new(),
+            entrypoint: Vec::new(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            labels: BTreeMap::new(),
+            depends_on: Vec::new(),
         }
     }
 
@@ -261,6 +444,8 @@ mod tests {
         let ok = Spec {
             name: "web-1".into(),
             services: vec![service("api"), service("worker")],
+            networks: Vec::new(),
+            volumes: Vec::new(),
         };
         ok.validate().unwrap();
         let refused = |f: &dyn Fn(&mut Spec), needle: &str| {
@@ -304,6 +489,7 @@ mod tests {
                     interval: Duration::ZERO,
                     timeout: Duration::from_secs(1),
                     retries: 1,
+                    start_period: Duration::ZERO,
                 });
             },
             "interval and timeout",

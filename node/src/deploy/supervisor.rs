@@ -56,7 +56,13 @@ pub struct Status {
     pub started_at: u64,
     /// While running, where the runtime has one.
     pub pid: Option<u32>,
+    /// Its health check has passed since the last start.
+    pub health_passed: bool,
 }
+
+/// A replica another waits for before its first start: the service's name, its
+/// status, and whether it has to be healthy rather than only running.
+pub type Gate = (String, Arc<Mutex<Status>>, bool);
 
 /// A supervised replica.
 #[derive(Debug)]
@@ -76,6 +82,7 @@ impl Replica {
         target: Target,
         journal: Arc<Journal>,
         grace: Duration,
+        after: Vec<Gate>,
     ) -> (Self, oneshot::Receiver<()>) {
         let status = Arc::new(Mutex::new(Status {
             deployment: target.deployment.clone(),
@@ -87,6 +94,7 @@ impl Replica {
             exit_code: 0,
             started_at: 0,
             pid: None,
+            health_passed: false,
         }));
         let stop = CancellationToken::new();
         let (first_tx, first_rx) = oneshot::channel();
@@ -99,6 +107,7 @@ impl Replica {
                 stop: stop.clone(),
                 grace,
                 first: Some(first_tx),
+                after,
             }
             .run(),
         );
@@ -133,6 +142,7 @@ struct Supervisor {
     stop: CancellationToken,
     grace: Duration,
     first: Option<oneshot::Sender<()>>,
+    after: Vec<Gate>,
 }
 
 enum Outcome {
@@ -160,7 +170,38 @@ impl Supervisor {
         self.event(EventKind::Stopped, code, "stopped".into());
     }
 
+    /// Resolves once every replica this one waits for runs (and, where asked, has
+    /// passed its health check).
+    async fn dependencies(&self) {
+        let mut told = false;
+        loop {
+            let waiting: Vec<&str> = self
+                .after
+                .iter()
+                .filter(|(_, st, healthy)| {
+                    let s = lock(st);
+                    s.state != State::Running || (*healthy && !s.health_passed)
+                })
+                .map(|(name, _, _)| name.as_str())
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            if !told {
+                tracing::debug!(target: super::TARGET, container = %self.target.container, ?waiting, "waiting for dependencies");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn run(mut self) {
+        if !self.after.is_empty() {
+            tokio::select! {
+                () = self.dependencies() => {}
+                () = self.stop.cancelled() => return self.stopped(0),
+            }
+        }
         let policy = self.target.service.restart;
         let mut backoff = BACKOFF_MIN;
         let mut starts = 0u32;
@@ -193,6 +234,7 @@ impl Supervisor {
                         s.state = State::Running;
                         s.pid = pid;
                         s.healthy = true;
+                        s.health_passed = false;
                         s.started_at = unix_now();
                         s.restarts = starts;
                     });
@@ -210,7 +252,11 @@ impl Supervisor {
                             return self.stopped(code);
                         }
                         Outcome::Exited(code) => {
-                            self.event(EventKind::Exited, code, format!("exit code {code}"));
+                            let detail = match instance.limits_hit() {
+                                Some(why) => format!("exit code {code}: {why}"),
+                                None => format!("exit code {code}"),
+                            };
+                            self.event(EventKind::Exited, code, detail);
                             (code, code != 0)
                         }
                         Outcome::Unhealthy => {
@@ -257,12 +303,19 @@ impl Supervisor {
             return std::future::pending().await;
         };
         let mut failures = 0;
+        let started = Instant::now();
         loop {
             tokio::time::sleep(check.interval).await;
             match self.check(&check).await {
                 Ok(()) => {
                     failures = 0;
-                    self.set(|s| s.healthy = true);
+                    self.set(|s| {
+                        s.healthy = true;
+                        s.health_passed = true;
+                    });
+                }
+                Err(why) if started.elapsed() < check.start_period => {
+                    tracing::debug!(target: super::TARGET, container = %self.target.container, %why, "health check failed in the start period");
                 }
                 Err(why) => {
                     failures += 1;

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use super::{eip712, siwe};
+use super::{eip712, siwe, siwe::Checks as _};
 use crate::{
     acl::{Acl, Role, eth},
     bucket::Bucket,

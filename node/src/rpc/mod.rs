@@ -31,15 +31,8 @@ use crate::{config::RpcConfig, http::Reason};
 
 const TARGET: &str = "hanzo::rpc";
 
-/// The generated messages, clients and servers.
-#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
-pub mod proto {
-    tonic::include_proto!("hanzo.node.v1");
-
-    /// The encoded descriptors of every `.proto`, for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/hanzo_descriptor.bin"));
-}
+/// The generated messages, clients and servers (built by the client crate).
+pub use hanzo_node_client::proto;
 
 /// Why the gRPC server could not start.
 #[allow(missing_docs)] // each variant's #[error] message documents it

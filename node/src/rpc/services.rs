@@ -194,7 +194,7 @@ impl proto::node_service_server::NodeService for Context {
         req: Request<proto::DeployRequest>,
     ) -> Result<Response<proto::DeployResponse>, Status> {
         let c = caller(&req)?;
-        let spec = workloads::spec(req.into_inner().spec)?;
+        let spec = workloads::deploy_spec(req.into_inner())?;
         let done = self.deployer()?.deploy(c.address, spec).await?;
         Ok(Response::new(proto::DeployResponse {
             status: Some(workloads::summary(done)),

@@ -35,32 +35,19 @@ pub enum Error {
     WrongSigner { signer: Address, address: Address },
 }
 
-/// The fields of a SIWE message the node uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The authority the message is for.
-    pub domain: String,
-    /// The account signing in.
-    pub address: Address,
-    /// `URI:`.
-    pub uri: String,
-    /// `Chain ID:`.
-    pub chain_id: u64,
-    /// `Nonce:`.
-    pub nonce: String,
-    /// `Issued At:` (unix seconds).
-    pub issued_at: u64,
-    /// `Expiration Time:` (unix seconds).
-    pub expires_at: Option<u64>,
-    /// `Not Before:` (unix seconds).
-    pub not_before: Option<u64>,
+pub use hanzo_node_client::siwe::{HEADER, Message, message, rfc3339};
+
+/// What the node does with a SIWE message: read it, and check it names this node.
+pub trait Checks: Sized {
+    /// Parses the text of a SIWE message.
+    fn parse(text: &str) -> Result<Self, Error>;
+    /// Checks that the message names this node (`domain`, `uri`, `chain_id`) and is
+    /// valid at `now`.
+    fn check(&self, domain: &str, uri: &str, chain_id: u64, now: u64) -> Result<(), Error>;
 }
 
-const HEADER: &str = " wants you to sign in with your Ethereum account:";
-
-impl Message {
-    /// Parses the text of a SIWE message.
-    pub fn parse(text: &str) -> Result<Self, Error> {
+impl Checks for Message {
+    fn parse(text: &str) -> Result<Self, Error> {
         if text.len() > MAX_MESSAGE_BYTES {
             return Err(Error::TooLong(text.len()));
         }
@@ -121,9 +108,7 @@ impl Message {
         })
     }
 
-    /// Checks that the message names this node (`domain`, `uri`, `chain_id`) and is
-    /// valid at `now`.
-    pub fn check(&self, domain: &str, uri: &str, chain_id: u64, now: u64) -> Result<(), Error> {
+    fn check(&self, domain: &str, uri: &str, chain_id: u64, now: u64) -> Result<(), Error> {
         if self.domain != domain {
             return Err(Error::Domain {
                 found: self.domain.clone(),
@@ -168,32 +153,6 @@ pub fn verify(text: &str, signature: &[u8], address: Address) -> Result<(), Erro
         return Err(Error::WrongSigner { signer, address });
     }
     Ok(())
-}
-
-/// `secs` as an RFC 3339 time.
-pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
-}
-
-/// A SIWE message with the given fields, as a wallet would show it.
-pub fn message(m: &Message) -> String {
-    let mut text = format!(
-        "{}{HEADER}\n{}\n\nSign in to a hanzo node.\n\nURI: {}\nVersion: 1\nChain ID: {}\nNonce: {}\nIssued At: {}",
-        m.domain,
-        m.address.to_checksum(None),
-        m.uri,
-        m.chain_id,
-        m.nonce,
-        rfc3339(m.issued_at)
-    );
-    if let Some(t) = m.expires_at {
-        text.push_str(&format!("\nExpiration Time: {}", rfc3339(t)));
-    }
-    if let Some(t) = m.not_before {
-        text.push_str(&format!("\nNot Before: {}", rfc3339(t)));
-    }
-    text
 }
 
 #[cfg(test)]

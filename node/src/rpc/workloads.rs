@@ -33,9 +33,29 @@ pub(super) fn principal(c: &Caller) -> Principal {
     }
 }
 
+/// The spec of a Deploy call: the structured one or the compose file.
+pub(super) fn deploy_spec(r: proto::DeployRequest) -> Result<deploy::Spec, Status> {
+    match (r.spec, r.compose.is_empty()) {
+        (Some(_), false) => Err(Status::invalid_argument(
+            "give either spec or compose, not both",
+        )),
+        (None, false) => {
+            let name = (!r.name.is_empty()).then_some(r.name.as_str());
+            Ok(deploy::parse_compose(&r.compose, name)?)
+        }
+        (spec, true) => spec_of(spec),
+    }
+}
+
+fn u16_port(service: &str, p: u32) -> Result<u16, Status> {
+    u16::try_from(p).map_err(|_| {
+        Status::invalid_argument(format!("service `{service}`: port {p} is not 1 to 65535"))
+    })
+}
+
 /// The caller's spec, with the proto's zero values given their documented defaults.
-pub(super) fn spec(p: Option<proto::DeploySpec>) -> Result<deploy::Spec, Status> {
-    let p = p.ok_or_else(|| Status::invalid_argument("spec is missing"))?;
+fn spec_of(p: Option<proto::DeploySpec>) -> Result<deploy::Spec, Status> {
+    let p = p.ok_or_else(|| Status::invalid_argument("spec (or compose) is missing"))?;
     let services = p
         .services
         .into_iter()
@@ -54,6 +74,18 @@ pub(super) fn spec(p: Option<proto::DeploySpec>) -> Result<deploy::Spec, Status>
                 }
             };
             let or = |v: u32, d: u64| Duration::from_secs(if v == 0 { d } else { v.into() });
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| {
+                    Ok(deploy::Port {
+                        host: u16_port(&s.name, p.host)?,
+                        container: u16_port(&s.name, p.container)?,
+                        udp: p.udp,
+                        host_ip: p.host_ip.clone(),
+                    })
+                })
+                .collect::<Result<_, Status>>()?;
             Ok(deploy::ServiceSpec {
                 name: s.name,
                 command: s.command,
@@ -67,6 +99,7 @@ pub(super) fn spec(p: Option<proto::DeploySpec>) -> Result<deploy::Spec, Status>
                     interval: or(h.interval_secs, 10),
                     timeout: or(h.timeout_secs, 5),
                     retries: if h.retries == 0 { 3 } else { h.retries },
+                    start_period: Duration::from_secs(h.start_period_secs.into()),
                 }),
                 resources: s
                     .resources
@@ -76,12 +109,35 @@ pub(super) fn spec(p: Option<proto::DeploySpec>) -> Result<deploy::Spec, Status>
                     })
                     .unwrap_or_default(),
                 image: s.image,
+                entrypoint: s.entrypoint,
+                ports,
+                volumes: s
+                    .volumes
+                    .into_iter()
+                    .map(|v| deploy::Mount {
+                        volume: v.volume,
+                        target: v.target,
+                        read_only: v.read_only,
+                    })
+                    .collect(),
+                networks: s.networks,
+                labels: s.labels.into_iter().collect(),
+                depends_on: s
+                    .depends_on
+                    .into_iter()
+                    .map(|d| deploy::Dependency {
+                        service: d.service,
+                        healthy: d.healthy,
+                    })
+                    .collect(),
             })
         })
         .collect::<Result<_, Status>>()?;
     Ok(deploy::Spec {
         name: p.name,
         services,
+        networks: p.networks,
+        volumes: p.volumes,
     })
 }
 
@@ -380,20 +436,23 @@ mod tests {
                         interval_secs: 2,
                         timeout_secs: 1,
                         retries: 2,
+                        start_period_secs: 0,
                     }),
                     resources: Some(proto::Resources {
                         memory_bytes: 1 << 26,
                         cpu_millis: 0,
                     }),
-                    image: String::new(),
+                    ..Default::default()
                 }],
+                ..Default::default()
             }),
+            ..Default::default()
         }
     }
 
     #[test]
     fn the_seed_request_is_a_valid_spec() {
-        let s = spec(request().spec).unwrap();
+        let s = deploy_spec(request()).unwrap();
         s.validate().unwrap();
         assert_eq!(s.replicas(), 2);
     }
@@ -404,7 +463,7 @@ mod tests {
         #[test]
         fn mutated_deploy_requests_are_specs_or_errors(bytes in crate::fuzz::mutated(request().encode_to_vec())) {
             if let Ok(req) = proto::DeployRequest::decode(&bytes[..]) {
-                match spec(req.spec) {
+                match deploy_spec(req) {
                     Ok(s) => { let _ = s.validate(); }
                     Err(status) => prop_assert_eq!(status.code(), tonic::Code::InvalidArgument),
                 }
