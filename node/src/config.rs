@@ -383,7 +383,7 @@ pub enum WorkloadNetwork {
 }
 
 /// The runtime that runs replicas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeployRuntime {
     /// Supervised local processes.

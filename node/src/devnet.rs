@@ -64,6 +64,10 @@ pub struct Args {
     /// The anvil binary [default: `anvil` on PATH, as `scripts/setup` installs it].
     #[arg(long, default_value = "anvil")]
     pub anvil: PathBuf,
+    /// What runs callers' workloads: `process` (sandboxed processes) or `docker`
+    /// (containers on the Docker Engine at `DOCKER_HOST`, else /var/run/docker.sock).
+    #[arg(long, value_enum, default_value = "process")]
+    pub runtime: crate::config::DeployRuntime,
 }
 
 /// Where node `i` listens.
@@ -181,13 +185,14 @@ async fn start(
     let bootstrap = dht.bootstrap.clone();
     parts.dht = Some(dht);
     for i in 0..n {
-        let config = Config::load(&Overrides {
+        let mut config = Config::load(&Overrides {
             data_dir: Some(node_dir(root, i)),
             dns_bootstrap: Some(bootstrap.clone()),
             dns_request_timeout: Some(DHT_TIMEOUT),
             log: log.clone(),
             ..Overrides::default()
         })?;
+        config.deploy.runtime = args.runtime;
         let node = Node::start(config).await.with_context(|| {
             format!(
                 "node {i} ({}); if a port is taken, choose others with --base-port",
@@ -653,6 +658,11 @@ impl Summary<'_> {
             writeln!(
                 s,
                 "  buf curl --protocol grpc --http2-prior-knowledge -H \"authorization: Bearer $TOKEN\" {grpc}/hanzo.node.v1.NodeService/GetStatus"
+            )?;
+            writeln!(
+                s,
+                "  HANZO_PRIVATE_KEY=0x{} hanzo-node compose --url {grpc} ps    # beside a docker-compose.yml: up, logs -f, exec -it, down",
+                hex::encode(a.to_bytes())
             )?;
         }
         writeln!(

@@ -174,6 +174,21 @@ impl Node {
         } else {
             None
         };
+        // Before the syncer runs: a node whose runtime cannot confine workloads stops
+        // here, and the first ACL a reader sees is still the stored checkpoint.
+        let deployer = if config.deploy.enabled {
+            Some(
+                Deployer::start(
+                    config.deploy.clone(),
+                    config.deploy_path(),
+                    store.clone(),
+                    &key,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let sync_done = CancellationToken::new();
         let sync_task = {
             let (cancel, done) = (cancel.child_token(), sync_done.clone());
@@ -204,19 +219,6 @@ impl Node {
             inference: Some(inference.metrics()),
         };
         let resolver = dns::Resolver::new(dht);
-        let deployer = if config.deploy.enabled {
-            Some(
-                Deployer::start(
-                    config.deploy.clone(),
-                    config.deploy_path(),
-                    store.clone(),
-                    &key,
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
         if let Some(d) = deployer.clone() {
             let (mut acl, node, cancel) = (acl.clone(), key.public(), cancel.child_token());
             tasks.push(tokio::spawn(async move {

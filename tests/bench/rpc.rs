@@ -8,6 +8,10 @@
 //!   layer would, in the same run.
 //! * `Deploy` of a one-process service on the process runtime from 4 clients (each
 //!   removed again), against spawning the same process with `tokio::process`.
+//! * The sandbox's cost: `true` run to its exit through the process runtime's
+//!   sandbox (cgroup, rlimits, bubblewrap, uid drop) against a bare spawn of `true`.
+//! * `Deploy` of a busybox container on the docker runtime (a real dockerd, started
+//!   as the tests start it), each removed again.
 //!
 //! Ends with `key=value` lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
@@ -83,6 +87,115 @@ fn rate(r: &Run) -> f64 {
 }
 
 const DEPLOYS: usize = 100;
+const SPAWNS: usize = 100;
+const DOCKER_DEPLOYS: usize = 30;
+
+/// Start-to-exit of `true` through the sandbox and bare, `SPAWNS` times each,
+/// alternating.
+async fn sandbox_spawns(config: &hanzo_node::config::DeployConfig) -> (Run, Run) {
+    let scratch = tempfile::tempdir().unwrap();
+    let sandbox = hanzo_node::deploy::Sandbox::new(config, &scratch.path().join("trial"))
+        .await
+        .unwrap();
+    let dir = scratch.path().join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    sandbox.own(&dir).unwrap();
+    let limits = hanzo_node::deploy::Limits {
+        memory_bytes: 64 << 20,
+        pids: 64,
+        open_files: 256,
+        cpu_millis: 0,
+    };
+    let (mut boxed, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..SPAWNS {
+        let t = Instant::now();
+        let out = sandbox
+            .command(&dir, &[], None, None, &limits, "true", &[])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        boxed.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let out = tokio::process::Command::new("true").output().await.unwrap();
+        assert!(out.status.success());
+        bare.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (ms_run(boxed), ms_run(bare))
+}
+
+fn ms_run(mut v: Vec<f64>) -> Run {
+    Run {
+        calls: v.len(),
+        secs: 0.0,
+        p50_ms: percentile(&mut v, 0.50),
+        p99_ms: percentile(&mut v, 0.99),
+    }
+}
+
+/// Deploy latency of a busybox container on the docker runtime, one client.
+async fn docker_deploys(net: &Devnet) -> Run {
+    let engine = hanzo_e2e::docker::engine();
+    let mut config = net.config();
+    config.data_dir = tempfile::tempdir().unwrap().keep();
+    std::fs::copy(
+        net.dir.path().join("node.key"),
+        config.data_dir.join("node.key"),
+    )
+    .unwrap();
+    std::fs::copy(
+        net.dir.path().join("deployment.json"),
+        config.data_dir.join("deployment.json"),
+    )
+    .unwrap();
+    config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
+    config.deploy.docker_host = Some(engine.host.clone());
+    config.deploy.stop_grace = Duration::from_secs(1);
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let ch = connect(node.rpc_addr.unwrap()).await;
+    let token = hanzo_e2e::rpc::session(&ch, &net.dev_key(3)).await;
+    let mut api = NodeServiceClient::new(ch);
+    let mut times = Vec::new();
+    for i in 0..DOCKER_DEPLOYS {
+        let spec = DeploySpec {
+            name: format!("bench-docker-{i}"),
+            services: vec![ServiceSpec {
+                name: "sleeper".into(),
+                image: hanzo_e2e::docker::BUSYBOX.into(),
+                command: "sleep".into(),
+                args: vec!["60".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = Instant::now();
+        api.deploy(bearer(
+            DeployRequest {
+                spec: Some(spec),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        api.remove(bearer(
+            DeploymentRef {
+                deployment: format!("bench-docker-{i}"),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    }
+    node.shutdown().await;
+    ms_run(times)
+}
 
 /// Deploy latency through the node (each deployment removed again), and the
 /// latency of spawning the same process directly.
@@ -145,13 +258,7 @@ async fn deploys(addr: std::net::SocketAddr, token: &str) -> (Run, Run) {
         spawn.push(t.elapsed().as_secs_f64() * 1000.0);
         child.kill().await.unwrap();
     }
-    let run = |mut v: Vec<f64>| Run {
-        calls: v.len(),
-        secs: 0.0,
-        p50_ms: percentile(&mut v, 0.50),
-        p99_ms: percentile(&mut v, 0.99),
-    };
-    (run(deploy), run(spawn))
+    (ms_run(deploy), ms_run(spawn))
 }
 
 #[tokio::main]
@@ -190,6 +297,8 @@ async fn main() {
         rate: 1e9,
     };
     let (deploy, spawn) = deploys(addr, &session.token).await;
+    let (boxed, unboxed) = sandbox_spawns(&net.config().deploy).await;
+    let docker = docker_deploys(&net).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(rpc::serve_unauthenticated(
         bare,
@@ -258,6 +367,14 @@ async fn main() {
         "Deploy of a one-process service (process runtime), {DEPLOYS} deploys from 4 clients: p50 {:.2} ms, p99 {:.2} ms; spawning the same process with tokio::process: p50 {:.2} ms, p99 {:.2} ms",
         deploy.p50_ms, deploy.p99_ms, spawn.p50_ms, spawn.p99_ms
     );
+    println!(
+        "`true` to its exit through the sandbox, {SPAWNS} times: p50 {:.2} ms, p99 {:.2} ms; bare spawn: p50 {:.2} ms, p99 {:.2} ms",
+        boxed.p50_ms, boxed.p99_ms, unboxed.p50_ms, unboxed.p99_ms
+    );
+    println!(
+        "Deploy of a busybox container (docker runtime, dockerd on this machine), {DOCKER_DEPLOYS} deploys: p50 {:.2} ms, p99 {:.2} ms",
+        docker.p50_ms, docker.p99_ms
+    );
     println!("health_rps={:.0}", rate(&health));
     println!("health_p50_ms={:.2}", health.p50_ms);
     println!("health_p99_ms={:.2}", health.p99_ms);
@@ -268,5 +385,10 @@ async fn main() {
     println!("deploy_p50_ms={:.2}", deploy.p50_ms);
     println!("deploy_p99_ms={:.2}", deploy.p99_ms);
     println!("spawn_p99_ms={:.2}", spawn.p99_ms);
+    println!("sandbox_spawn_p50_ms={:.2}", boxed.p50_ms);
+    println!("bare_spawn_p50_ms={:.2}", unboxed.p50_ms);
+    println!("sandbox_spawn_ratio={:.2}", boxed.p50_ms / unboxed.p50_ms);
+    println!("docker_deploy_p50_ms={:.2}", docker.p50_ms);
+    println!("docker_deploy_p99_ms={:.2}", docker.p99_ms);
     node.shutdown().await;
 }

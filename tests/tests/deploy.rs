@@ -1162,3 +1162,211 @@ async fn workloads_are_sandboxed_to_their_own_dir_and_limits() {
     running(&mut api, &neighbour_token, "neighbour", "keeper", 1).await;
     node.shutdown().await;
 }
+
+/// `hanzo-node compose`, as a `docker compose` user runs it against a node: `up`,
+/// `ps --json`, `logs`, `scale`, `events --json`, `exec -it` in a real terminal (tmux)
+/// that follows a resize, and `down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_compose_cli_runs_an_app_as_docker_compose_does() {
+    let engine = hanzo_e2e::docker::engine();
+    let net = Devnet::start().await;
+    net.stake_caller(3).await;
+    let mut config = net.config();
+    config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
+    config.deploy.docker_host = Some(engine.host.clone());
+    config.deploy.stop_grace = Duration::from_secs(1);
+    let (node, _) = served(&net, config).await;
+    let url = format!("http://{}", node.rpc_addr.unwrap());
+    let key = format!("0x{}", hex::encode(net.dev_key(3).to_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: cli-app\nservices:\n  web:\n    image: {}\n    command: sh -c 'echo web up; sleep 1000'\n",
+            hanzo_e2e::docker::BUSYBOX
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let compose = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(node_bin());
+        cmd.args(["compose", "--url", &url, "-f", &file])
+            .args(args)
+            .env("HANZO_PRIVATE_KEY", &key)
+            .env("HANZO_DATA_DIR", dir.path());
+        cmd
+    };
+    let run = |args: &[&str]| ok(&compose(args).output().unwrap());
+
+    let up = run(&["up", "-d"]);
+    assert!(
+        up.contains("Container cli-app-web-1") && up.contains("Started"),
+        "{up}"
+    );
+    let ps = run(&["ps", "--json"]);
+    let rows: Vec<serde_json::Value> = ps
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{ps}");
+    assert_eq!(
+        (rows[0]["Service"].as_str(), rows[0]["State"].as_str()),
+        (Some("web"), Some("Running"))
+    );
+    let logs = eventually(Duration::from_secs(20), async || {
+        let l = run(&["logs", "web"]);
+        l.contains("cli-app-web-1 | web up").then_some(l)
+    })
+    .await;
+    assert!(logs.contains("web up"), "{logs}");
+    let scaled = run(&["scale", "web=2"]);
+    assert!(scaled.contains("cli-app-web-2"), "{scaled}");
+    assert!(run(&["ps"]).contains("cli-app-web-2"));
+
+    // events --json follows; the first lines are the starts so far.
+    let mut events = compose(&["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(events.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    let e: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(
+        (e["container"].as_str(), e["action"].as_str()),
+        (Some("web-1"), Some("started"))
+    );
+    events.kill().unwrap();
+    let _ = events.wait();
+
+    // exec -it in a real terminal: the size is the terminal's, and follows a resize.
+    let socket = format!("hanzo-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shell = format!(
+        "{} compose --url {url} -f {file} exec -it web-1 sh; echo EXIT=$?; sleep 60",
+        node_bin().display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "-e",
+        &format!("HANZO_PRIVATE_KEY={key}"),
+        "-e",
+        &format!("HANZO_DATA_DIR={}", dir.path().display()),
+        &shell,
+    ]);
+    let screen = async |want: &str| {
+        let mut s = String::new();
+        for _ in 0..200 {
+            s = tmux(&["capture-pane", "-p", "-t", "t"]);
+            if s.contains(want) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the terminal did not show {want:?} within 20 s; it shows:\n{s}");
+    };
+    tmux(&["send-keys", "-t", "t", "stty size; tty", "Enter"]);
+    let s = screen("30 100").await;
+    assert!(s.contains("/dev/pts/"), "a terminal: {s}");
+    tmux(&["resize-window", "-t", "t", "-x", "120", "-y", "40"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tmux(&["send-keys", "-t", "t", "clear; stty size", "Enter"]);
+    screen("40 120").await;
+    tmux(&["send-keys", "-t", "t", "exit 7", "Enter"]);
+    screen("EXIT=7").await;
+    tmux(&["kill-server"]);
+
+    let down = run(&["down"]);
+    assert!(
+        down.contains("Container cli-app-web-1") && down.contains("Removed"),
+        "{down}"
+    );
+    assert!(engine.containers(true).is_empty(), "down leaves nothing");
+    node.shutdown().await;
+}
+
+/// A compose app on the process runtime: an image-less service runs sandboxed with a
+/// named volume that outlives `down`; a service with an image or ports is refused
+/// with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compose_app_on_the_process_runtime_runs_or_is_refused_with_the_reason() {
+    let net = Devnet::start().await;
+    net.stake_caller(3).await;
+    let (node, ch) = served(&net, net.config()).await;
+    let mut api = NodeServiceClient::new(ch.clone());
+    let token = session(&ch, &net.dev_key(3)).await;
+    let up = async |api: &mut Api, compose: &str| {
+        api.deploy(bearer(
+            DeployRequest {
+                compose: compose.into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+    };
+    let app = "name: jobs\nservices:\n  worker:\n    command: sh -c 'echo run >> /data/runs; sleep 1000'\n    volumes: [\"data:/data\"]\nvolumes:\n  data:\n";
+    for round in 1..=2 {
+        up(&mut api, app).await.unwrap();
+        running(&mut api, &token, "jobs", "worker", 1).await;
+        let runs = eventually(Duration::from_secs(10), async || {
+            let (runs, _, _) = exec(
+                &mut api,
+                &token,
+                "jobs",
+                "worker-1",
+                &["cat", "/data/runs"],
+                b"",
+            )
+            .await
+            .ok()?;
+            (runs.lines().count() == round).then_some(runs)
+        })
+        .await;
+        assert_eq!(runs, "run\n".repeat(round));
+        api.remove(bearer(
+            DeploymentRef {
+                deployment: "jobs".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    }
+    for (extra, why) in [
+        (
+            "    image: busybox:1.36\n",
+            "an image needs a container runtime",
+        ),
+        (
+            "    ports: [\"8080:80\"]\n",
+            "publishing ports needs a container runtime",
+        ),
+    ] {
+        let bad = app.replace("    volumes:", &format!("{extra}    volumes:"));
+        let e = up(&mut api, &bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains(why), "{}", e.message());
+    }
+    node.shutdown().await;
+}

@@ -29,11 +29,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+pub use cgroup::Limits;
 pub use compose::{MAX_COMPOSE_BYTES, parse as parse_compose};
 pub use docker::Docker;
 pub use journal::{Event, EventKind, Journal, LogLine, Stream};
 pub use process::Process;
 pub use runtime::{Chunk, Exec, Instance, Runtime, Target};
+pub use sandbox::Sandbox;
 pub use secrets::Sealer;
 pub use spec::{
     Dependency, HealthCheck, MAX_REPLICAS, Mount, Port, Resources, Restart, ServiceSpec, Spec,

@@ -359,6 +359,10 @@ impl Context {
                 start.tty,
             )
             .await?;
+        // The terminal's first size, where the runtime has terminals.
+        if let (Some(size), Some(r)) = (&start.size, &exec.resize) {
+            let _ = r.send((size.rows, size.cols));
+        }
         let end = self.stream_end(&c);
         Ok(super::services::async_stream(move |tx| async move {
             tokio::pin!(end);
