@@ -137,8 +137,10 @@ fn ms_run(mut v: Vec<f64>) -> Run {
     }
 }
 
-/// Deploy latency of a busybox container on the docker runtime, one client.
-async fn docker_deploys(net: &Devnet) -> Run {
+/// Deploy latency of a busybox container on the docker runtime, one client; and the
+/// same work with the stock docker CLI (a network of its own, then `docker run -d` on
+/// it), in the same run.
+async fn docker_deploys(net: &Devnet) -> (Run, Run) {
     let engine = hanzo_e2e::docker::engine();
     let mut config = net.config();
     config.data_dir = tempfile::tempdir().unwrap().keep();
@@ -194,7 +196,27 @@ async fn docker_deploys(net: &Devnet) -> Run {
         .unwrap();
     }
     node.shutdown().await;
-    ms_run(times)
+    let mut cli = Vec::new();
+    for i in 0..DOCKER_DEPLOYS {
+        let (net_name, name) = (format!("bench-net-{i}"), format!("bench-cli-{i}"));
+        let t = Instant::now();
+        engine.docker(&["network", "create", &net_name]);
+        engine.docker(&[
+            "run",
+            "-d",
+            "--network",
+            &net_name,
+            "--name",
+            &name,
+            hanzo_e2e::docker::BUSYBOX,
+            "sleep",
+            "60",
+        ]);
+        cli.push(t.elapsed().as_secs_f64() * 1000.0);
+        engine.docker(&["rm", "--force", &name]);
+        engine.docker(&["network", "rm", &net_name]);
+    }
+    (ms_run(times), ms_run(cli))
 }
 
 /// Deploy latency through the node (each deployment removed again), and the
@@ -298,7 +320,7 @@ async fn main() {
     };
     let (deploy, spawn) = deploys(addr, &session.token).await;
     let (boxed, unboxed) = sandbox_spawns(&net.config().deploy).await;
-    let docker = docker_deploys(&net).await;
+    let (docker, docker_cli) = docker_deploys(&net).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(rpc::serve_unauthenticated(
         bare,
@@ -372,8 +394,8 @@ async fn main() {
         boxed.p50_ms, boxed.p99_ms, unboxed.p50_ms, unboxed.p99_ms
     );
     println!(
-        "Deploy of a busybox container (docker runtime, dockerd on this machine), {DOCKER_DEPLOYS} deploys: p50 {:.2} ms, p99 {:.2} ms",
-        docker.p50_ms, docker.p99_ms
+        "Deploy of a busybox container (docker runtime, dockerd on this machine), {DOCKER_DEPLOYS} deploys: p50 {:.2} ms, p99 {:.2} ms; stock docker CLI, `network create` + `run -d` on it: p50 {:.2} ms, p99 {:.2} ms",
+        docker.p50_ms, docker.p99_ms, docker_cli.p50_ms, docker_cli.p99_ms
     );
     println!("health_rps={:.0}", rate(&health));
     println!("health_p50_ms={:.2}", health.p50_ms);
@@ -390,5 +412,6 @@ async fn main() {
     println!("sandbox_spawn_ratio={:.2}", boxed.p50_ms / unboxed.p50_ms);
     println!("docker_deploy_p50_ms={:.2}", docker.p50_ms);
     println!("docker_deploy_p99_ms={:.2}", docker.p99_ms);
+    println!("docker_cli_p99_ms={:.2}", docker_cli.p99_ms);
     node.shutdown().await;
 }
