@@ -446,6 +446,60 @@ impl Client {
         Ok(self.node().inspect_container(r).await?.into_inner())
     }
 
+    /// Makes the caller's named volume (nothing when it exists).
+    pub async fn create_volume(&self, name: &str) -> Result<proto::Owned, Error> {
+        let r = self
+            .req(proto::VolumeRef {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(self.node().create_volume(r).await?.into_inner())
+    }
+
+    /// The caller's volumes, with the deployments that mount them.
+    pub async fn volumes(&self) -> Result<Vec<proto::Owned>, Error> {
+        let r = self.req(proto::ListOwnedRequest {}).await?;
+        Ok(self.node().list_volumes(r).await?.into_inner().items)
+    }
+
+    /// Removes the caller's volume (refused while a deployment mounts it).
+    pub async fn remove_volume(&self, name: &str) -> Result<(), Error> {
+        let r = self
+            .req(proto::VolumeRef {
+                name: name.to_owned(),
+            })
+            .await?;
+        self.node().remove_volume(r).await?;
+        Ok(())
+    }
+
+    /// Makes a network the caller's deployments can share (docker runtime).
+    pub async fn create_network(&self, name: &str) -> Result<proto::Owned, Error> {
+        let r = self
+            .req(proto::NetworkRef {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(self.node().create_network(r).await?.into_inner())
+    }
+
+    /// The caller's shared networks, with the deployments that join them.
+    pub async fn networks(&self) -> Result<Vec<proto::Owned>, Error> {
+        let r = self.req(proto::ListOwnedRequest {}).await?;
+        Ok(self.node().list_networks(r).await?.into_inner().items)
+    }
+
+    /// Removes the caller's network (refused while a deployment joins it).
+    pub async fn remove_network(&self, name: &str) -> Result<(), Error> {
+        let r = self
+            .req(proto::NetworkRef {
+                name: name.to_owned(),
+            })
+            .await?;
+        self.node().remove_network(r).await?;
+        Ok(())
+    }
+
     /// Log lines (of one container, or all), then new ones while `follow`.
     pub async fn logs(
         &self,

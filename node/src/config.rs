@@ -366,6 +366,10 @@ pub struct DeployConfig {
     pub sandbox_uid: u32,
     /// Memory of a replica whose spec sets none, in bytes. Default: 1 GiB.
     pub replica_memory_bytes: u64,
+    /// Named volumes one caller may own here. Default: 16.
+    pub max_volumes_per_caller: u32,
+    /// Shared networks one caller may own here (docker runtime). Default: 8.
+    pub max_networks_per_caller: u32,
     /// Processes and threads one replica may have. Default: 256.
     pub replica_pids: u32,
     /// Open files per process of a replica. Default: 1024.
@@ -410,6 +414,8 @@ impl Default for DeployConfig {
             network: WorkloadNetwork::None,
             sandbox_uid: 65534,
             replica_memory_bytes: 1 << 30,
+            max_volumes_per_caller: 16,
+            max_networks_per_caller: 8,
             replica_pids: 256,
             replica_open_files: 1024,
         }

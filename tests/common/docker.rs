@@ -40,9 +40,24 @@ impl Engine {
 
     /// Names of the containers that run (or exist, with `all`), sorted.
     pub fn containers(&self, all: bool) -> Vec<String> {
+        self.containers_where(all, None)
+    }
+
+    /// Names of node `node`'s containers (its `hanzo.node` label: the first 8 bytes of
+    /// its key in hex) that run, or exist with `all`, sorted. Tests sharing the engine
+    /// see only their own.
+    pub fn containers_of(&self, node: &str, all: bool) -> Vec<String> {
+        self.containers_where(all, Some(node))
+    }
+
+    fn containers_where(&self, all: bool, node: Option<&str>) -> Vec<String> {
+        let filter = node.map(|n| format!("label=hanzo.node={n}"));
         let mut args = vec!["ps", "--format", "{{.Names}}"];
         if all {
             args.push("--all");
+        }
+        if let Some(f) = &filter {
+            args.extend(["--filter", f.as_str()]);
         }
         let mut names: Vec<String> = self.docker(&args).lines().map(str::to_owned).collect();
         names.sort();

@@ -18,8 +18,9 @@ use hanzo_node::{
     rpc::proto::{
         ContainerRef, ContainerState, DeployRequest, DeploySpec, DeploymentRef, EventKind,
         ExecInput, ExecStart, GetEventsRequest, GetLogsRequest, HealthCheck, ListContainersRequest,
-        ListContainersResponse, RestartPolicy, ScaleRequest, ServiceSpec, exec_input::Input,
-        exec_output::Output, node_service_client::NodeServiceClient,
+        ListContainersResponse, ListOwnedRequest, NetworkRef, RestartPolicy, ScaleRequest,
+        ServiceSpec, VolumeRef, exec_input::Input, exec_output::Output,
+        node_service_client::NodeServiceClient,
     },
 };
 use tokio_stream::StreamExt;
@@ -394,6 +395,13 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
 
     // A node restart stops the replicas and brings them back.
     drop(events);
+    let before_restart = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
     node.shutdown().await;
     assert!(
         pids.values().all(|p| !alive(*p)),
@@ -403,6 +411,37 @@ async fn a_staked_caller_deploys_operates_and_alone_owns_a_service_that_survives
     let mut api = NodeServiceClient::new(ch.clone());
     let token = session(&ch, &owner).await;
     let after = running(&mut api, &token, "demo", "ticker", 3).await;
+    // Logs and events from before the restart are still there.
+    let old_lines = api
+        .get_logs(bearer(
+            GetLogsRequest {
+                deployment: "demo".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let old_lines = until("a line from before the restart", &mut { old_lines }, |l| {
+        l.at < before_restart && l.line.starts_with(b"tick ")
+    })
+    .await;
+    assert!(!old_lines.is_empty());
+    let mut old_events = api
+        .get_events(bearer(
+            GetEventsRequest {
+                deployment: "demo".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until("an event from before the restart", &mut old_events, |e| {
+        e.at < before_restart && e.kind() == EventKind::Scaled
+    })
+    .await;
     let mut logs = api
         .get_logs(bearer(
             GetLogsRequest {
@@ -739,6 +778,7 @@ async fn a_compose_app_runs_on_docker_and_is_its_owners_alone() {
     config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
     config.deploy.docker_host = Some(engine.host.clone());
     config.deploy.stop_grace = Duration::from_secs(1);
+    config.deploy.max_volumes_per_caller = 2;
     // A container of this node's that a killed run left behind.
     let node_label = hex::encode(&net.node_key().public().0[..8]);
     engine.docker(&[
@@ -846,7 +886,7 @@ volumes:
     assert_eq!((runs.as_str(), code), ("run\n", 0));
 
     // Docker shows the two containers, on the deployment's own network, labelled.
-    let names = engine.containers(false);
+    let names = engine.containers_of(&node_label, false);
     let want = [format!("hanzo-{id}-web-1"), format!("hanzo-{id}-worker-1")];
     assert_eq!(names, want);
     let inspect = engine.docker(&[
@@ -878,6 +918,122 @@ volumes:
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+
+    // Volumes and networks are the owner's: listed with their users, kept while in
+    // use, unseen and untouchable by others, within the owner's quota.
+    let vols = api
+        .list_volumes(bearer(ListOwnedRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(
+        (vols[0].name.as_str(), vols[0].used_by.clone()),
+        ("data", vec!["shop".to_owned()])
+    );
+    let theirs = api
+        .list_volumes(bearer(ListOwnedRequest {}, &other))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(theirs.is_empty(), "{theirs:?}");
+    let e = api
+        .remove_volume(bearer(
+            VolumeRef {
+                name: "data".into(),
+            },
+            &other,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = api
+        .remove_volume(bearer(
+            VolumeRef {
+                name: "data".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("used by deployment shop"),
+        "{}",
+        e.message()
+    );
+    api.create_volume(bearer(
+        VolumeRef {
+            name: "extra".into(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    let e = api
+        .create_volume(bearer(
+            VolumeRef {
+                name: "more".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("at most 2 per caller"),
+        "{}",
+        e.message()
+    );
+    api.remove_volume(bearer(
+        VolumeRef {
+            name: "extra".into(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    let made = api
+        .create_network(bearer(
+            NetworkRef {
+                name: "backend".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.name, "backend");
+    let nets = api
+        .list_networks(bearer(ListOwnedRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(
+        nets.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["backend"]
+    );
+    let e = api
+        .create_network(bearer(
+            NetworkRef {
+                name: "default".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    api.remove_network(bearer(
+        NetworkRef {
+            name: "backend".into(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
 
     // Refused before anything changes, each with its reason.
     let refused = [
@@ -920,7 +1076,11 @@ volumes:
     );
     let e = up(&mut api, &token, &busy).await.unwrap_err();
     assert!(e.message().contains("is not free"), "{}", e.message());
-    assert_eq!(engine.containers(false), want, "nothing changed");
+    assert_eq!(
+        engine.containers_of(&node_label, false),
+        want,
+        "nothing changed"
+    );
 
     // down, then up: the volume's content survives.
     api.remove(bearer(
@@ -932,7 +1092,7 @@ volumes:
     .await
     .unwrap();
     assert!(
-        engine.containers(true).is_empty(),
+        engine.containers_of(&node_label, true).is_empty(),
         "down removes the containers"
     );
     up(&mut api, &token, &compose).await.unwrap();
@@ -975,9 +1135,26 @@ volumes:
             .all(|c| c.state() == ContainerState::Stopped)
     );
     assert!(
-        engine.containers(false).is_empty(),
+        engine.containers_of(&node_label, false).is_empty(),
         "stop stops the containers"
     );
+
+    // The owner unstakes: its containers stop.
+    up(&mut api, &token, &compose).await.unwrap();
+    running(&mut api, &token, "shop", "worker", 1).await;
+    net.client(3)
+        .await
+        .request_unstake(StakeRole::Caller, milli(500))
+        .await
+        .unwrap();
+    node.synced_to(net.confirm().await).await;
+    eventually(Duration::from_secs(20), async || {
+        engine
+            .containers_of(&node_label, false)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     node.shutdown().await;
 }
 
@@ -1175,6 +1352,7 @@ async fn the_compose_cli_runs_an_app_as_docker_compose_does() {
     config.deploy.runtime = hanzo_node::config::DeployRuntime::Docker;
     config.deploy.docker_host = Some(engine.host.clone());
     config.deploy.stop_grace = Duration::from_secs(1);
+    let node_label = hex::encode(&net.node_key().public().0[..8]);
     let (node, _) = served(&net, config).await;
     let url = format!("http://{}", node.rpc_addr.unwrap());
     let key = format!("0x{}", hex::encode(net.dev_key(3).to_bytes()));
@@ -1301,7 +1479,10 @@ async fn the_compose_cli_runs_an_app_as_docker_compose_does() {
         down.contains("Container cli-app-web-1") && down.contains("Removed"),
         "{down}"
     );
-    assert!(engine.containers(true).is_empty(), "down leaves nothing");
+    assert!(
+        engine.containers_of(&node_label, true).is_empty(),
+        "down leaves nothing"
+    );
     node.shutdown().await;
 }
 
@@ -1353,6 +1534,38 @@ async fn a_compose_app_on_the_process_runtime_runs_or_is_refused_with_the_reason
         .await
         .unwrap();
     }
+    // The volume outlived the deployment; networks are the docker runtime's.
+    let vols = api
+        .list_volumes(bearer(ListOwnedRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!((vols[0].name.as_str(), vols[0].used_by.len()), ("data", 0));
+    api.remove_volume(bearer(
+        VolumeRef {
+            name: "data".into(),
+        },
+        &token,
+    ))
+    .await
+    .unwrap();
+    let e = api
+        .create_network(bearer(
+            NetworkRef {
+                name: "backend".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("networks need a container runtime"),
+        "{}",
+        e.message()
+    );
     for (extra, why) in [
         (
             "    image: busybox:1.36\n",

@@ -16,8 +16,8 @@ use bollard::{
     },
     query_parameters::{
         CreateContainerOptions, CreateImageOptions, InspectNetworkOptions, ListContainersOptions,
-        ListNetworksOptions, LogsOptions, RemoveContainerOptions, ResizeExecOptions,
-        StopContainerOptions,
+        ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+        ResizeExecOptions, StopContainerOptions,
     },
 };
 use futures_util::StreamExt;
@@ -27,7 +27,7 @@ use tracing::warn;
 use super::{
     Error,
     journal::{Journal, Stream},
-    runtime::{Chunk, Exec, Instance, Runtime, Target},
+    runtime::{Chunk, Exec, Instance, Kind, Owned, Runtime, Target},
     spec::{ServiceSpec, Spec},
 };
 
@@ -55,14 +55,45 @@ pub struct Defaults {
 
 const NODE_LABEL: &str = "hanzo.node";
 const DEPLOYMENT_LABEL: &str = "hanzo.deployment";
+const OWNER_LABEL: &str = "hanzo.owner";
+const NAME_LABEL: &str = "hanzo.name";
 
-/// The docker name of `owner`'s volume `name`.
-pub fn volume_name(owner: &Address, name: &str) -> String {
+/// The docker name of `owner`'s volume or network `name`.
+fn owned_name(owner: &Address, name: &str) -> String {
     format!("hanzo-{}-{name}", hex::encode(&owner.as_slice()[..8]))
 }
 
-fn network_name(deployment: &str, name: &str) -> String {
-    format!("hanzo-{deployment}-{name}")
+/// The docker name of a deployment's network `name`: its own `default`, or one its
+/// owner's deployments share.
+fn network_name(owner: &Address, deployment: &str, name: &str) -> String {
+    if name == "default" {
+        format!("hanzo-{deployment}-default")
+    } else {
+        owned_name(owner, name)
+    }
+}
+
+fn exec_size(rows: u32, cols: u32) -> ResizeExecOptions {
+    ResizeExecOptions {
+        h: i32::try_from(rows).unwrap_or(i32::MAX),
+        w: i32::try_from(cols).unwrap_or(i32::MAX),
+    }
+}
+
+fn docker_io(what: &str, e: bollard::errors::Error) -> Error {
+    Error::Io {
+        what: what.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The owner and name a volume's or network's labels give.
+fn owned_of(labels: Option<&HashMap<String, String>>) -> Option<Owned> {
+    let labels = labels?;
+    Some(Owned {
+        owner: labels.get(OWNER_LABEL)?.parse().ok()?,
+        name: labels.get(NAME_LABEL)?.clone(),
+    })
 }
 
 fn engine(e: impl std::fmt::Display) -> Error {
@@ -129,8 +160,32 @@ impl Docker {
         ])
     }
 
-    async fn ensure_network(&self, deployment: &str, name: &str) -> Result<(), Error> {
-        let full = network_name(deployment, name);
+    fn owner_labels(&self, owner: &Address, name: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (NODE_LABEL.to_owned(), self.node.clone()),
+            (OWNER_LABEL.to_owned(), owner.to_checksum(None)),
+            (NAME_LABEL.to_owned(), name.to_owned()),
+        ])
+    }
+
+    /// Label filters for this node's volumes or networks of `owner` (all owners').
+    fn owner_filter(&self, owner: Option<&Address>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![
+            format!("{NODE_LABEL}={}", self.node),
+            OWNER_LABEL.to_owned(),
+        ];
+        labels.extend(owner.map(|o| format!("{OWNER_LABEL}={}", o.to_checksum(None))));
+        HashMap::from([("label".to_owned(), labels)])
+    }
+
+    /// Deployment `deployment`'s network `name` (of `owner`'s, unless `default`).
+    async fn ensure_network(
+        &self,
+        owner: &Address,
+        deployment: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        let full = network_name(owner, deployment, name);
         if self
             .api
             .inspect_network(&full, None::<InspectNetworkOptions>)
@@ -139,41 +194,37 @@ impl Docker {
         {
             return Ok(());
         }
+        let labels = if name == "default" {
+            self.labels(deployment)
+        } else {
+            self.owner_labels(owner, name)
+        };
         self.api
             .create_network(NetworkCreateRequest {
                 name: full.clone(),
                 driver: Some("bridge".into()),
-                labels: Some(self.labels(deployment)),
+                labels: Some(labels),
                 ..Default::default()
             })
             .await
             .map(drop)
-            .map_err(|e| Error::Io {
-                what: format!("create network {full}"),
-                source: std::io::Error::other(e.to_string()),
-            })
+            .map_err(|e| docker_io(&format!("create network {full}"), e))
     }
 
     async fn ensure_volume(&self, owner: &Address, name: &str) -> Result<(), Error> {
-        let full = volume_name(owner, name);
+        let full = owned_name(owner, name);
         if self.api.inspect_volume(&full).await.is_ok() {
             return Ok(());
         }
         self.api
             .create_volume(VolumeCreateRequest {
                 name: Some(full.clone()),
-                labels: Some(HashMap::from([(
-                    "hanzo.owner".to_owned(),
-                    owner.to_checksum(None),
-                )])),
+                labels: Some(self.owner_labels(owner, name)),
                 ..Default::default()
             })
             .await
             .map(drop)
-            .map_err(|e| Error::Io {
-                what: format!("create volume {full}"),
-                source: std::io::Error::other(e.to_string()),
-            })
+            .map_err(|e| docker_io(&format!("create volume {full}"), e))
     }
 
     fn name(t: &Target) -> String {
@@ -231,7 +282,7 @@ impl Runtime for Docker {
         }
         let id = super::id_of(owner, &spec.name);
         for n in std::iter::once("default").chain(spec.networks.iter().map(String::as_str)) {
-            self.ensure_network(&id, n).await?;
+            self.ensure_network(owner, &id, n).await?;
         }
         for v in &spec.volumes {
             self.ensure_volume(owner, v).await?;
@@ -260,7 +311,7 @@ impl Runtime for Docker {
             s.networks.iter().map(String::as_str).collect()
         };
         for n in &networks {
-            self.ensure_network(&t.deployment, n).await?;
+            self.ensure_network(&t.owner, &t.deployment, n).await?;
         }
         for m in &s.volumes {
             self.ensure_volume(&t.owner, &m.volume).await?;
@@ -305,7 +356,7 @@ impl Runtime for Docker {
             .iter()
             .map(|m| bollard::models::Mount {
                 target: Some(m.target.clone()),
-                source: Some(volume_name(&t.owner, &m.volume)),
+                source: Some(owned_name(&t.owner, &m.volume)),
                 typ: Some(MountType::VOLUME),
                 read_only: Some(m.read_only),
                 ..Default::default()
@@ -317,7 +368,7 @@ impl Runtime for Docker {
             0 => self.limits.memory_bytes,
             n => n,
         };
-        let first = network_name(&t.deployment, networks[0]);
+        let first = network_name(&t.owner, &t.deployment, networks[0]);
         let endpoint = |_: &str| bollard::models::EndpointSettings {
             aliases: Some(vec![s.name.clone()]),
             ..Default::default()
@@ -361,7 +412,7 @@ impl Runtime for Docker {
             .await
             .map_err(io)?;
         for n in &networks[1..] {
-            let full = network_name(&t.deployment, n);
+            let full = network_name(&t.owner, &t.deployment, n);
             self.api
                 .connect_network(
                     &full,
@@ -425,8 +476,14 @@ impl Runtime for Docker {
         }))
     }
 
-    async fn exec(&self, t: &Target, command: &[String], tty: bool) -> Result<Exec, Error> {
+    async fn exec(
+        &self,
+        t: &Target,
+        command: &[String],
+        size: Option<(u32, u32)>,
+    ) -> Result<Exec, Error> {
         let name = Self::name(t);
+        let tty = size.is_some();
         let io = |e: bollard::errors::Error| Error::Io {
             what: format!("exec in container {name}"),
             source: std::io::Error::other(e.to_string()),
@@ -462,6 +519,17 @@ impl Runtime for Docker {
         let bollard::exec::StartExecResults::Attached { mut output, input } = started else {
             return Err(Error::NotRunning(format!("exec in {name} detached")));
         };
+        // The terminal's size before the command reads it; the engine may not have
+        // started the process at once, so a refusal is tried again briefly.
+        if let Some((rows, cols)) = size {
+            for _ in 0..20 {
+                let sized = self.api.resize_exec(&id, exec_size(rows, cols)).await;
+                if sized.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
         let (tx, rx) = mpsc::channel(64);
         let (resize_tx, mut resize_rx) = mpsc::unbounded_channel::<(u32, u32)>();
         let api = self.api.clone();
@@ -481,11 +549,7 @@ impl Runtime for Docker {
                         }
                     }
                     Some((rows, cols)) = resize_rx.recv() => {
-                        let size = ResizeExecOptions {
-                            h: i32::try_from(rows).unwrap_or(i32::MAX),
-                            w: i32::try_from(cols).unwrap_or(i32::MAX),
-                        };
-                        let _ = api.resize_exec(&id, size).await;
+                        let _ = api.resize_exec(&id, exec_size(rows, cols)).await;
                     }
                     () = tx.closed() => return,
                 }
@@ -503,6 +567,55 @@ impl Runtime for Docker {
             output: rx,
             resize: Some(resize_tx),
         })
+    }
+
+    async fn create(&self, kind: Kind, owner: &Address, name: &str) -> Result<(), Error> {
+        match kind {
+            Kind::Volume => self.ensure_volume(owner, name).await,
+            Kind::Network => self.ensure_network(owner, "", name).await,
+        }
+    }
+
+    async fn list(&self, kind: Kind, owner: Option<&Address>) -> Result<Vec<Owned>, Error> {
+        let filters = Some(self.owner_filter(owner));
+        let mut found: Vec<Owned> = match kind {
+            Kind::Volume => self
+                .api
+                .list_volumes(Some(ListVolumesOptions { filters }))
+                .await
+                .map_err(|e| docker_io("list volumes", e))?
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| owned_of(Some(&v.labels)))
+                .collect(),
+            Kind::Network => self
+                .api
+                .list_networks(Some(ListNetworksOptions { filters }))
+                .await
+                .map_err(|e| docker_io("list networks", e))?
+                .iter()
+                .filter_map(|n| owned_of(n.labels.as_ref()))
+                .collect(),
+        };
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    async fn delete(&self, kind: Kind, owner: &Address, name: &str) -> Result<(), Error> {
+        let full = owned_name(owner, name);
+        match kind {
+            Kind::Volume => {
+                self.api
+                    .remove_volume(
+                        &full,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+            }
+            Kind::Network => self.api.remove_network(&full).await,
+        }
+        .map_err(|e| docker_io(&format!("remove {} {full}", kind.as_str()), e))
     }
 
     async fn remove(&self, deployment: &str) -> Result<(), Error> {

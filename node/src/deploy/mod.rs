@@ -34,7 +34,7 @@ pub use compose::{MAX_COMPOSE_BYTES, parse as parse_compose};
 pub use docker::Docker;
 pub use journal::{Event, EventKind, Journal, LogLine, Stream};
 pub use process::Process;
-pub use runtime::{Chunk, Exec, Instance, Runtime, Target};
+pub use runtime::{Chunk, Exec, Instance, Kind, Owned, Runtime, Target};
 pub use sandbox::Sandbox;
 pub use secrets::Sealer;
 pub use spec::{
@@ -54,6 +54,8 @@ use supervisor::Replica;
 
 /// Tracing target.
 pub const TARGET: &str = "hanzo::deploy";
+/// A deployment's journal file in its dir; a service name never starts with a dot.
+const JOURNAL: &str = ".journal";
 /// How long Deploy and Scale wait for new replicas' first start.
 const FIRST_START: Duration = Duration::from_secs(5);
 
@@ -76,6 +78,8 @@ pub enum Error {
     },
     #[error("{0}")]
     NotRunning(String),
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Capacity(String),
     #[error("cannot {what}: {source}")]
@@ -156,6 +160,8 @@ struct Inner {
     store: Arc<Store>,
     sealer: Sealer,
     config: DeployConfig,
+    /// Deployments' dirs: journals (and the process runtime's work dirs).
+    root: PathBuf,
     deployments: Mutex<HashMap<String, Arc<Deployment>>>,
 }
 
@@ -177,7 +183,7 @@ impl Deployer {
         key: &NodeKey,
     ) -> Result<Self, Error> {
         let runtime: Arc<dyn Runtime> = match config.runtime {
-            DeployRuntime::Process => Arc::new(Process::new(root, &config).await?),
+            DeployRuntime::Process => Arc::new(Process::new(root.clone(), &config).await?),
             DeployRuntime::Docker => {
                 let defaults = docker::Defaults {
                     memory_bytes: config.replica_memory_bytes,
@@ -195,6 +201,7 @@ impl Deployer {
                 store,
                 sealer: Sealer::new(key),
                 config,
+                root,
                 deployments: Mutex::new(HashMap::new()),
             }),
         };
@@ -211,7 +218,7 @@ impl Deployer {
             let dep = Arc::new(Deployment {
                 id: id.clone(),
                 owner,
-                journal: Arc::new(Journal::new(self.inner.config.log_bytes)),
+                journal: self.open_journal(&id),
                 op: tokio::sync::Mutex::new(()),
                 state: Mutex::new(DepState {
                     spec,
@@ -227,6 +234,14 @@ impl Deployer {
             lock(&self.inner.deployments).insert(id, dep);
         }
         Ok(())
+    }
+
+    /// Deployment `id`'s logs and events, kept across restarts in its dir.
+    fn open_journal(&self, id: &str) -> Arc<Journal> {
+        Arc::new(Journal::open(
+            self.inner.config.log_bytes,
+            self.inner.root.join(id).join(JOURNAL),
+        ))
     }
 
     fn decode(&self, bytes: &[u8]) -> Option<(Spec, Address, u64, bool)> {
@@ -310,6 +325,131 @@ impl Deployer {
         Ok(())
     }
 
+    /// Refuses `names` when making those `owner` lacks would take it past its quota.
+    async fn check_owned_quota(
+        &self,
+        owner: &Address,
+        kind: Kind,
+        names: &[String],
+    ) -> Result<(), Error> {
+        let have: Vec<String> = self
+            .inner
+            .runtime
+            .list(kind, Some(owner))
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let new = names.iter().filter(|n| !have.contains(n)).count();
+        let max = match kind {
+            Kind::Volume => self.inner.config.max_volumes_per_caller,
+            Kind::Network => self.inner.config.max_networks_per_caller,
+        };
+        if new > 0 && have.len() + new > max as usize {
+            return Err(Error::Capacity(format!(
+                "{owner} would own {} {}s on this node, at most {max} per caller (`[deploy] max_{}s_per_caller`); remove one first",
+                have.len() + new,
+                kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The deployments of `owner` whose spec mounts or joins `name`.
+    fn users(&self, owner: &Address, kind: Kind, name: &str) -> Vec<String> {
+        let mut users: Vec<String> = lock(&self.inner.deployments)
+            .values()
+            .filter(|d| d.owner == *owner)
+            .filter_map(|d| {
+                let st = lock(&d.state);
+                let uses = st.spec.services.iter().any(|s| match kind {
+                    Kind::Volume => s.volumes.iter().any(|m| m.volume == name),
+                    Kind::Network => s.networks.iter().any(|n| n == name),
+                });
+                uses.then(|| st.spec.name.clone())
+            })
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Makes the caller's volume or network `name` (nothing when it exists), within
+    /// its quota.
+    pub async fn create_owned(
+        &self,
+        who: &Principal,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(Owned, Vec<String>), Error> {
+        spec::check_name(kind.as_str(), name)?;
+        if kind == Kind::Network && name == "default" {
+            return Err(Error::Invalid(
+                "`default` is each deployment's own network; name a shared one otherwise".into(),
+            ));
+        }
+        self.check_owned_quota(&who.address, kind, &[name.to_owned()])
+            .await?;
+        self.inner.runtime.create(kind, &who.address, name).await?;
+        info!(target: TARGET, kind = kind.as_str(), name, owner = %who.address, "created");
+        let owned = Owned {
+            owner: who.address,
+            name: name.to_owned(),
+        };
+        Ok((owned, self.users(&who.address, kind, name)))
+    }
+
+    /// The caller's volumes or networks (everyone's for this node's operator), each
+    /// with the deployments that use it.
+    pub async fn list_owned(
+        &self,
+        who: &Principal,
+        kind: Kind,
+    ) -> Result<Vec<(Owned, Vec<String>)>, Error> {
+        let owner = (!who.admin).then_some(&who.address);
+        Ok(self
+            .inner
+            .runtime
+            .list(kind, owner)
+            .await?
+            .into_iter()
+            .map(|o| {
+                let users = self.users(&o.owner, kind, &o.name);
+                (o, users)
+            })
+            .collect())
+    }
+
+    /// Removes the caller's volume or network `name`, unless a deployment of its
+    /// uses it.
+    pub async fn remove_owned(&self, who: &Principal, kind: Kind, name: &str) -> Result<(), Error> {
+        let mine = self.inner.runtime.list(kind, Some(&who.address)).await?;
+        if !mine.iter().any(|o| o.name == name) {
+            return Err(Error::Missing(format!(
+                "{} has no {} `{name}` on this node; List{}s shows yours",
+                who.address,
+                kind.as_str(),
+                if kind == Kind::Volume {
+                    "Volume"
+                } else {
+                    "Network"
+                }
+            )));
+        }
+        let users = self.users(&who.address, kind, name);
+        if !users.is_empty() {
+            return Err(Error::NotRunning(format!(
+                "{} `{name}` is used by deployment {}; remove {} first",
+                kind.as_str(),
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        self.inner.runtime.delete(kind, &who.address, name).await?;
+        info!(target: TARGET, kind = kind.as_str(), name, owner = %who.address, "removed");
+        Ok(())
+    }
+
     /// Refuses host ports that another process holds, leaving out those the
     /// deployment being replaced publishes itself.
     fn check_ports(&self, owner: &Address, spec: &Spec) -> Result<(), Error> {
@@ -359,6 +499,15 @@ impl Deployer {
             self.inner.runtime.check(s)?;
         }
         self.check_ports(&owner, &spec)?;
+        for kind in [Kind::Volume, Kind::Network] {
+            let names = match kind {
+                Kind::Volume => &spec.volumes,
+                Kind::Network => &spec.networks,
+            };
+            if !names.is_empty() {
+                self.check_owned_quota(&owner, kind, names).await?;
+            }
+        }
         self.inner.runtime.prepare(&owner, &spec).await?;
         let id = id_of(&owner, &spec.name);
         let dep = {
@@ -368,7 +517,7 @@ impl Deployer {
                     Arc::new(Deployment {
                         id: id.clone(),
                         owner,
-                        journal: Arc::new(Journal::new(self.inner.config.log_bytes)),
+                        journal: self.open_journal(&id),
                         op: tokio::sync::Mutex::new(()),
                         state: Mutex::new(DepState {
                             spec: spec.clone(),
@@ -518,6 +667,7 @@ impl Deployer {
         self.stop_replicas(&dep, None).await;
         self.inner.store.remove_deployment(&dep.id)?;
         lock(&self.inner.deployments).remove(&dep.id);
+        let _ = std::fs::remove_file(self.inner.root.join(&dep.id).join(JOURNAL));
         self.inner.runtime.remove(&dep.id).await?;
         info!(target: TARGET, id = %dep.id, by = %who.address, "removed");
         Ok(())
@@ -648,7 +798,7 @@ impl Deployer {
         deployment: &str,
         container: &str,
         command: &[String],
-        tty: bool,
+        tty: Option<(u32, u32)>,
     ) -> Result<Exec, Error> {
         let dep = self.find(who, deployment)?;
         let target = {

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use alloy::primitives::Address;
 use nix::{sys::signal::Signal, unistd::Pid};
 use sha2::{Digest, Sha256};
 use tokio::{process::Command, sync::mpsc};
@@ -19,11 +20,17 @@ use super::{
     Error,
     cgroup::{Cgroup, Limits},
     journal::{Journal, MAX_LINE, Stream, read_lines},
-    runtime::{Chunk, Exec, Instance, Runtime, Target},
+    runtime::{Chunk, Exec, Instance, Kind, Owned, Runtime, Target},
     sandbox::{Sandbox, Stat, sandbox_init, which, workload_pids},
     spec::ServiceSpec,
 };
 use crate::config::DeployConfig;
+
+/// Pid files of a deployment's replicas, in `<root>/<deployment>/`; a service name
+/// never starts with a dot, so no work dir is this.
+const RUN: &str = ".run";
+/// Callers' volumes, in `<root>/.volumes/<owner>/<name>`.
+const VOLUMES: &str = ".volumes";
 
 /// Local processes under `<root>/<deployment>/<service>`.
 #[derive(Debug)]
@@ -69,17 +76,14 @@ impl Process {
     }
 
     /// Where `owner`'s volume `name` lives: beside the deployments, outliving them.
-    fn volume_dir(&self, t: &Target, name: &str) -> PathBuf {
-        self.root
-            .join("volumes")
-            .join(hex::encode(&t.owner.as_slice()[..8]))
-            .join(name)
+    fn volume_dir(&self, owner: &Address, name: &str) -> PathBuf {
+        self.root.join(VOLUMES).join(hex::encode(owner)).join(name)
     }
 
     fn pidfile(&self, t: &Target) -> PathBuf {
         self.root
             .join(&t.deployment)
-            .join("run")
+            .join(RUN)
             .join(format!("{}.pid", t.container))
     }
 
@@ -140,7 +144,7 @@ impl Process {
         let volumes: Vec<_> = s
             .volumes
             .iter()
-            .map(|m| (self.volume_dir(t, &m.volume), m))
+            .map(|m| (self.volume_dir(&t.owner, &m.volume), m))
             .collect();
         let mut cmd = self.sandbox.command(
             &dir,
@@ -172,7 +176,7 @@ impl Process {
             what: format!("{what} {}", dir.display()),
             source,
         };
-        for dir in [self.dir(t), self.root.join(&t.deployment).join("run")] {
+        for dir in [self.dir(t), self.root.join(&t.deployment).join(RUN)] {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| io(&dir, "create", e))?;
@@ -181,7 +185,7 @@ impl Process {
             t.service
                 .volumes
                 .iter()
-                .map(|m| self.volume_dir(t, &m.volume)),
+                .map(|m| self.volume_dir(&t.owner, &m.volume)),
         );
         for dir in owned {
             tokio::fs::create_dir_all(&dir)
@@ -191,6 +195,12 @@ impl Process {
         }
         self.cgroup(t)
     }
+}
+
+fn no_networks() -> Error {
+    Error::Unsupported(
+        "networks need a container runtime; this node runs the process runtime (`[deploy] runtime = \"docker\"` on a node with Docker has them)".into(),
+    )
 }
 
 fn spawn_error(t: &Target, program: &str, source: std::io::Error) -> Error {
@@ -294,8 +304,13 @@ impl Runtime for Process {
         }))
     }
 
-    async fn exec(&self, t: &Target, command: &[String], tty: bool) -> Result<Exec, Error> {
-        if tty {
+    async fn exec(
+        &self,
+        t: &Target,
+        command: &[String],
+        tty: Option<(u32, u32)>,
+    ) -> Result<Exec, Error> {
+        if tty.is_some() {
             return Err(Error::Unsupported(
                 "the process runtime has no terminals; exec without tty".into(),
             ));
@@ -350,6 +365,60 @@ impl Runtime for Process {
             output: rx,
             resize: None,
         })
+    }
+
+    async fn create(&self, kind: Kind, owner: &Address, name: &str) -> Result<(), Error> {
+        if kind == Kind::Network {
+            return Err(no_networks());
+        }
+        let dir = self.volume_dir(owner, name);
+        let io = |what: &str, source| Error::Io {
+            what: format!("{what} {}", dir.display()),
+            source,
+        };
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io("create", e))?;
+        self.sandbox.own(&dir).map_err(|e| io("chown", e))
+    }
+
+    async fn list(&self, kind: Kind, owner: Option<&Address>) -> Result<Vec<Owned>, Error> {
+        if kind == Kind::Network {
+            return Err(no_networks());
+        }
+        let mut found = Vec::new();
+        let Ok(owners) = std::fs::read_dir(self.root.join(VOLUMES)) else {
+            return Ok(found);
+        };
+        for o in owners.flatten() {
+            let Ok(who) = o.file_name().to_string_lossy().parse::<Address>() else {
+                continue;
+            };
+            if owner.is_some_and(|a| *a != who) {
+                continue;
+            }
+            for v in std::fs::read_dir(o.path()).into_iter().flatten().flatten() {
+                found.push(Owned {
+                    owner: who,
+                    name: v.file_name().to_string_lossy().into_owned(),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    async fn delete(&self, kind: Kind, owner: &Address, name: &str) -> Result<(), Error> {
+        if kind == Kind::Network {
+            return Err(no_networks());
+        }
+        let dir = self.volume_dir(owner, name);
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("remove {}", dir.display()),
+                source,
+            })
     }
 
     async fn remove(&self, deployment: &str) -> Result<(), Error> {
@@ -474,7 +543,7 @@ fn reap_orphans(root: &Path) {
     let Ok(deployments) = std::fs::read_dir(root) else {
         return;
     };
-    for run in deployments.flatten().map(|d| d.path().join("run")) {
+    for run in deployments.flatten().map(|d| d.path().join(RUN)) {
         let Ok(files) = std::fs::read_dir(&run) else {
             continue;
         };

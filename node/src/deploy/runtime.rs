@@ -11,6 +11,34 @@ use super::{
     spec::{ServiceSpec, Spec},
 };
 
+/// A kind of named resource callers own beside their deployments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Storage that outlives deployments.
+    Volume,
+    /// A network the owner's deployments share (docker runtime).
+    Network,
+}
+
+impl Kind {
+    /// `volume`, `network`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Volume => "volume",
+            Self::Network => "network",
+        }
+    }
+}
+
+/// A caller's named volume or network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owned {
+    /// Who owns it.
+    pub owner: alloy::primitives::Address,
+    /// Its name, as specs give it.
+    pub name: String,
+}
+
 /// One replica to run.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -93,7 +121,33 @@ pub trait Runtime: Send + Sync + 'static {
         journal: Arc<Journal>,
     ) -> Result<Box<dyn Instance>, Error>;
     /// Runs `command` in a replica's environment.
-    async fn exec(&self, target: &Target, command: &[String], tty: bool) -> Result<Exec, Error>;
+    /// With `tty`, in a terminal of that size (rows, columns).
+    async fn exec(
+        &self,
+        target: &Target,
+        command: &[String],
+        tty: Option<(u32, u32)>,
+    ) -> Result<Exec, Error>;
     /// Removes what the deployment left on disk.
     async fn remove(&self, deployment: &str) -> Result<(), Error>;
+    /// Makes `owner`'s volume or network `name`; nothing when it exists.
+    async fn create(
+        &self,
+        kind: Kind,
+        owner: &alloy::primitives::Address,
+        name: &str,
+    ) -> Result<(), Error>;
+    /// `owner`'s volumes or networks (everyone's with `None`).
+    async fn list(
+        &self,
+        kind: Kind,
+        owner: Option<&alloy::primitives::Address>,
+    ) -> Result<Vec<Owned>, Error>;
+    /// Removes one.
+    async fn delete(
+        &self,
+        kind: Kind,
+        owner: &alloy::primitives::Address,
+        name: &str,
+    ) -> Result<(), Error>;
 }

@@ -368,6 +368,10 @@ fn invalid(msg: String) -> Error {
 }
 
 /// A DNS-label-like name: 1–63 of `a-z 0-9 -`, starting with a letter or digit.
+pub(super) fn check_name(what: &str, s: &str) -> Result<(), Error> {
+    name(what, s)
+}
+
 fn name(what: &str, s: &str) -> Result<(), Error> {
     let ok = !s.is_empty()
         && s.len() <= MAX_NAME

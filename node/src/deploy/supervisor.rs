@@ -337,7 +337,7 @@ impl Supervisor {
     async fn check(&self, check: &HealthCheck) -> Result<(), String> {
         let mut exec = self
             .runtime
-            .exec(&self.target, &check.command, false)
+            .exec(&self.target, &check.command, None)
             .await
             .map_err(|e| e.to_string())?;
         drop(exec.stdin.take());

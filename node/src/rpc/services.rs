@@ -224,6 +224,52 @@ impl proto::node_service_server::NodeService for Context {
         Ok(Response::new(proto::RemoveResponse {}))
     }
 
+    async fn create_volume(
+        &self,
+        req: Request<proto::VolumeRef>,
+    ) -> Result<Response<proto::Owned>, Status> {
+        self.create_owned(&req, crate::deploy::Kind::Volume, &req.get_ref().name)
+            .await
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<proto::ListOwnedRequest>,
+    ) -> Result<Response<proto::ListOwnedResponse>, Status> {
+        self.list_owned(&req, crate::deploy::Kind::Volume).await
+    }
+
+    async fn remove_volume(
+        &self,
+        req: Request<proto::VolumeRef>,
+    ) -> Result<Response<proto::RemoveResponse>, Status> {
+        self.remove_owned(&req, crate::deploy::Kind::Volume, &req.get_ref().name)
+            .await
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<proto::NetworkRef>,
+    ) -> Result<Response<proto::Owned>, Status> {
+        self.create_owned(&req, crate::deploy::Kind::Network, &req.get_ref().name)
+            .await
+    }
+
+    async fn list_networks(
+        &self,
+        req: Request<proto::ListOwnedRequest>,
+    ) -> Result<Response<proto::ListOwnedResponse>, Status> {
+        self.list_owned(&req, crate::deploy::Kind::Network).await
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<proto::NetworkRef>,
+    ) -> Result<Response<proto::RemoveResponse>, Status> {
+        self.remove_owned(&req, crate::deploy::Kind::Network, &req.get_ref().name)
+            .await
+    }
+
     async fn scale(
         &self,
         req: Request<proto::ScaleRequest>,

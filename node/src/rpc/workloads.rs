@@ -19,7 +19,7 @@ impl From<deploy::Error> for Status {
         match e {
             E::Invalid(_) => Status::invalid_argument(msg),
             E::Unsupported(_) | E::NotRunning(_) => Status::failed_precondition(msg),
-            E::NotFound { .. } | E::NoSuch { .. } => Status::not_found(msg),
+            E::NotFound { .. } | E::NoSuch { .. } | E::Missing(_) => Status::not_found(msg),
             E::Capacity(_) => Status::resource_exhausted(msg),
             E::Io { .. } | E::Store(_) => Status::internal(msg),
         }
@@ -161,6 +161,14 @@ pub(super) fn container(s: deploy::Status) -> proto::ContainerStatus {
     }
 }
 
+pub(super) fn owned((o, used_by): (deploy::Owned, Vec<String>)) -> proto::Owned {
+    proto::Owned {
+        name: o.name,
+        owner: o.owner.to_checksum(None),
+        used_by,
+    }
+}
+
 pub(super) fn summary(s: deploy::Summary) -> proto::DeploymentStatus {
     proto::DeploymentStatus {
         deployment: s.id,
@@ -213,6 +221,45 @@ impl Context {
         self.deploy.as_ref().ok_or_else(|| {
             Status::unavailable("this node does not take deployments (`[deploy] enabled = false`)")
         })
+    }
+
+    pub(super) async fn create_owned<T>(
+        &self,
+        req: &tonic::Request<T>,
+        kind: deploy::Kind,
+        name: &str,
+    ) -> Result<tonic::Response<proto::Owned>, Status> {
+        let c = super::services::caller(req)?;
+        let made = self
+            .deployer()?
+            .create_owned(&principal(&c), kind, name)
+            .await?;
+        Ok(tonic::Response::new(owned(made)))
+    }
+
+    pub(super) async fn list_owned<T>(
+        &self,
+        req: &tonic::Request<T>,
+        kind: deploy::Kind,
+    ) -> Result<tonic::Response<proto::ListOwnedResponse>, Status> {
+        let c = super::services::caller(req)?;
+        let items = self.deployer()?.list_owned(&principal(&c), kind).await?;
+        Ok(tonic::Response::new(proto::ListOwnedResponse {
+            items: items.into_iter().map(owned).collect(),
+        }))
+    }
+
+    pub(super) async fn remove_owned<T>(
+        &self,
+        req: &tonic::Request<T>,
+        kind: deploy::Kind,
+        name: &str,
+    ) -> Result<tonic::Response<proto::RemoveResponse>, Status> {
+        let c = super::services::caller(req)?;
+        self.deployer()?
+            .remove_owned(&principal(&c), kind, name)
+            .await?;
+        Ok(tonic::Response::new(proto::RemoveResponse {}))
     }
 
     /// Resolves with the reason an open stream of `caller` must end: its stake or
@@ -356,13 +403,11 @@ impl Context {
                 &start.deployment,
                 &start.container,
                 &start.command,
-                start.tty,
+                start
+                    .tty
+                    .then(|| start.size.map_or((24, 80), |s| (s.rows, s.cols))),
             )
             .await?;
-        // The terminal's first size, where the runtime has terminals.
-        if let (Some(size), Some(r)) = (&start.size, &exec.resize) {
-            let _ = r.send((size.rows, size.cols));
-        }
         let end = self.stream_end(&c);
         Ok(super::services::async_stream(move |tx| async move {
             tokio::pin!(end);
