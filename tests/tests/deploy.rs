@@ -37,6 +37,14 @@ fn service(name: &str, script: &str) -> ServiceSpec {
     }
 }
 
+fn volume(name: &str) -> VolumeRef {
+    VolumeRef { name: name.into() }
+}
+
+fn network(name: &str) -> NetworkRef {
+    NetworkRef { name: name.into() }
+}
+
 async fn list(api: &mut Api, token: &str, deployment: &str) -> ListContainersResponse {
     api.list_containers(bearer(
         ListContainersRequest {
@@ -940,22 +948,12 @@ volumes:
         .items;
     assert!(theirs.is_empty(), "{theirs:?}");
     let e = api
-        .remove_volume(bearer(
-            VolumeRef {
-                name: "data".into(),
-            },
-            &other,
-        ))
+        .remove_volume(bearer(volume("data"), &other))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let e = api
-        .remove_volume(bearer(
-            VolumeRef {
-                name: "data".into(),
-            },
-            &token,
-        ))
+        .remove_volume(bearer(volume("data"), &token))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
@@ -964,21 +962,11 @@ volumes:
         "{}",
         e.message()
     );
-    api.create_volume(bearer(
-        VolumeRef {
-            name: "extra".into(),
-        },
-        &token,
-    ))
-    .await
-    .unwrap();
+    api.create_volume(bearer(volume("extra"), &token))
+        .await
+        .unwrap();
     let e = api
-        .create_volume(bearer(
-            VolumeRef {
-                name: "more".into(),
-            },
-            &token,
-        ))
+        .create_volume(bearer(volume("more"), &token))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
@@ -987,21 +975,11 @@ volumes:
         "{}",
         e.message()
     );
-    api.remove_volume(bearer(
-        VolumeRef {
-            name: "extra".into(),
-        },
-        &token,
-    ))
-    .await
-    .unwrap();
+    api.remove_volume(bearer(volume("extra"), &token))
+        .await
+        .unwrap();
     let made = api
-        .create_network(bearer(
-            NetworkRef {
-                name: "backend".into(),
-            },
-            &token,
-        ))
+        .create_network(bearer(network("backend"), &token))
         .await
         .unwrap()
         .into_inner();
@@ -1017,23 +995,13 @@ volumes:
         ["backend"]
     );
     let e = api
-        .create_network(bearer(
-            NetworkRef {
-                name: "default".into(),
-            },
-            &token,
-        ))
+        .create_network(bearer(network("default"), &token))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    api.remove_network(bearer(
-        NetworkRef {
-            name: "backend".into(),
-        },
-        &token,
-    ))
-    .await
-    .unwrap();
+    api.remove_network(bearer(network("backend"), &token))
+        .await
+        .unwrap();
 
     // Refused before anything changes, each with its reason.
     let refused = [
@@ -1543,21 +1511,11 @@ async fn a_compose_app_on_the_process_runtime_runs_or_is_refused_with_the_reason
         .items;
     assert_eq!(vols.len(), 1, "{vols:?}");
     assert_eq!((vols[0].name.as_str(), vols[0].used_by.len()), ("data", 0));
-    api.remove_volume(bearer(
-        VolumeRef {
-            name: "data".into(),
-        },
-        &token,
-    ))
-    .await
-    .unwrap();
+    api.remove_volume(bearer(volume("data"), &token))
+        .await
+        .unwrap();
     let e = api
-        .create_network(bearer(
-            NetworkRef {
-                name: "backend".into(),
-            },
-            &token,
-        ))
+        .create_network(bearer(network("backend"), &token))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");

@@ -9,7 +9,7 @@ use yaml_serde::{Mapping, Value};
 
 use super::{
     Error,
-    spec::{Dependency, HealthCheck, Mount, Port, Resources, Restart, ServiceSpec, Spec},
+    spec::{Dependency, HealthCheck, Mount, Port, Restart, ServiceSpec, Spec},
 };
 
 /// Largest compose file read.
@@ -261,21 +261,9 @@ fn service(name: &str, v: &Value) -> Result<ServiceSpec, Error> {
     let at = |k: &str| format!("services.{name}.{k}");
     let mut s = ServiceSpec {
         name: name.to_owned(),
-        command: String::new(),
-        args: Vec::new(),
-        env: BTreeMap::new(),
-        secret_env: BTreeMap::new(),
         replicas: 1,
         restart: Restart::No,
-        health: None,
-        resources: Resources::default(),
-        image: String::new(),
-        entrypoint: Vec::new(),
-        ports: Vec::new(),
-        volumes: Vec::new(),
-        networks: Vec::new(),
-        labels: BTreeMap::new(),
-        depends_on: Vec::new(),
+        ..ServiceSpec::default()
     };
     for (k, v) in mapping(&format!("services.{name}"), v)? {
         let key = key_str(&format!("services.{name}"), k)?;
@@ -787,6 +775,7 @@ fn split_words(s: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::spec::Resources;
 
     const APP: &str = r#"
 name: shop

@@ -65,7 +65,7 @@ pub struct Dependency {
 }
 
 /// One service of a deployment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique within the deployment; replicas are `<name>-1`, `<name>-2`, …
     pub name: String,
@@ -102,11 +102,12 @@ pub struct ServiceSpec {
 }
 
 /// When a replica that exited is started again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Restart {
     /// Never.
     No,
     /// When it exits with a code other than 0 or is unhealthy (the default).
+    #[default]
     OnFailure,
     /// Whenever it exits.
     Always,
@@ -427,19 +428,8 @@ mod tests {
             name: name.into(),
             command: "sh".into(),
             args: vec!["-c".into(), "sleep 1".into()],
-            env: BTreeMap::new(),
-            secret_env: BTreeMap::new(),
             replicas: 1,
-            restart: Restart::OnFailure,
-            health: None,
-            resources: Resources::default(),
-            image: String::new(),
-            entrypoint: Vec::new(),
-            ports: Vec::new(),
-            volumes: Vec::new(),
-            networks: Vec::new(),
-            labels: BTreeMap::new(),
-            depends_on: Vec::new(),
+            ..ServiceSpec::default()
         }
     }
 
