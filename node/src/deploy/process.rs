@@ -119,14 +119,7 @@ impl Process {
         if !self.sandbox.enabled() {
             return None;
         }
-        let recorded = std::fs::read_to_string(self.pidfile(t)).ok()?;
-        let mut words = recorded.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next()) else {
-            return None;
-        };
-        let pid = u32::try_from(pid).ok()?;
-        (Stat::read(pid)?.start == start).then_some(())?;
-        sandbox_init(pid)
+        sandbox_init(still_running(&self.pidfile(t))?)
     }
 
     /// `program args` in the replica's sandbox (a new one, or inside the running one
@@ -537,7 +530,19 @@ fn kill_one(pid: u32, signal: Signal) {
     }
 }
 
-/// Kills the process groups recorded in `<root>/*/run/*.pid` that are still the
+/// The pid recorded in pid file `file` (`pid starttime`), while that process — not a
+/// later one given the same pid — still runs.
+fn still_running(file: &Path) -> Option<u32> {
+    let recorded = std::fs::read_to_string(file).ok()?;
+    let mut words = recorded.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next()) else {
+        return None;
+    };
+    let pid = u32::try_from(pid).ok()?;
+    (Stat::read(pid)?.start == start).then_some(pid)
+}
+
+/// Kills the process groups recorded in `<root>/*/.run/*.pid` that are still the
 /// processes the node started.
 fn reap_orphans(root: &Path) {
     let Ok(deployments) = std::fs::read_dir(root) else {
@@ -548,14 +553,9 @@ fn reap_orphans(root: &Path) {
             continue;
         };
         for file in files.flatten().map(|f| f.path()) {
-            let recorded = std::fs::read_to_string(&file).unwrap_or_default();
-            let mut words = recorded.split_whitespace().map(str::parse::<u64>);
-            if let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next()) {
-                let pid = u32::try_from(pid).ok();
-                if pid.and_then(Stat::read).map(|s| s.start) == Some(start) {
-                    warn!(target: super::TARGET, ?pid, file = %file.display(), "killing a replica left by a previous run");
-                    kill_group(pid, Signal::SIGKILL);
-                }
+            if let Some(pid) = still_running(&file) {
+                warn!(target: super::TARGET, pid, file = %file.display(), "killing a replica left by a previous run");
+                kill_group(Some(pid), Signal::SIGKILL);
             }
             let _ = std::fs::remove_file(&file);
         }
