@@ -161,6 +161,15 @@ pub struct P2pConfig {
     pub max_bytes_per_sec: u64,
     /// Most connections, in and out. Default: 256.
     pub max_connections: u32,
+    /// Deadline of every stream read and write in pack transfer and catch-up: a peer
+    /// that sends nothing for this long is dropped and the objects are fetched from
+    /// another. Default: `20s`.
+    #[serde(with = "humantime_serde")]
+    pub stream_timeout: Duration,
+    /// Longest one fetch from one peer may take, whatever it sends; then the fetch is
+    /// abandoned, the peer penalized, and another peer asked. Default: `10m`.
+    #[serde(with = "humantime_serde")]
+    pub fetch_deadline: Duration,
 }
 
 /// The node's signed DNS records on the Mainline DHT, and how it resolves others'.
@@ -312,6 +321,8 @@ impl Default for P2pConfig {
             bootstrap: Vec::new(),
             replicate: Replicate::Mode(ReplicateMode::All),
             sync_interval: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(20),
+            fetch_deadline: Duration::from_secs(600),
             max_message_bytes: 256 << 10,
             max_messages_per_sec: 50,
             max_transfers_per_peer: 2,
@@ -741,13 +752,15 @@ impl Config {
             });
         }
         if self.p2p.sync_interval.is_zero()
+            || self.p2p.stream_timeout.is_zero()
+            || self.p2p.fetch_deadline.is_zero()
             || self.p2p.max_messages_per_sec == 0
             || self.p2p.max_transfers_per_peer == 0
             || self.p2p.max_bytes_per_sec == 0
         {
             return Err(Error::Invalid {
                 setting: "p2p",
-                reason: "sync_interval and the per-peer limits must be above zero".into(),
+                reason: "sync_interval, stream_timeout, fetch_deadline and the per-peer limits must be above zero".into(),
             });
         }
         Ok(())

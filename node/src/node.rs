@@ -100,7 +100,7 @@ impl Node {
             acl.clone(),
             store.clone(),
             &key,
-            config.git.clone(),
+            (config.git.clone(), &deployment.id()),
             config.p2p.replicate.clone(),
         );
         // The syncer has published the stored checkpoint: make its repos exist and

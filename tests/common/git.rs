@@ -136,6 +136,44 @@ impl GitUser {
     }
 }
 
+/// The push-cert nonce a node advertises for the repo at smart-HTTP `url`.
+pub fn push_nonce(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("{url}/info/refs?service=git-receive-pack")])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let at = text.find("push-cert=").expect("push-cert advertised") + "push-cert=".len();
+    text[at..]
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A push certificate for `commands` (`old new ref` lines) with `pushee` and `nonce`,
+/// dated `timestamp` and signed by `user`'s key as `git push --signed` signs.
+pub fn certificate(
+    user: &GitUser,
+    (pushee, nonce): (&str, &str),
+    timestamp: u64,
+    commands: &str,
+) -> Vec<u8> {
+    let payload = format!(
+        "certificate version 0.1\npusher {} {timestamp} +0000\npushee {pushee}\nnonce {nonce}\n\n{commands}",
+        user.ssh.fingerprint()
+    );
+    let signature = piped(
+        Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", "git", "-f"])
+            .arg(&user.key),
+        payload.as_bytes(),
+    );
+    let mut cert = payload.into_bytes();
+    cert.extend(signature);
+    cert
+}
+
 /// Asserts that `git fsck --strict` finds the bare repo `repo` clean.
 pub fn fsck(repo: &Path) {
     let out = Command::new("git")

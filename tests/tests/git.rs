@@ -155,20 +155,7 @@ fn pkt(out: &mut Vec<u8>, line: &[u8]) {
 
 /// The push-cert nonce the node advertises for `repo`.
 fn nonce(w: &World, repo: &str) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-sf",
-            &format!("{}/info/refs?service=git-receive-pack", w.url(repo)),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let at = text.find("push-cert=").expect("push-cert advertised") + "push-cert=".len();
-    text[at..]
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .unwrap()
-        .to_owned()
+    hanzo_e2e::git::push_nonce(&w.url(repo))
 }
 
 /// A push request with a certificate for `commands` signed by `user` at unix `time`,
@@ -314,7 +301,8 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     assert_eq!(status, 200);
     assert!(
         resp.contains("ng refs/heads/main push certificate nonce")
-            && resp.contains("was not issued by this node for this repo"),
+            && resp.contains("was issued for repo ")
+            && resp.contains(&format!(", not {}", w.demo)),
         "{resp}"
     );
     assert_eq!(w.tips("demo"), unchanged, "no refusal moved a ref");

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 
 use hanzo_e2e::{
     cluster::{Member, connected},
-    git::{GitUser, fsck, piped, quarantines},
+    git::{GitUser, certificate, fsck, push_nonce, quarantines},
     *,
 };
 use hanzo_node::{
@@ -195,22 +195,11 @@ async fn divergent_pushes_settle_on_one_tip_and_keep_the_other() {
     }
 }
 
-/// A signed push certificate for `commands` (`old new ref` lines) dated `timestamp`,
-/// signed by `user`'s key as `git push --signed` would.
-fn certificate(user: &GitUser, timestamp: u64, commands: &str) -> Vec<u8> {
-    let fingerprint = user.ssh.fingerprint();
-    let payload = format!(
-        "certificate version 0.1\npusher {fingerprint} {timestamp} +0000\npushee http://x/demo.git\nnonce forged\n\n{commands}"
-    );
-    let signature = piped(
-        Command::new("ssh-keygen")
-            .args(["-Y", "sign", "-n", "git", "-f"])
-            .arg(&user.key),
-        payload.as_bytes(),
-    );
-    let mut cert = payload.into_bytes();
-    cert.extend(signature);
-    cert
+/// A certificate for `commands` bound as a push to demo on `m` would be: demo's URL
+/// on `m` and a nonce `m` issued, dated `timestamp`, signed by `user`.
+fn certificate_for(user: &GitUser, m: &Member, timestamp: u64, commands: &str) -> Vec<u8> {
+    let url = m.url("demo");
+    certificate(user, (&url, &push_nonce(&url)), timestamp, commands)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -256,13 +245,13 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
     alice.commit(&work, "README", "forged");
     let forged_tip = alice.rev(&work, "HEAD");
     let cmd = format!("{base} {forged_tip} refs/heads/main\n");
-    let mut bad_sig = certificate(&alice, unix_now(), &cmd);
+    let mut bad_sig = certificate_for(&alice, &nodes[1], unix_now(), &cmd);
     let at = bad_sig.len() - 100;
     bad_sig[at] ^= 1;
     let forged = [
         bad_sig,
-        certificate(&carol, unix_now(), &cmd),
-        certificate(&alice, unix_now() + 3600, &cmd),
+        certificate_for(&carol, &nodes[1], unix_now(), &cmd),
+        certificate_for(&alice, &nodes[1], unix_now() + 3600, &cmd),
     ];
     let rejected_before = [
         nodes[0].metric("hanzo_p2p_updates_total", "invalid").await,
@@ -301,6 +290,102 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
         })
         .await;
     }
+}
+
+/// The cross-repo replay (a certificate alice signed for repo `other`, relayed by a
+/// staked node as an update of demo, with demo's objects there to serve) and its
+/// variants: each is refused by every node, nothing moves. The same update bound to
+/// demo applies: the refusals are the binding's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
+    let net = Devnet::start().await;
+    let (alice, _, _, demo) = people(&net).await;
+    net.client(1)
+        .await
+        .create_repo("other", "alice", false)
+        .await
+        .unwrap();
+    let nodes = net.cluster(3, 5).await;
+    let work = alice.init("work");
+    let base = alice.commit(&work, "README", "base");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
+    let forged_tip = alice.commit(&work, "README", "replayed");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "HEAD:refs/heads/side"]);
+    let before = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&before, "refs/heads/side"), Some(forged_tip.clone()));
+
+    // The origin refuses a push to a URL other than its registered one: replicas
+    // would refuse its certificate.
+    let port = nodes[0].node().http_addr.port();
+    let out = alice.git_err(
+        &work,
+        &["push", "--signed", &format!("http://localhost:{port}/demo.git"), "HEAD:refs/heads/x"],
+    );
+    assert!(
+        out.contains(&format!("which is not this node's registered git URL: push to http://127.0.0.1:{port}/demo.git")),
+        "{out}"
+    );
+
+    let cmd = format!("{base} {forged_tip} refs/heads/main\n");
+    let b = &nodes[1];
+    let (demo_url, other_url) = (b.url("demo"), b.url("other"));
+    let demo_nonce = push_nonce(&demo_url);
+    let mut parts: Vec<&str> = demo_nonce.split('-').collect();
+    parts[1] = "0123456789abcdef";
+    let other_network = parts.join("-");
+    let now = unix_now();
+    let refused = [
+        // Signed for a push to other, relayed as demo's.
+        certificate(&alice, (&other_url, &push_nonce(&other_url)), now, &cmd),
+        // demo's URL, other's nonce.
+        certificate(&alice, (&demo_url, &push_nonce(&other_url)), now, &cmd),
+        // A nonce of another network.
+        certificate(&alice, (&demo_url, &other_network), now, &cmd),
+        // Pushed to a host that is no operator's.
+        certificate(&alice, ("http://203.0.113.9:8680/demo.git", &demo_nonce), now, &cmd),
+    ];
+    let invalid = async || {
+        [
+            nodes[0].metric("hanzo_p2p_updates_total", "invalid").await,
+            nodes[2].metric("hanzo_p2p_updates_total", "invalid").await,
+        ]
+    };
+    let invalid_before = invalid().await;
+    let update = |cert| RefUpdate {
+        repo: demo,
+        refs: vec![("refs/heads/main".into(), oid(&base), oid(&forged_tip))],
+        cert,
+        announced_ms: 0,
+    };
+    let p2p = b.node().p2p.clone().unwrap();
+    for cert in refused {
+        p2p.publish_raw(demo, update(cert).encode()).await;
+    }
+    eventually(SETTLE, async || {
+        let now = invalid().await;
+        (now[0] >= invalid_before[0] + 4.0 && now[1] >= invalid_before[1] + 4.0).then_some(())
+    })
+    .await;
+    assert_eq!(converged(&alice, &all_of(&nodes)).await, before);
+
+    // B paid for each forgery on A and C, and four got it banned: both dropped it.
+    let b_id = p2p.peer_id;
+    for m in [&nodes[0], &nodes[2]] {
+        assert!(m.metric("hanzo_p2p_penalties_total", "invalid_update").await >= 4.0);
+        eventually(SETTLE, async || {
+            (!m.node().p2p.as_ref().unwrap().peers().contains(&b_id)).then_some(())
+        })
+        .await;
+    }
+
+    // Bound to demo on this network, the same update relayed by C applies on A.
+    let c = nodes[2].node().p2p.clone().unwrap();
+    c.publish_raw(demo, update(certificate_for(&alice, b, unix_now(), &cmd)).encode())
+        .await;
+    eventually(SETTLE, async || {
+        (tip(&refs(&alice, &nodes[0]), "refs/heads/main") == Some(forged_tip.clone())).then_some(())
+    })
+    .await;
 }
 
 fn oid(commit: &str) -> [u8; 20] {

@@ -115,7 +115,33 @@ pub fn eth(amount: U256) -> String {
     format!("{s} ETH")
 }
 
+/// The git base URLs in an operator's on-chain endpoint: its `http://` and
+/// `https://` entries (whitespace- or comma-separated), without a trailing `/`.
+pub fn git_urls(endpoint: &str) -> impl Iterator<Item = &str> {
+    endpoint
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| s.starts_with("http://") || s.starts_with("https://"))
+        .map(|s| s.trim_end_matches('/'))
+}
+
 impl Snapshot {
+    /// Whether `url` is a git base URL in some operator's on-chain endpoint: where a
+    /// push certificate of this network was pushed to. Operators that lost their
+    /// stake count too: the pushes they accepted stay valid.
+    pub fn is_operator_url(&self, url: &str) -> bool {
+        self.state
+            .operators
+            .values()
+            .any(|op| git_urls(&op.endpoint).any(|u| u.eq_ignore_ascii_case(url)))
+    }
+
+    /// The on-chain endpoint of the operator whose node key is `node`, if any.
+    pub fn endpoint_of(&self, node: &NodeId) -> Option<&str> {
+        self.state
+            .operator_by_node(node)
+            .map(|(_, op)| op.endpoint.as_str())
+    }
+
     /// The repo named `name`: its token id and record.
     pub fn repo(&self, name: &str) -> Result<(RepoId, &Repo), Denied> {
         self.state

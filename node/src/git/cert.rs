@@ -26,6 +26,17 @@ pub enum Error {
     Signature(#[from] sshsig::Error),
     #[error("push certificate nonce {0:?} was not issued by this node for this repo")]
     ForeignNonce(String),
+    #[error("push certificate nonce {nonce:?} was issued for {what} {theirs}, not {ours}")]
+    OtherNonce {
+        nonce: String,
+        what: &'static str,
+        theirs: String,
+        ours: String,
+    },
+    #[error("push certificate was pushed to {pushee:?}, not to repo {repo:?} (its URL ends in /{repo}.git or /{repo})")]
+    OtherPushee { pushee: String, repo: String },
+    #[error("push certificate was pushed to {0}, which is no operator's registered git URL on this network")]
+    UnknownEndpoint(String),
     #[error("push certificate nonce is {age}s old, beyond the {window}s window; push again")]
     StaleNonce { age: u64, window: u64 },
 }
@@ -156,38 +167,125 @@ impl PushCert {
         Ok(sshsig::verify_armored(payload, signature, NAMESPACE)?)
     }
 
+    /// The base URL the certificate was pushed to, if its `pushee` names repo `repo`:
+    /// `<base>/<repo>.git` or `<base>/<repo>` (git writes the URL as the pusher gave
+    /// it, credentials removed).
+    pub fn pushee_base(&self, repo: &str) -> Result<&str, Error> {
+        let url = self.pushee.trim_end_matches('/');
+        let path = url.strip_suffix(".git").unwrap_or(url);
+        path.strip_suffix(repo)
+            .and_then(|b| b.strip_suffix('/'))
+            .filter(|b| b.contains("://"))
+            .ok_or_else(|| Error::OtherPushee {
+                pushee: self.pushee.chars().take(200).collect(),
+                repo: repo.to_owned(),
+            })
+    }
+
     /// SHA-256 of the certificate text: how records and peers name it.
     pub fn hash(&self) -> [u8; 32] {
         Sha256::digest(&self.text).into()
     }
 }
 
-/// Issues and checks push-certificate nonces: `<unix secs>-<HMAC of repo and secs>`,
-/// valid for one repo within a window, checkable without state.
+/// What a nonce says in the clear: when it was issued, for which network and repo.
+/// Any replica reads this without the issuing node's secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonceInfo {
+    /// Unix seconds at issue.
+    pub secs: u64,
+    /// The network's tag (see [`network_tag`]).
+    pub network: String,
+    /// The repo's token id.
+    pub repo: RepoId,
+}
+
+impl NonceInfo {
+    /// Reads `<secs>-<network>-<repo>-<mac>`.
+    pub fn parse(nonce: &str) -> Result<Self, Error> {
+        let foreign = || Error::ForeignNonce(nonce.chars().take(64).collect());
+        let mut parts = nonce.split('-');
+        let (Some(secs), Some(network), Some(repo), Some(_mac), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(foreign());
+        };
+        Ok(Self {
+            secs: secs.parse().map_err(|_| foreign())?,
+            network: network.to_owned(),
+            repo: repo.parse().map_err(|_| foreign())?,
+        })
+    }
+
+    /// Checks that the nonce was issued on `network` for repo `repo`: what a replica,
+    /// which cannot check the issuer's MAC, can check.
+    pub fn check_bound(&self, nonce: &str, network: &str, repo: RepoId) -> Result<(), Error> {
+        let other = |what, theirs: String, ours: String| Error::OtherNonce {
+            nonce: nonce.chars().take(64).collect(),
+            what,
+            theirs,
+            ours,
+        };
+        if self.network != network {
+            return Err(other(
+                "network",
+                self.network.clone(),
+                format!("this network ({network})"),
+            ));
+        }
+        if self.repo != repo {
+            return Err(other("repo", self.repo.to_string(), repo.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// The tag of the network a deployment id (`<chain id>:<registry>`) names: what
+/// nonces carry so certificates from another network are told apart.
+pub fn network_tag(deployment: &str) -> String {
+    hex::encode(&Sha256::digest(deployment.as_bytes())[..8])
+}
+
+/// Issues and checks push-certificate nonces: `<unix secs>-<network>-<repo>-<MAC>`,
+/// valid for one repo on one network within a window, checkable without state. The
+/// MAC is this node's; the network and repo are readable by every replica.
 #[derive(Clone)]
 pub struct Nonces {
     key: [u8; 32],
+    network: String,
     window: Duration,
 }
 
 impl std::fmt::Debug for Nonces {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nonces")
+            .field("network", &self.network)
             .field("window", &self.window)
             .finish()
     }
 }
 
 impl Nonces {
-    /// Nonces under `key` (secret to this node), valid for `window`.
-    pub fn new(key: [u8; 32], window: Duration) -> Self {
-        Self { key, window }
+    /// Nonces under `key` (secret to this node) on network `network` (a
+    /// [`network_tag`]), valid for `window`.
+    pub fn new(key: [u8; 32], network: String, window: Duration) -> Self {
+        Self {
+            key,
+            network,
+            window,
+        }
     }
 
     fn mac(&self, repo: RepoId, secs: u64) -> String {
         // HMAC accepts keys of any length.
         #[allow(clippy::expect_used)]
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(self.network.as_bytes());
+        mac.update(&[0]);
         mac.update(&repo.to_be_bytes());
         mac.update(&secs.to_be_bytes());
         hex::encode(&mac.finalize().into_bytes()[..20])
@@ -195,15 +293,16 @@ impl Nonces {
 
     /// A nonce for a push to `repo` at unix time `now`.
     pub fn issue(&self, repo: RepoId, now: u64) -> String {
-        format!("{now}-{}", self.mac(repo, now))
+        format!("{now}-{}-{repo}-{}", self.network, self.mac(repo, now))
     }
 
-    /// Checks that `nonce` was issued for `repo` no longer than the window before `now`.
+    /// Checks that `nonce` was issued by this node for `repo` no longer than the
+    /// window before `now`.
     pub fn check(&self, nonce: &str, repo: RepoId, now: u64) -> Result<(), Error> {
-        let foreign = || Error::ForeignNonce(nonce.chars().take(64).collect());
-        let (secs, mac) = nonce.split_once('-').ok_or_else(foreign)?;
-        let secs: u64 = secs.parse().map_err(|_| foreign())?;
-        let expected = self.mac(repo, secs);
+        let info = NonceInfo::parse(nonce)?;
+        info.check_bound(nonce, &self.network, repo)?;
+        let mac = nonce.rsplit('-').next().unwrap_or_default();
+        let expected = self.mac(repo, info.secs);
         // Both are hex of a fixed length; compare without early exit.
         if mac.len() != expected.len()
             || mac
@@ -212,10 +311,10 @@ impl Nonces {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 != 0
         {
-            return Err(foreign());
+            return Err(Error::ForeignNonce(nonce.chars().take(64).collect()));
         }
-        let age = now.saturating_sub(secs);
-        if age > self.window.as_secs() || secs > now + 5 {
+        let age = now.saturating_sub(info.secs);
+        if age > self.window.as_secs() || info.secs > now + 5 {
             return Err(Error::StaleNonce {
                 age,
                 window: self.window.as_secs(),
@@ -273,24 +372,61 @@ mod tests {
     }
 
     #[test]
-    fn nonces_bind_repo_and_time() {
-        let n = Nonces::new([7; 32], Duration::from_secs(300));
+    fn nonces_bind_network_repo_and_time() {
+        let n = Nonces::new([7; 32], "net1".into(), Duration::from_secs(300));
         let nonce = n.issue(1, 1000);
         n.check(&nonce, 1, 1200).unwrap();
         assert!(matches!(
             n.check(&nonce, 2, 1200),
+            Err(Error::OtherNonce { what: "repo", .. })
+        ));
+        // What a replica reads without the secret.
+        let info = NonceInfo::parse(&nonce).unwrap();
+        assert_eq!((info.secs, info.repo, &info.network[..]), (1000, 1, "net1"));
+        info.check_bound(&nonce, "net1", 1).unwrap();
+        let err = info.check_bound(&nonce, "net2", 1).unwrap_err().to_string();
+        assert!(err.contains("issued for network net1, not this network (net2)"), "{err}");
+        let elsewhere = Nonces::new([7; 32], "net2".into(), Duration::from_secs(300));
+        assert!(matches!(
+            elsewhere.check(&nonce, 1, 1000),
+            Err(Error::OtherNonce { what: "network", .. })
+        ));
+        // A nonce whose clear part was edited fails the MAC.
+        let edited = nonce.replacen("-1-", "-2-", 1);
+        assert!(matches!(
+            n.check(&edited, 2, 1000),
             Err(Error::ForeignNonce(_))
         ));
         assert!(matches!(
             n.check(&nonce, 1, 1301),
             Err(Error::StaleNonce { age: 301, .. })
         ));
-        let other = Nonces::new([8; 32], Duration::from_secs(300));
+        let other = Nonces::new([8; 32], "net1".into(), Duration::from_secs(300));
         assert!(matches!(
             other.check(&nonce, 1, 1000),
             Err(Error::ForeignNonce(_))
         ));
         assert!(n.check("garbage", 1, 1000).is_err());
+        assert!(NonceInfo::parse("1-a-b-c-d").is_err());
+    }
+
+    #[test]
+    fn pushee_names_the_repo() {
+        let cert = |pushee: &str| PushCert {
+            pushee: pushee.into(),
+            ..PushCert::parse(text(&format!("{OLD} {NEW} refs/heads/main\n"))).unwrap()
+        };
+        for (pushee, base) in [
+            ("http://h:1/demo.git", "http://h:1"),
+            ("http://h:1/demo", "http://h:1"),
+            ("https://h/git/demo.git/", "https://h/git"),
+        ] {
+            assert_eq!(cert(pushee).pushee_base("demo").unwrap(), base);
+        }
+        for pushee in ["http://h/other.git", "http://h/xdemo.git", "demo.git", "http://h/demo/x"] {
+            let err = cert(pushee).pushee_base("demo").unwrap_err().to_string();
+            assert!(err.contains("not to repo \"demo\""), "{pushee}: {err}");
+        }
     }
 
     proptest! {

@@ -36,13 +36,13 @@ use tracing::{debug, info, warn};
 pub use serve::router;
 
 use crate::{
-    acl::{Acl, RepoId, Snapshot},
+    acl::{self, Acl, RepoId, Snapshot},
     config::{GitConfig, Replicate},
     keys::{NodeId, NodeKey},
     store::{RefRecord, Store},
     unix_now,
 };
-use cert::{Command, Nonces};
+use cert::{Command, Nonces, PushCert};
 use receive::Report;
 use register::{Outcome, Version};
 pub use replica::{Refusal, Update};
@@ -86,6 +86,8 @@ struct Inner {
     acl: Acl,
     store: Arc<Store>,
     nonces: Nonces,
+    /// This network's tag, which nonces carry.
+    network: String,
     config: GitConfig,
     push_locks: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
     stats: Stats,
@@ -110,26 +112,29 @@ pub struct Stats {
 }
 
 impl Git {
-    /// The service for repos under `root`. Nonces are keyed by a secret derived from
-    /// the node key, so they stay valid across a restart.
+    /// The service for repos under `root`, on the network of deployment id
+    /// `deployment`. Nonces are keyed by a secret derived from the node key, so they
+    /// stay valid across a restart.
     pub fn new(
         root: PathBuf,
         acl: Acl,
         store: Arc<Store>,
         node_key: &NodeKey,
-        config: GitConfig,
+        (config, deployment): (GitConfig, &str),
         seeding: Replicate,
     ) -> Self {
         let mut h = Sha256::new();
         h.update(b"hanzo-node push-cert nonce key\0");
         h.update(node_key.seed().as_slice());
-        let nonces = Nonces::new(h.finalize().into(), config.nonce_window);
+        let network = cert::network_tag(deployment);
+        let nonces = Nonces::new(h.finalize().into(), network.clone(), config.nonce_window);
         Self {
             inner: Arc::new(Inner {
                 root,
                 acl,
                 store,
                 nonces,
+                network,
                 config,
                 push_locks: Mutex::default(),
                 maintaining: Mutex::default(),
@@ -332,6 +337,33 @@ impl Git {
         }
     }
 
+    /// Checks that `cert` was pushed to repo `name` at one of this node's on-chain
+    /// git URLs: what every replica checks before applying it ([`Git::plan`]), so
+    /// the origin accepts nothing the others would refuse. A node that is no
+    /// operator's (it replicates to nobody) checks only the repo.
+    fn check_pushee(&self, snapshot: &Snapshot, cert: &PushCert, name: &str) -> Result<(), Error> {
+        let base = cert
+            .pushee_base(name)
+            .map_err(|e| Error::Rejected(e.to_string()))?;
+        let Some(endpoint) = snapshot.endpoint_of(&self.inner.node) else {
+            return Ok(());
+        };
+        if acl::git_urls(endpoint).any(|u| u.eq_ignore_ascii_case(base)) {
+            return Ok(());
+        }
+        let mine: Vec<&str> = acl::git_urls(endpoint).collect();
+        Err(Error::Rejected(if mine.is_empty() {
+            format!(
+                "this node's on-chain endpoint {endpoint:?} has no http(s):// URL, so other nodes could not check where pushes went; its operator sets one with `hanzo-node operator set-endpoint \"http://<host>:<port> <multiaddrs>\"`"
+            )
+        } else {
+            format!(
+                "pushed to {base}, which is not this node's registered git URL: push to {}/{name}.git",
+                mine.join(" or ")
+            )
+        }))
+    }
+
     async fn try_push(
         &self,
         (name, id, dir): (&str, RepoId, &Path),
@@ -358,6 +390,7 @@ impl Git {
             .nonces
             .check(&cert.nonce, id, now)
             .map_err(|e| Error::Rejected(e.to_string()))?;
+        self.check_pushee(&snapshot, cert, name)?;
         // The certificate's time orders competing updates between nodes: it must be
         // about now (the nonce proves the certificate is fresh).
         if cert.timestamp.abs_diff(now) > MAX_CLOCK_SKEW {

@@ -18,11 +18,16 @@ use tracing::{debug, info};
 pub use super::repos::Incoming;
 use super::{
     BodyReader, Error, Git, TARGET, blocking,
-    cert::{Command, PushCert},
+    cert::{self, Command, PushCert},
     register::{self, Outcome, Version},
     repos::{self, Edit},
 };
-use crate::{acl::RepoId, keys::SshKey, store::RefRecord, unix_now};
+use crate::{
+    acl::{RepoId, Snapshot},
+    keys::SshKey,
+    store::RefRecord,
+    unix_now,
+};
 
 /// Seconds a replicated certificate may be dated after this node's clock.
 pub const MAX_FUTURE: u64 = 300;
@@ -60,6 +65,9 @@ pub enum Refusal {
     /// unavailable, a local failure): nobody is at fault.
     #[error("{0}")]
     Unusable(String),
+    /// The objects received for it fail verification: whoever sent them is at fault.
+    #[error("{0}")]
+    BadObjects(String),
 }
 
 impl From<Error> for Refusal {
@@ -124,6 +132,26 @@ impl Update {
 }
 
 impl Git {
+    /// Checks that `cert` was pushed to repo `repo` (named `name`) on this network:
+    /// its nonce names the repo and the network, and its `pushee` is the repo at an
+    /// operator's on-chain git URL. A certificate signed for another repo or another
+    /// network can then not be replayed here, whoever relays it.
+    fn check_bound(
+        &self,
+        snapshot: &Snapshot,
+        cert: &PushCert,
+        repo: RepoId,
+        name: &str,
+    ) -> Result<(), cert::Error> {
+        cert::NonceInfo::parse(&cert.nonce)?.check_bound(&cert.nonce, &self.inner.network, repo)?;
+        let base = cert.pushee_base(name)?;
+        if snapshot.is_operator_url(base) {
+            Ok(())
+        } else {
+            Err(cert::Error::UnknownEndpoint(base.to_owned()))
+        }
+    }
+
     /// Verifies `update` against this node's ACL and clock and works out what it
     /// would change; `None` when this replica already has all of it.
     pub async fn plan(&self, update: Update) -> Result<Option<Plan>, Refusal> {
@@ -148,6 +176,8 @@ impl Git {
         }
         let cert = PushCert::parse(update.cert).map_err(|e| Refusal::Invalid(e.to_string()))?;
         let key = cert.verify().map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.check_bound(&snapshot, &cert, update.repo, &repo.name)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let now = unix_now();
         if cert.timestamp > now + MAX_FUTURE {
             return Err(Refusal::Invalid(format!(
@@ -265,6 +295,7 @@ impl Git {
     /// records as they are then.
     pub async fn commit(&self, plan: Plan, incoming: Option<Incoming>) -> Result<Applied, Refusal> {
         let dir = plan.dir.clone();
+        let received = incoming.is_some();
         let incoming = match incoming {
             Some(i) => i,
             None => {
@@ -281,7 +312,11 @@ impl Git {
             let rewrites = incoming.check(&check_dir, &commands)?;
             Ok((incoming, rewrites))
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            Error::Rejected(why) if received => Refusal::BadObjects(why),
+            e => e.into(),
+        })?;
 
         let lock = self.push_lock(plan.repo);
         let _guard = lock.lock().await;

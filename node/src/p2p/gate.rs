@@ -34,10 +34,12 @@ pub fn allowed(snapshot: &Snapshot) -> HashSet<PeerId> {
         .collect()
 }
 
-/// Refuses connections with peers not in `allowed`.
+/// Refuses connections with peers not in `allowed`, or banned.
 pub struct Gate {
     /// The peers that may connect, from the newest ACL.
     pub allowed: HashSet<PeerId>,
+    /// Operators' nodes banned for misbehaving (see `replicator`).
+    pub banned: HashSet<PeerId>,
     /// Connections refused.
     pub denied: prometheus_client::metrics::counter::Counter,
 }
@@ -49,7 +51,7 @@ pub struct NotAnOperator(PeerId);
 
 impl Gate {
     fn check(&self, peer: PeerId, addr: &Multiaddr) -> Result<THandler<Self>, ConnectionDenied> {
-        if self.allowed.contains(&peer) {
+        if self.allowed.contains(&peer) && !self.banned.contains(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
         self.denied.inc();

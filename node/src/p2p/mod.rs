@@ -5,22 +5,31 @@
 //! it through [`P2p`]. Only active operators' node keys may connect ([`gate`]).
 //!
 //! * An accepted push is published on its repo's topic as a [`wire::RefUpdate`].
-//! * A received update is validated by the node: the certificate and the pusher's
-//!   rights against this node's ACL (`git::Git::plan`), the missing objects fetched
-//!   over `/hanzo/pack/1` from the forwarding peer, the author, or any other peer,
-//!   then applied (`git::Git::commit`). Only then is it accepted, and gossipsub
-//!   forwards it: a node announces what it can serve. Invalid updates are rejected
-//!   (the sender's score drops); updates this node cannot use are ignored.
+//! * What to do with a received update — whom to fetch it from, when to give up on a
+//!   peer, whom to penalize, when to ask for catch-up — is decided by the sans-I/O
+//!   [`replicator::Replicator`]; the driver here only performs its commands.
+//! * Performing a fetch: the certificate, its binding to the repo and network, and
+//!   the pusher's rights are checked against this node's ACL (`git::Git::plan`),
+//!   the missing objects fetched over `/hanzo/pack/1` from one peer, then checked
+//!   and applied (`git::Git::commit`). Only then is the gossip message accepted, and
+//!   gossipsub forwards it: a node announces what it can serve. Invalid updates are
+//!   rejected (the sender is penalized); updates this node cannot use are ignored.
 //! * Catch-up: on every new connection and every `p2p.sync_interval`, a node sends
 //!   each peer its digest per repo on `/hanzo/sync/1`; the peer answers with its
-//!   records for the repos that differ, which go through the same checks.
+//!   records for the repos that differ, which go through the same core.
+//! * Every stream read and write has a deadline (`p2p.stream_timeout`); a fetch as
+//!   a whole has `p2p.fetch_deadline`.
 
 mod gate;
 mod limits;
+pub mod replicator;
+#[cfg(test)]
+mod sim;
 pub mod wire;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
+    future::Future as _,
     pin::Pin,
     sync::{
         Arc,
@@ -48,7 +57,7 @@ use prometheus_client::{
 use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncRead, ReadBuf},
-    sync::{Semaphore, mpsc, watch},
+    sync::{mpsc, watch},
     task::JoinHandle,
 };
 use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
@@ -62,6 +71,7 @@ use crate::{
     keys::NodeKey,
 };
 use limits::Limits;
+use replicator::{Attempt, Command, Key, Offer, Outcome, Replicator, Verdict, Via};
 use wire::{PackRequest, RefUpdate, SyncRequest, SyncResponse};
 
 const TARGET: &str = "hanzo::p2p";
@@ -69,6 +79,10 @@ const PACK_PROTOCOL: StreamProtocol = StreamProtocol::new("/hanzo/pack/1");
 const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hanzo/sync/1");
 /// Updates being verified, fetched and applied at once.
 const MAX_REPLICATIONS: usize = 16;
+/// How often the core's clock advances.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a peer banned for repeated offenses stays banned.
+const BAN: Duration = Duration::from_secs(600);
 /// A pack response starts with one of these.
 const PACK_OK: u8 = 0;
 const PACK_REFUSED: u8 = 1;
@@ -102,9 +116,18 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
 }
 
+/// The label of updates applied by path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Path {
+    via: String,
+}
+
 /// Replication metrics, registered into `/metrics`.
 pub struct Metrics {
     updates: Family<Reason, Counter>,
+    applied: Family<Path, Counter>,
+    penalties: Family<Reason, Counter>,
+    joined: Counter,
     fetch_failures: Family<Reason, Counter>,
     bytes_fetched: Counter,
     latency: Histogram,
@@ -116,6 +139,9 @@ impl Metrics {
     fn new() -> Self {
         Self {
             updates: Family::default(),
+            applied: Family::default(),
+            penalties: Family::default(),
+            joined: Counter::default(),
             fetch_failures: Family::default(),
             bytes_fetched: Counter::default(),
             latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -132,6 +158,21 @@ impl Metrics {
             "hanzo_p2p_updates",
             "Replicated ref updates by outcome (applied, have, invalid, unusable)",
             self.updates.clone(),
+        );
+        registry.register(
+            "hanzo_p2p_applied",
+            "Replicated updates applied, by the path that brought them (gossip, catchup)",
+            self.applied.clone(),
+        );
+        registry.register(
+            "hanzo_p2p_penalties",
+            "Penalties given to peers, by offense (invalid_update, bad_pack, stalled)",
+            self.penalties.clone(),
+        );
+        registry.register(
+            "hanzo_p2p_offers_joined",
+            "Offers of an update already being fetched, joined to that fetch instead of a second one",
+            self.joined.clone(),
         );
         registry.register(
             "hanzo_p2p_fetch_failures",
@@ -260,6 +301,7 @@ impl P2p {
                 Ok(Behaviour {
                     gate: gate::Gate {
                         allowed: HashSet::new(),
+                        banned: HashSet::new(),
                         denied: denied.clone(),
                     },
                     limits: libp2p::connection_limits::Behaviour::new(
@@ -297,20 +339,30 @@ impl P2p {
                 config.max_transfers_per_peer,
             ),
             metrics: metrics.clone(),
-            replications: Semaphore::new(MAX_REPLICATIONS),
             max_message,
+            stream_timeout: config.stream_timeout,
         });
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             swarm,
             acl,
             shared,
+            core: Replicator::new(replicator::Config {
+                max_jobs: MAX_REPLICATIONS,
+                fetch_deadline: config.fetch_deadline,
+                sync_interval: config.sync_interval,
+                ban: BAN,
+            }),
+            epoch: Instant::now(),
+            fetches: HashMap::new(),
+            reports: reports_tx,
             bootstrap,
             sync_interval: config.sync_interval,
             listen: listen_tx,
             peers: peers_tx,
             connected: HashSet::new(),
         };
-        let task = tokio::spawn(driver.run(cmd_rx, cancel));
+        let task = tokio::spawn(driver.run(cmd_rx, reports_rx, cancel));
         info!(target: TARGET, %peer_id, "p2p started");
         Ok((
             Self {
@@ -360,21 +412,29 @@ struct Shared {
     control: libp2p_stream::Control,
     limits: Limits,
     metrics: Arc<Metrics>,
-    replications: Semaphore,
     max_message: usize,
+    /// Deadline of every stream read and write.
+    stream_timeout: Duration,
 }
 
-/// A validation result for gossipsub, sent back to the driver.
-struct Validated {
-    id: MessageId,
-    from: PeerId,
-    acceptance: MessageAcceptance,
+/// What tasks the driver spawned report back.
+enum Report {
+    /// A fetch ended.
+    Attempted(Key, PeerId, Attempt),
+    /// A peer answered a catch-up request.
+    Synced(PeerId, Vec<Update>),
 }
 
 struct Driver {
     swarm: Swarm<Behaviour>,
     acl: Acl,
     shared: Arc<Shared>,
+    core: Replicator<PeerId, MessageId>,
+    /// The origin of the core's clock.
+    epoch: Instant,
+    /// Fetches in flight, to abort when the core abandons them.
+    fetches: HashMap<Key, tokio::task::AbortHandle>,
+    reports: mpsc::UnboundedSender<Report>,
     bootstrap: Vec<Multiaddr>,
     sync_interval: Duration,
     listen: watch::Sender<Vec<Multiaddr>>,
@@ -383,8 +443,12 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::Receiver<Cmd>, cancel: CancellationToken) {
-        let (validated_tx, mut validated) = mpsc::channel::<Validated>(256);
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Cmd>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        cancel: CancellationToken,
+    ) {
         let mut accepted = self.shared.git.accepted();
         let mut acl = self.acl.clone();
         self.refresh(&acl.snapshot());
@@ -401,16 +465,36 @@ impl Driver {
                 Err(e) => warn!(target: TARGET, %e, "cannot accept streams"),
             }
         }
-        let mut tick = tokio::time::interval(self.sync_interval);
+        let mut dial = tokio::time::interval(self.sync_interval);
+        dial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                event = self.swarm.select_next_some() => self.on_event(event, &validated_tx),
-                Some(v) = validated.recv() => {
-                    let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                        &v.id, &v.from, v.acceptance,
-                    );
+                event = self.swarm.select_next_some() => self.on_event(event),
+                Some(report) = reports.recv() => {
+                    let now = self.now();
+                    match report {
+                        Report::Attempted(key, peer, attempt) => {
+                            self.fetches.remove(&key);
+                            self.core.attempted(now, key, peer, attempt);
+                        }
+                        Report::Synced(peer, updates) => {
+                            for update in updates {
+                                let hash: [u8; 32] = Sha256::digest(&update.cert).into();
+                                self.core.offered(now, Offer {
+                                    update,
+                                    hash,
+                                    from: peer,
+                                    author: None,
+                                    via: Via::Catchup,
+                                    message: None,
+                                    announced_ms: 0,
+                                });
+                            }
+                        }
+                    }
                 }
                 update = accepted.recv() => match update {
                     Ok(update) => self.announce(update),
@@ -431,14 +515,127 @@ impl Driver {
                     Err(_) => break,
                 },
                 _ = tick.tick() => {
+                    let now = self.now();
+                    self.core.tick(now);
+                }
+                _ = dial.tick() => {
                     self.dial_operators();
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                    let peers = self.connected.iter().copied().collect();
-                    tokio::spawn(catch_up(self.shared.clone(), peers));
+                }
+            }
+            self.perform();
+        }
+        for (_, fetch) in self.fetches.drain() {
+            fetch.abort();
+        }
+        serving.abort_all();
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Performs what the core decided.
+    fn perform(&mut self) {
+        let commands: Vec<_> = self.core.drain().collect();
+        let metrics = self.shared.metrics.clone();
+        for command in commands {
+            match command {
+                Command::Fetch { key, peer, update } => {
+                    let shared = self.shared.clone();
+                    let reports = self.reports.clone();
+                    let task = tokio::spawn(async move {
+                        let attempt = attempt(&shared, update, peer).await;
+                        let _ = reports.send(Report::Attempted(key, peer, attempt));
+                    });
+                    self.fetches.insert(key, task.abort_handle());
+                }
+                Command::Abandon { key } => {
+                    if let Some(fetch) = self.fetches.remove(&key) {
+                        fetch.abort();
+                    }
+                    metrics.count(&metrics.fetch_failures, "deadline");
+                }
+                Command::Report {
+                    message: id,
+                    from,
+                    verdict,
+                } => {
+                    let acceptance = match verdict {
+                        Verdict::Accept => MessageAcceptance::Accept,
+                        Verdict::Reject => MessageAcceptance::Reject,
+                        Verdict::Ignore => MessageAcceptance::Ignore,
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(&id, &from, acceptance);
+                }
+                Command::Penalize { peer, offense } => {
+                    metrics.count(&metrics.penalties, offense.label());
+                    info!(target: TARGET, %peer, offense = offense.label(), "peer penalized");
+                }
+                Command::Ban { peer } => {
+                    warn!(target: TARGET, %peer, "peer banned for repeated offenses; disconnecting");
+                    self.swarm.behaviour_mut().gate.banned.insert(peer);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                Command::Unban { peer } => {
+                    info!(target: TARGET, %peer, "ban lifted");
+                    self.swarm.behaviour_mut().gate.banned.remove(&peer);
+                }
+                Command::Sync { peer } => {
+                    let shared = self.shared.clone();
+                    let reports = self.reports.clone();
+                    tokio::spawn(async move {
+                        match catch_up(&shared, peer).await {
+                            Ok(updates) if !updates.is_empty() => {
+                                let _ = reports.send(Report::Synced(peer, updates));
+                            }
+                            Ok(_) => {}
+                            Err(why) => debug!(target: TARGET, %peer, %why, "catch-up failed"),
+                        }
+                    });
+                }
+                Command::Finished {
+                    key,
+                    via,
+                    outcome,
+                    announced_ms,
+                } => {
+                    let label = match &outcome {
+                        Outcome::Applied => "applied",
+                        Outcome::Have => "have",
+                        Outcome::Invalid(why) => {
+                            warn!(target: TARGET, repo = key.0, cert = %hex::encode(key.1), %why, "rejected update");
+                            "invalid"
+                        }
+                        Outcome::Unusable(why) => {
+                            debug!(target: TARGET, repo = key.0, cert = %hex::encode(key.1), %why, "update not applied");
+                            "unusable"
+                        }
+                    };
+                    metrics.count(&metrics.updates, label);
+                    if outcome == Outcome::Applied {
+                        metrics
+                            .applied
+                            .get_or_create(&Path {
+                                via: via.label().into(),
+                            })
+                            .inc();
+                        if via == Via::Catchup {
+                            info!(target: TARGET, repo = key.0, cert = %hex::encode(key.1), "update applied by catch-up, not gossip");
+                        }
+                        if announced_ms > 0 {
+                            let ms = unix_ms().saturating_sub(announced_ms);
+                            #[allow(clippy::cast_precision_loss)] // milliseconds
+                            metrics.latency.observe(ms as f64 / 1000.0);
+                        }
+                    }
                 }
             }
         }
-        serving.abort_all();
     }
 
     /// Applies a new ACL: who may stay connected, which topics to follow, whom to dial.
@@ -533,7 +730,7 @@ impl Driver {
         }
     }
 
-    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>, validated: &mpsc::Sender<Validated>) {
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let me = *self.swarm.local_peer_id();
@@ -551,7 +748,7 @@ impl Driver {
                     self.publish_peers();
                 }
                 if num_established.get() == 1 {
-                    tokio::spawn(catch_up(self.shared.clone(), vec![peer_id]));
+                    self.core.connected(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -560,6 +757,7 @@ impl Driver {
                 ..
             } if self.connected.remove(&peer_id) => {
                 debug!(target: TARGET, peer = %peer_id, "peer disconnected");
+                self.core.disconnected(peer_id);
                 self.shared.limits.forget(&peer_id);
                 self.publish_peers();
             }
@@ -576,7 +774,7 @@ impl Driver {
                 propagation_source,
                 message_id,
                 message,
-            })) => self.on_message(propagation_source, message_id, message, validated),
+            })) => self.on_message(propagation_source, message_id, message),
             _ => {}
         }
     }
@@ -588,90 +786,54 @@ impl Driver {
         self.peers.send_replace(peers);
     }
 
-    fn on_message(
-        &mut self,
-        from: PeerId,
-        id: MessageId,
-        message: gossipsub::Message,
-        validated: &mpsc::Sender<Validated>,
-    ) {
-        let shared = self.shared.clone();
-        let report = |acceptance| Validated {
-            id: id.clone(),
-            from,
-            acceptance,
+    fn on_message(&mut self, from: PeerId, id: MessageId, message: gossipsub::Message) {
+        let metrics = self.shared.metrics.clone();
+        let verdict = |driver: &mut Self, acceptance, outcome: &str| {
+            metrics.count(&metrics.updates, outcome);
+            let _ = driver
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&id, &from, acceptance);
         };
         // Gossip reaches only operators, but the author may be anyone who signed.
         let author_ok = message
             .source
             .is_some_and(|s| self.swarm.behaviour().gate.allowed.contains(&s));
         if !author_ok {
-            shared.metrics.count(&shared.metrics.updates, "invalid");
             debug!(target: TARGET, peer = %from, source = ?message.source, "update authored by no active operator");
-            let _ = validated.try_send(report(MessageAcceptance::Reject));
-            return;
+            return verdict(self, MessageAcceptance::Reject, "invalid");
         }
-        if !shared.limits.message(from) {
-            shared
-                .metrics
-                .count(&shared.metrics.updates, "rate_limited");
-            let _ = validated.try_send(report(MessageAcceptance::Ignore));
-            return;
+        if !self.shared.limits.message(from) {
+            return verdict(self, MessageAcceptance::Ignore, "rate_limited");
         }
-        let update = match RefUpdate::decode(&message.data, shared.max_message) {
+        let update = match RefUpdate::decode(&message.data, self.shared.max_message) {
             Ok(u) => u,
             Err(e) => {
-                shared.metrics.count(&shared.metrics.updates, "invalid");
                 debug!(target: TARGET, peer = %from, %e, "undecodable update");
-                let _ = validated.try_send(report(MessageAcceptance::Reject));
-                return;
+                return verdict(self, MessageAcceptance::Reject, "invalid");
             }
         };
-        let mut sources = vec![from];
-        if let Some(author) = message.source
-            && author != from
-        {
-            sources.push(author);
-        }
-        let others: Vec<PeerId> = self
-            .connected
-            .iter()
-            .filter(|p| !sources.contains(p))
-            .copied()
-            .collect();
-        sources.extend(others);
         let announced_ms = update.announced_ms;
-        let validated = validated.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = shared.replications.acquire().await else {
-                return;
-            };
-            let acceptance = match replicate(&shared, update.into_update(), &sources).await {
-                Ok(applied) => {
-                    if applied {
-                        let ms = unix_ms().saturating_sub(announced_ms);
-                        #[allow(clippy::cast_precision_loss)] // milliseconds
-                        shared.metrics.latency.observe(ms as f64 / 1000.0);
-                    }
-                    MessageAcceptance::Accept
-                }
-                Err(Refusal::Invalid(why)) => {
-                    warn!(target: TARGET, peer = %from, %why, "rejected update");
-                    MessageAcceptance::Reject
-                }
-                Err(Refusal::Unusable(why)) => {
-                    debug!(target: TARGET, peer = %from, %why, "ignored update");
-                    MessageAcceptance::Ignore
-                }
-            };
-            let _ = validated
-                .send(Validated {
-                    id,
-                    from,
-                    acceptance,
-                })
-                .await;
-        });
+        let update = update.into_update();
+        let hash: [u8; 32] = Sha256::digest(&update.cert).into();
+        let before = self.core.pending();
+        let now = self.now();
+        self.core.offered(
+            now,
+            Offer {
+                update,
+                hash,
+                from,
+                author: message.source,
+                via: Via::Gossip,
+                message: Some(id),
+                announced_ms,
+            },
+        );
+        if self.core.pending() == before {
+            self.shared.metrics.joined.inc();
+        }
     }
 }
 
@@ -701,51 +863,84 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Verifies, fetches and applies `update`, fetching from `sources` in order. Returns
-/// whether anything changed.
-async fn replicate(shared: &Shared, update: Update, sources: &[PeerId]) -> Result<bool, Refusal> {
-    let outcome = replicate_inner(shared, update, sources).await;
-    let label = match &outcome {
-        Ok(true) => "applied",
-        Ok(false) => "have",
-        Err(Refusal::Invalid(_)) => "invalid",
-        Err(Refusal::Unusable(_)) => "unusable",
+/// Verifies `update`, fetches what this node lacks from `peer`, and applies it.
+async fn attempt(shared: &Shared, update: Update, peer: PeerId) -> Attempt {
+    let plan = match shared.git.plan(update).await {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return Attempt::Have,
+        Err(refusal) => return refused(refusal),
     };
-    shared.metrics.count(&shared.metrics.updates, label);
-    outcome
-}
-
-async fn replicate_inner(
-    shared: &Shared,
-    update: Update,
-    sources: &[PeerId],
-) -> Result<bool, Refusal> {
-    let Some(plan) = shared.git.plan(update).await? else {
-        return Ok(false);
-    };
-    if plan.wants.is_empty() {
-        return shared.git.commit(plan, None).await.map(|a| a.refs > 0);
-    }
-    let mut last = String::from("no peer to fetch from");
-    for peer in sources {
+    let incoming = if plan.wants.is_empty() {
+        None
+    } else {
         let started = Instant::now();
-        match fetch(shared, *peer, &plan).await {
+        match fetch(shared, peer, &plan).await {
             Ok(incoming) => {
-                let fetched = started.elapsed();
-                let outcome = shared.git.commit(plan, Some(incoming)).await;
-                debug!(target: TARGET, %peer, ?fetched, checked = ?started.elapsed() - fetched, "fetched and checked");
-                return outcome.map(|a| a.refs > 0);
+                debug!(target: TARGET, %peer, fetched = ?started.elapsed(), "fetched");
+                Some(incoming)
             }
-            Err((reason, why)) => {
-                shared.metrics.count(&shared.metrics.fetch_failures, reason);
-                debug!(target: TARGET, %peer, %why, "fetch failed");
-                last = format!("{peer}: {why}");
+            Err(failure) => {
+                shared.metrics.count(&shared.metrics.fetch_failures, failure.label());
+                debug!(target: TARGET, %peer, why = %failure, "fetch failed");
+                return match failure {
+                    Failure::BadPack(why) => Attempt::BadPack(why),
+                    other => Attempt::Failed(other.to_string()),
+                };
             }
         }
+    };
+    match shared.git.commit(plan, incoming).await {
+        Ok(applied) if applied.refs > 0 => Attempt::Applied,
+        Ok(_) => Attempt::Have,
+        Err(refusal) => refused(refusal),
     }
-    Err(Refusal::Unusable(format!(
-        "objects unavailable; last try {last}"
-    )))
+}
+
+fn refused(refusal: Refusal) -> Attempt {
+    match refusal {
+        Refusal::Invalid(why) => Attempt::Invalid(why),
+        Refusal::Unusable(why) => Attempt::Unusable(why),
+        Refusal::BadObjects(why) => Attempt::BadPack(why),
+    }
+}
+
+/// Why a fetch from a peer failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The stream failed, stalled past its deadline, or could not be opened.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The peer refused.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The pack it sent is not valid.
+    #[error("invalid pack: {0}")]
+    BadPack(String),
+}
+
+impl Failure {
+    fn label(&self) -> &'static str {
+        match self {
+            Failure::Stream(_) => "stream",
+            Failure::Refused(_) => "refused",
+            Failure::BadPack(_) => "invalid_pack",
+        }
+    }
+}
+
+/// `io` within `deadline`, or a timeout error naming `what`.
+async fn within<T, E: std::fmt::Display>(
+    deadline: Duration,
+    what: &str,
+    io: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, io).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "{what}: nothing for {} (p2p.stream_timeout)",
+            humantime::format_duration(deadline)
+        )),
+    }
 }
 
 /// Fetches the objects `plan` wants from `peer` into a quarantine.
@@ -753,36 +948,38 @@ async fn fetch(
     shared: &Shared,
     peer: PeerId,
     plan: &crate::git::replica::Plan,
-) -> Result<crate::git::replica::Incoming, (&'static str, String)> {
+) -> Result<crate::git::replica::Incoming, Failure> {
+    let deadline = shared.stream_timeout;
     let mut control = shared.control.clone();
-    let mut stream = control
-        .open_stream(peer, PACK_PROTOCOL)
+    let mut stream = within(deadline, "open stream", control.open_stream(peer, PACK_PROTOCOL))
         .await
-        .map_err(|e| ("stream", e.to_string()))?;
+        .map_err(Failure::Stream)?;
     let request = PackRequest {
         repo: plan.repo,
         wants: plan.wants.clone(),
         haves: plan.haves.clone(),
     };
-    wire::write_frame(&mut stream, &request)
+    within(deadline, "send request", wire::write_frame(&mut stream, &request))
         .await
-        .map_err(|e| ("stream", e.to_string()))?;
+        .map_err(Failure::Stream)?;
     let mut status = [0u8; 1];
-    stream
-        .read_exact(&mut status)
+    within(deadline, "read status", stream.read_exact(&mut status))
         .await
-        .map_err(|e| ("stream", e.to_string()))?;
+        .map_err(Failure::Stream)?;
     if status[0] != PACK_OK {
-        let why: String = wire::read_frame(&mut stream, "refusal", 4096)
+        let why: String = within(deadline, "read refusal", wire::read_frame(&mut stream, "refusal", 4096))
             .await
-            .unwrap_or_else(|e| e.to_string());
-        return Err(("refused", why));
+            .unwrap_or_else(|e| e);
+        return Err(Failure::Refused(why));
     }
     let counted = Counted {
         inner: stream.compat(),
         total: Arc::new(AtomicU64::new(0)),
+        idle: deadline,
+        timer: Box::pin(tokio::time::sleep(deadline)),
+        failed: Arc::new(std::sync::Mutex::new(None)),
     };
-    let total = counted.total.clone();
+    let (total, failed) = (counted.total.clone(), counted.failed.clone());
     let body: crate::git::BodyReader =
         Box::new(tokio::io::BufReader::with_capacity(64 << 10, counted));
     let result = shared.git.receive_replica(plan, body).await;
@@ -790,12 +987,23 @@ async fn fetch(
         .metrics
         .bytes_fetched
         .inc_by(total.load(Ordering::Relaxed));
-    result.map_err(|e| ("invalid_pack", e.to_string()))
+    result.map_err(|e| {
+        // A stream that failed is the transport's fault; a pack that arrived whole
+        // and does not index is the peer's.
+        match failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            Some(why) => Failure::Stream(why),
+            None => Failure::BadPack(e.to_string()),
+        }
+    })
 }
 
-/// Compares digests with each of `peers` (computed once for all) and applies
-/// whatever they have that this node lacks.
-async fn catch_up(shared: Arc<Shared>, peers: Vec<PeerId>) {
+/// Sends `peer` this node's digests on the sync protocol and returns the updates it
+/// answers with.
+async fn catch_up(shared: &Shared, peer: PeerId) -> Result<Vec<Update>, String> {
     let snapshot = shared.git.acl_snapshot();
     let mut repos = Vec::new();
     for id in snapshot.state.repos.keys() {
@@ -806,50 +1014,19 @@ async fn catch_up(shared: Arc<Shared>, peers: Vec<PeerId>) {
         }
     }
     if repos.is_empty() {
-        return;
+        return Ok(Vec::new());
     }
-    let request = SyncRequest { repos };
-    for peer in peers {
-        match exchange(&shared, peer, &request).await {
-            Ok(response) => apply_from(&shared, peer, response).await,
-            Err(why) => debug!(target: TARGET, %peer, %why, "catch-up failed"),
-        }
-    }
-}
-
-/// Sends `request` to `peer` on the sync protocol and reads its answer.
-async fn exchange(
-    shared: &Shared,
-    peer: PeerId,
-    request: &SyncRequest,
-) -> Result<SyncResponse, String> {
+    let deadline = shared.stream_timeout;
     let mut control = shared.control.clone();
-    let mut stream = control
-        .open_stream(peer, SYNC_PROTOCOL)
-        .await
-        .map_err(|e| e.to_string())?;
-    wire::write_frame(&mut stream, request)
-        .await
-        .map_err(|e| e.to_string())?;
-    wire::read_frame::<SyncResponse>(&mut stream, "sync response", wire::MAX_SYNC_RESPONSE)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Applies the updates `peer` answered a catch-up with, fetching from it.
-async fn apply_from(shared: &Shared, peer: PeerId, response: SyncResponse) {
-    let count = response.updates.len();
-    let mut applied = 0;
-    for update in response.updates {
-        match replicate(shared, update, &[peer]).await {
-            Ok(true) => applied += 1,
-            Ok(false) => {}
-            Err(e) => debug!(target: TARGET, %peer, %e, "catch-up update not applied"),
-        }
-    }
-    if applied > 0 {
-        info!(target: TARGET, %peer, updates = count, applied, "caught up");
-    }
+    let mut stream = within(deadline, "open stream", control.open_stream(peer, SYNC_PROTOCOL)).await?;
+    within(deadline, "send digests", wire::write_frame(&mut stream, &SyncRequest { repos })).await?;
+    let response: SyncResponse = within(
+        deadline,
+        "read sync response",
+        wire::read_frame(&mut stream, "sync response", wire::MAX_SYNC_RESPONSE),
+    )
+    .await?;
+    Ok(response.updates)
 }
 
 /// Serves inbound streams of the pack (`pack`) or sync protocol.
@@ -870,9 +1047,13 @@ async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams
 }
 
 async fn serve_sync(shared: &Shared, mut stream: Stream) -> Result<(), String> {
-    let request: SyncRequest = wire::read_frame(&mut stream, "sync request", wire::MAX_REQUEST)
-        .await
-        .map_err(|e| e.to_string())?;
+    let deadline = shared.stream_timeout;
+    let request: SyncRequest = within(
+        deadline,
+        "read sync request",
+        wire::read_frame(&mut stream, "sync request", wire::MAX_REQUEST),
+    )
+    .await?;
     let snapshot = shared.git.acl_snapshot();
     let mut updates = Vec::new();
     for (repo, digest) in request.repos {
@@ -883,18 +1064,20 @@ async fn serve_sync(shared: &Shared, mut stream: Stream) -> Result<(), String> {
             updates.extend(shared.git.updates(repo).map_err(|e| e.to_string())?);
         }
     }
-    wire::write_frame(&mut stream, &SyncResponse { updates })
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.close().await.map_err(|e| e.to_string())
+    within(deadline, "send sync response", wire::write_frame(&mut stream, &SyncResponse { updates })).await?;
+    within(deadline, "close", stream.close()).await
 }
 
 async fn serve_pack(shared: &Shared, peer: PeerId, mut stream: Stream) -> Result<(), String> {
-    let request: PackRequest = wire::read_frame(&mut stream, "pack request", wire::MAX_REQUEST)
-        .await
-        .map_err(|e| e.to_string())?;
+    let deadline = shared.stream_timeout;
+    let request: PackRequest = within(
+        deadline,
+        "read pack request",
+        wire::read_frame(&mut stream, "pack request", wire::MAX_REQUEST),
+    )
+    .await?;
     let Some(_slot) = shared.limits.transfer(peer) else {
-        return refuse(stream, "too many transfers at once from this peer".into()).await;
+        return refuse(shared, stream, "too many transfers at once from this peer".into()).await;
     };
     let (mut child, mut stdout) = match shared
         .git
@@ -902,12 +1085,9 @@ async fn serve_pack(shared: &Shared, peer: PeerId, mut stream: Stream) -> Result
         .await
     {
         Ok(c) => c,
-        Err(e) => return refuse(stream, e.to_string()).await,
+        Err(e) => return refuse(shared, stream, e.to_string()).await,
     };
-    stream
-        .write_all(&[PACK_OK])
-        .await
-        .map_err(|e| e.to_string())?;
+    within(deadline, "send status", stream.write_all(&[PACK_OK])).await?;
     let mut buf = vec![0u8; 64 << 10];
     loop {
         use tokio::io::AsyncReadExt as _;
@@ -916,30 +1096,34 @@ async fn serve_pack(shared: &Shared, peer: PeerId, mut stream: Stream) -> Result
             break;
         }
         shared.limits.send(peer, n).await;
-        stream
-            .write_all(&buf[..n])
-            .await
-            .map_err(|e| e.to_string())?;
+        within(deadline, "send pack", stream.write_all(&buf[..n])).await?;
     }
     let status = child.wait().await.map_err(|e| e.to_string())?;
     if !status.success() {
         return Err(format!("git pack-objects failed: {status}"));
     }
-    stream.close().await.map_err(|e| e.to_string())
+    within(deadline, "close", stream.close()).await
 }
 
 /// Tells the asker why it gets no pack.
-async fn refuse(mut stream: Stream, why: String) -> Result<(), String> {
-    let _ = stream.write_all(&[PACK_REFUSED]).await;
-    let _ = wire::write_frame(&mut stream, &why).await;
-    let _ = stream.close().await;
+async fn refuse(shared: &Shared, mut stream: Stream, why: String) -> Result<(), String> {
+    let _ = tokio::time::timeout(shared.stream_timeout, async {
+        let _ = stream.write_all(&[PACK_REFUSED]).await;
+        let _ = wire::write_frame(&mut stream, &why).await;
+        let _ = stream.close().await;
+    })
+    .await;
     Err(why)
 }
 
-/// Counts the bytes read through it.
+/// Counts the bytes read through it, and fails a read that gets nothing for `idle`
+/// (remembering why in `failed`).
 struct Counted<R> {
     inner: R,
     total: Arc<AtomicU64>,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
@@ -949,10 +1133,33 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.total.fetch_add(n as u64, Ordering::Relaxed);
-        poll
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                this.total.fetch_add(n as u64, Ordering::Relaxed);
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                *this.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(e.to_string());
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let why = format!(
+                        "the peer sent nothing for {} mid-pack (p2p.stream_timeout)",
+                        humantime::format_duration(this.idle)
+                    );
+                    *this.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(why.clone());
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
