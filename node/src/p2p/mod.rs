@@ -585,6 +585,7 @@ impl Driver {
                     info!(target: TARGET, %peer, "ban lifted");
                     self.swarm.behaviour_mut().gate.banned.remove(&peer);
                 }
+                Command::Announce { update } => self.reannounce(update),
                 Command::Sync { peer } => {
                     let shared = self.shared.clone();
                     let reports = self.reports.clone();
@@ -701,23 +702,43 @@ impl Driver {
         }
     }
 
+    /// Announces a push this node accepted: every ref its certificate moved.
     fn announce(&mut self, update: Update) {
         let Ok(cert) = crate::git::cert::PushCert::parse(update.cert.clone()) else {
             return;
         };
-        let message = RefUpdate {
+        let b = |id: gix::ObjectId| *id.as_bytes().first_chunk().unwrap_or(&[0; 20]);
+        self.publish(RefUpdate {
             repo: update.repo,
             refs: cert
                 .commands
                 .iter()
-                .map(|c| {
-                    let b = |id: gix::ObjectId| *id.as_bytes().first_chunk().unwrap_or(&[0; 20]);
-                    (c.name.clone(), b(c.old), b(c.new))
-                })
+                .map(|c| (c.name.clone(), b(c.old), b(c.new)))
                 .collect(),
             cert: update.cert,
             announced_ms: unix_ms(),
-        };
+        });
+    }
+
+    /// Announces an update applied by catch-up, in the same bytes on every node
+    /// (refs sorted, no time), so gossipsub delivers one message however many nodes
+    /// announce it.
+    fn reannounce(&mut self, update: Update) {
+        let mut refs: Vec<_> = update
+            .claims
+            .into_iter()
+            .map(|c| (c.name, [0; 20], c.target))
+            .collect();
+        refs.sort_unstable();
+        self.publish(RefUpdate {
+            repo: update.repo,
+            refs,
+            cert: update.cert,
+            announced_ms: 0,
+        });
+    }
+
+    fn publish(&mut self, message: RefUpdate) {
         match self
             .swarm
             .behaviour_mut()
@@ -725,7 +746,7 @@ impl Driver {
             .publish(topic(message.repo), message.encode())
         {
             Ok(_) => debug!(target: TARGET, repo = message.repo, "announced update"),
-            // No peer yet: catch-up carries it when one connects.
+            // No peer yet, or announced already: catch-up carries it.
             Err(e) => debug!(target: TARGET, %e, repo = message.repo, "update not announced"),
         }
     }

@@ -8,11 +8,14 @@
 //!   later offers join the job in flight, and their gossip messages are validated
 //!   with its outcome.
 //! * A job tries one peer at a time: the peer that sent it, the author, then every
-//!   other connected peer. A peer that fails is skipped; one that served objects
+//!   other connected peer, peers with recent penalties last. A peer that fails is skipped; one that served objects
 //!   that failed verification is penalized too; one that does not finish within the
-//!   deadline is abandoned.
+//!   deadline is abandoned. When no peer could serve it, the job waits and tries
+//!   them all again ([`RETRIES`] times) before it gives up.
 //! * At most one job per repo fetches at a time (a later one then fetches only what
 //!   the earlier did not bring), and at most [`Config::max_jobs`] in all.
+//! * An update applied by catch-up is announced on gossip, so its neighbours do not
+//!   wait for their own catch-up.
 //! * An invalid update penalizes whoever sent it. A peer whose penalties pass
 //!   [`BAN_SCORE`] is banned for [`Config::ban`]: disconnected and not dialed or
 //!   asked.
@@ -34,6 +37,10 @@ pub const BAN_SCORE: f64 = 8.0;
 const REMEMBERED: usize = 4096;
 /// Updates waiting for a job slot; more are dropped (catch-up brings them back).
 const MAX_QUEUED: usize = 4096;
+/// Rounds over all peers before a job gives up on an update no peer could serve
+/// (the peers may be fetching it themselves): after 1, 2 and 4 seconds.
+const RETRIES: u32 = 3;
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The core's settings.
 #[derive(Debug, Clone)]
@@ -188,6 +195,12 @@ pub enum Command<P, M> {
         /// Whom.
         peer: P,
     },
+    /// Publish `update` on gossip: it was applied by catch-up, so peers that missed
+    /// its gossip hear of it now rather than at their next catch-up.
+    Announce {
+        /// The update.
+        update: Update,
+    },
     /// A job ended.
     Finished {
         /// The update.
@@ -233,9 +246,13 @@ struct Job<P, M> {
     messages: Vec<(M, P)>,
     /// Everyone who offered it (penalized if it is invalid).
     senders: Vec<P>,
+    /// Rounds over all peers so far, and when the next starts (while waiting).
+    rounds: u32,
+    retry_at: Option<Duration>,
 }
 
 struct Peer {
+    connected: bool,
     score: f64,
     banned_until: Option<Duration>,
 }
@@ -295,23 +312,35 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
     /// `peer` connected: it is asked for catch-up at once.
     pub fn connected(&mut self, peer: P) {
         let entry = self.peers.entry(peer).or_insert(Peer {
+            connected: true,
             score: 0.0,
             banned_until: None,
         });
+        entry.connected = true;
         if entry.banned_until.is_none() {
             self.out.push(Command::Sync { peer });
         }
     }
 
-    /// `peer` disconnected. (Its penalties are kept while it is banned.)
+    /// `peer` disconnected. Its penalties are kept until they decay, so
+    /// reconnecting does not clear them.
     pub fn disconnected(&mut self, peer: P) {
-        if self.peers.get(&peer).is_some_and(|p| p.banned_until.is_none()) {
-            self.peers.remove(&peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.connected = false;
         }
+        self.forget_idle();
+    }
+
+    /// Drops disconnected peers with nothing held against them.
+    fn forget_idle(&mut self) {
+        self.peers
+            .retain(|_, p| p.connected || p.banned_until.is_some() || p.score >= 0.5);
     }
 
     fn usable(&self, peer: &P) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.banned_until.is_none())
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.connected && p.banned_until.is_none())
     }
 
     /// An update arrived.
@@ -328,6 +357,11 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
             return;
         }
         if let Some(job) = self.jobs.get_mut(&key) {
+            // Gossip that arrives while catch-up fetches it still delivered it.
+            if offer.via == Via::Gossip {
+                job.via = Via::Gossip;
+                job.announced_ms = job.announced_ms.max(offer.announced_ms);
+            }
             if let Some(message) = offer.message {
                 job.messages.push((message, offer.from));
             }
@@ -369,6 +403,8 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
                     .map(|m| vec![(m, offer.from)])
                     .unwrap_or_default(),
                 senders: vec![offer.from],
+                rounds: 0,
+                retry_at: None,
             },
         );
         self.queue.push_back(key);
@@ -396,12 +432,17 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
         let Some(job) = self.jobs.get(&key) else {
             return;
         };
+        // Clean peers first (the ones that offered it, then the rest), peers with
+        // recent penalties last.
+        let score = |p: &P| self.peers.get(p).map_or(0.0, |p| p.score);
         let next = job
             .preferred
             .iter()
             .chain(self.peers.keys())
-            .find(|p| !job.tried.contains(p) && self.usable(p))
-            .copied();
+            .filter(|p| !job.tried.contains(p) && self.usable(p))
+            .enumerate()
+            .min_by(|(i, a), (j, b)| score(a).total_cmp(&score(b)).then(i.cmp(j)))
+            .map(|(_, p)| *p);
         match next {
             Some(peer) => {
                 let Some(job) = self.jobs.get_mut(&key) else {
@@ -414,6 +455,19 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
                     peer,
                     update: job.update.clone(),
                 });
+            }
+            None if job.rounds < RETRIES => {
+                let wait = RETRY_AFTER * 2u32.pow(job.rounds);
+                if let Some(job) = self.jobs.get_mut(&key) {
+                    job.rounds += 1;
+                    job.tried.clear();
+                    job.retry_at = Some(now + wait);
+                }
+                // Waiting frees the repo for other updates.
+                if self.busy.remove(&key.0) {
+                    self.running -= 1;
+                }
+                self.schedule(now);
             }
             None => self.finish(
                 now,
@@ -479,6 +533,11 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
                 verdict,
             });
         }
+        if job.via == Via::Catchup && outcome == Outcome::Applied {
+            self.out.push(Command::Announce {
+                update: job.update.clone(),
+            });
+        }
         self.out.push(Command::Finished {
             key,
             via: job.via,
@@ -490,9 +549,11 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
 
     fn penalize(&mut self, now: Duration, peer: P, offense: Offense) {
         self.out.push(Command::Penalize { peer, offense });
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
+        let p = self.peers.entry(peer).or_insert(Peer {
+            connected: false,
+            score: 0.0,
+            banned_until: None,
+        });
         p.score += offense.points();
         if p.score >= BAN_SCORE && p.banned_until.is_none() {
             p.banned_until = Some(now + self.config.ban);
@@ -520,12 +581,26 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
             self.penalize(now, peer, Offense::Stalled);
             self.next_attempt(now, key);
         }
+        let due: Vec<Key> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.retry_at.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some(job) = self.jobs.get_mut(&key) {
+                job.retry_at = None;
+            }
+            self.queue.push_front(key);
+        }
+        self.schedule(now);
         // Penalties halve every minute.
         if now.saturating_sub(self.last_decay) >= Duration::from_secs(60) {
             self.last_decay = now;
             for p in self.peers.values_mut() {
                 p.score /= 2.0;
             }
+            self.forget_idle();
         }
         let unbanned: Vec<P> = self
             .peers
@@ -534,16 +609,20 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
             .map(|(k, _)| *k)
             .collect();
         for peer in unbanned {
-            self.peers.remove(&peer);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.banned_until = None;
+                p.score = 0.0;
+            }
             self.out.push(Command::Unban { peer });
         }
+        self.forget_idle();
         if now >= self.next_sync {
             self.next_sync = now + self.config.sync_interval;
             let peers: Vec<P> = self
                 .peers
-                .iter()
-                .filter(|(_, p)| p.banned_until.is_none())
-                .map(|(k, _)| *k)
+                .keys()
+                .filter(|p| self.usable(p))
+                .copied()
                 .collect();
             for peer in peers {
                 self.out.push(Command::Sync { peer });
@@ -600,6 +679,18 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The fetches among the commands so far; the other commands go to `out`.
+    fn fetches_and(r: &mut R, out: &mut Vec<Command<u32, u32>>) -> Vec<(Key, u32)> {
+        let mut fetches = Vec::new();
+        for c in r.drain() {
+            match c {
+                Command::Fetch { key, peer, .. } => fetches.push((key, peer)),
+                other => out.push(other),
+            }
+        }
+        fetches
     }
 
     const T: Duration = Duration::ZERO;
@@ -671,11 +762,28 @@ mod tests {
         r.attempted(Duration::from_secs(11), key, 1, Attempt::Applied);
         assert!(r.drain().next().is_none());
         r.attempted(Duration::from_secs(11), key, 3, Attempt::Failed("gone".into()));
+        // No peer could serve it: the job waits, then tries them all again, three
+        // rounds in all, before it gives up.
+        assert!(r.drain().next().is_none());
+        let mut t = Duration::from_secs(11);
+        for round in 0..3 {
+            t += Duration::from_secs(1 << round);
+            r.tick(t);
+            // Clean peer 3 first, then 1 (one stall), then 2 (a bad pack).
+            for peer in [3, 1, 2] {
+                let out: Vec<_> = r.drain().collect();
+                assert!(
+                    out.iter().any(|c| matches!(c, Command::Fetch { peer: p, .. } if *p == peer)),
+                    "round {round}: {out:?}"
+                );
+                r.attempted(t, key, peer, Attempt::Failed("lacks it".into()));
+            }
+        }
         let out: Vec<_> = r.drain().collect();
         assert!(out.iter().any(|c| matches!(
             c,
             Command::Finished { outcome: Outcome::Unusable(_), .. }
-        )));
+        )), "{out:?}");
     }
 
     #[test]
@@ -684,11 +792,14 @@ mod tests {
         r.connected(1);
         r.connected(2);
         r.drain().for_each(drop);
+        let mut out = Vec::new();
         for h in 0..4 {
             r.offered(T, offer(u64::from(h), h, 1, Some(u32::from(h))));
-            r.attempted(T, (u64::from(h), [h; 32]), 1, Attempt::Invalid("forged".into()));
+            // Verification fails before any fetch, whichever peer was picked.
+            let (key, peer) = fetches_and(&mut r, &mut out)[0];
+            r.attempted(T, key, peer, Attempt::Invalid("forged".into()));
         }
-        let out: Vec<_> = r.drain().collect();
+        out.extend(r.drain());
         assert_eq!(
             out.iter()
                 .filter(|c| matches!(c, Command::Report { verdict: Verdict::Reject, .. }))
