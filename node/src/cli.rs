@@ -368,11 +368,26 @@ enum RepoCmd {
         read: ReadArgs,
     },
     /// The repo's ref tips on this node, each with the identity and push certificate
-    /// that set it.
+    /// that set it, and the tips kept under `refs/superseded/` (which clients do not
+    /// see).
     Refs {
         name: String,
         #[command(flatten)]
         read: ReadArgs,
+    },
+    /// Restores a kept tip (`refs/superseded/…`, listed by `repo refs`): fetches it
+    /// into the git repository in the current directory and pushes it, signed, to
+    /// the ref it was the tip of (or `--to`). Rewriting a ref needs the repo's owner.
+    Restore {
+        name: String,
+        /// The kept ref, `refs/superseded/<cert>/<ref>`.
+        kept: String,
+        /// The ref to set; default: the ref it was the tip of.
+        #[arg(long)]
+        to: Option<String>,
+        /// The repo's URL; default: this node's registered git URL.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -917,6 +932,49 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
                     })
                     .collect()
             })?;
+        }
+        RepoCmd::Restore { name, kept, to, url } => {
+            let store = local_store(config)?;
+            let snap = store.latest_checkpoint()?.unwrap_or_default();
+            let (id, _) = snap.repo(&name)?;
+            let refs = crate::git::ref_views(&store, id)?;
+            let Some(view) = refs.iter().find(|r| r.name == kept) else {
+                bail!("repo {name} keeps no {kept} on this node; list the kept tips with `hanzo-node repo refs {name}`");
+            };
+            let Some(to) = to.or_else(|| {
+                let rest = kept.strip_prefix(crate::git::register::SUPERSEDED_PREFIX)?;
+                Some(format!("refs/{}", rest.split_once('/')?.1))
+            }) else {
+                bail!("{kept} is not a kept tip (refs/superseded/<cert>/<ref>); name the ref to set with --to");
+            };
+            let url = match url {
+                Some(u) => u,
+                None => {
+                    let node = NodeKey::load(&config.data_dir.join(NODE_KEY_FILE))?.public();
+                    let base = snap
+                        .endpoint_of(&node)
+                        .and_then(|e| acl::git_urls(e).next().map(str::to_owned))
+                        .unwrap_or_else(|| {
+                            let mut addr = config.http.listen;
+                            if addr.ip().is_unspecified() {
+                                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                            }
+                            format!("http://{addr}")
+                        });
+                    format!("{base}/{name}.git")
+                }
+            };
+            for args in [
+                vec!["fetch", "-q", url.as_str(), view.target.as_str()],
+                vec!["push", "--signed", url.as_str(), &format!("+{}:{to}", view.target)],
+            ] {
+                println!("git {}", args.join(" "));
+                let status = std::process::Command::new("git").args(&args).status()?;
+                if !status.success() {
+                    bail!("git {} failed ({status})", args[0]);
+                }
+            }
+            println!("restored {to} to {} (kept as {kept})", view.target);
         }
         RepoCmd::Show { name, read } => {
             let v = client(config, None).await?.repo(&name).await?;

@@ -37,8 +37,20 @@ async fn people(net: &Devnet) -> (GitUser, GitUser, GitUser, u64) {
     (alice, bob, carol, demo)
 }
 
-/// The refs `git ls-remote` shows for demo on `m`, superseded ones included.
+/// The refs `m` holds for demo, the tips it keeps under `refs/superseded/` included
+/// (clients do not see those: [`advertised`]).
 fn refs(user: &GitUser, m: &Member) -> Vec<(String, String)> {
+    let (id, _) = m.node().acl.snapshot().repo("demo").map(|(id, r)| (id, r.clone())).unwrap();
+    let dir = m.repo_dir(id);
+    let out = user.git_ok(&dir, &["for-each-ref", "--format=%(objectname) %(refname)"]);
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, name)| (id.to_owned(), name.to_owned()))
+        .collect()
+}
+
+/// The refs `git ls-remote` shows for demo on `m`.
+fn advertised(user: &GitUser, m: &Member) -> Vec<(String, String)> {
     user.ls_remote(&m.url("demo"))
 }
 
@@ -192,6 +204,30 @@ async fn divergent_pushes_settle_on_one_tip_and_keep_the_other() {
     );
     for m in &nodes {
         fsck(&m.repo_dir(demo));
+        // Kept, not advertised: clients see only live refs.
+        let seen = advertised(&alice, m);
+        assert!(seen.iter().all(|(_, n)| !n.starts_with("refs/superseded/")), "{seen:?}");
+        assert_eq!(tip(&seen, "refs/heads/main"), Some(main.clone()));
+    }
+
+    // The owner restores the loser as a branch with the CLI; it replicates.
+    let (_, kept_ref) = kept.iter().find(|(id, _)| id == loser).unwrap();
+    let out = Command::new(hanzo_e2e::node_bin())
+        .args(["repo", "restore", "demo", kept_ref, "--to", "refs/heads/restored"])
+        .current_dir(&work)
+        .env("HOME", alice.home.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HANZO_DATA_DIR", nodes[0].dir.path())
+        .env("HANZO_CHAIN_RPC_URL", net.anvil.endpoint())
+        .env("HANZO_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", hanzo_e2e::git::output_text(&out));
+    for m in &nodes {
+        eventually(SETTLE, async || {
+            (tip(&advertised(&alice, m), "refs/heads/restored").as_ref() == Some(loser)).then_some(())
+        })
+        .await;
     }
 }
 

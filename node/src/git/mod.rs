@@ -377,6 +377,16 @@ impl Git {
                 request.commands.len()
             )));
         }
+        if let Some(cmd) = request
+            .commands
+            .iter()
+            .find(|c| c.name.starts_with(register::SUPERSEDED_PREFIX))
+        {
+            return Err(Error::Rejected(format!(
+                "{} is kept by the nodes, not pushed: restore a kept tip with `hanzo-node repo restore {name} {}`",
+                cmd.name, cmd.name
+            )));
+        }
         let snapshot = self.inner.acl.snapshot();
         let dir = dir.to_path_buf(); // moved into blocking tasks
         let cert = request.cert.as_ref().ok_or_else(|| {

@@ -26,11 +26,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 use tracing::warn;
 
-use super::{BodyReader, Error, Git, TARGET, pktline, receive, repos, token};
+use super::{BodyReader, Error, Git, TARGET, pktline, receive, register, repos, token};
 use crate::{
     acl::{Key, RepoId, Snapshot},
     unix_now,
 };
+
+/// Tips kept under `refs/superseded/` are not advertised to clients (as stock git's
+/// `transfer.hideRefs` hides refs), but may still be fetched by id, so the owner can
+/// restore one (`hanzo-node repo restore`).
+const HIDE_SUPERSEDED: [&str; 4] = [
+    "-c",
+    "transfer.hideRefs=refs/superseded/",
+    "-c",
+    "uploadpack.allowTipSHA1InWant=true",
+];
 
 /// The git routes, served beside the node's other HTTP endpoints.
 pub fn router(git: Git) -> Router {
@@ -191,7 +201,8 @@ async fn info_refs(
             let protocol = git_protocol(&headers);
             let v2 = protocol.as_deref().is_some_and(|p| p.contains("version=2"));
             let mut cmd = tokio::process::Command::new("git");
-            cmd.args(["upload-pack", "--stateless-rpc", "--advertise-refs"])
+            cmd.args(HIDE_SUPERSEDED)
+                .args(["upload-pack", "--stateless-rpc", "--advertise-refs"])
                 .arg(&dir)
                 .stdin(Stdio::null())
                 .stderr(Stdio::null());
@@ -223,7 +234,10 @@ async fn info_refs(
         }
         Some("git-receive-pack") => {
             let refs = match tokio::task::spawn_blocking(move || repos::refs(&dir)).await {
-                Ok(Ok(refs)) => refs,
+                Ok(Ok(mut refs)) => {
+                    refs.retain(|(name, _)| !name.starts_with(register::SUPERSEDED_PREFIX));
+                    refs
+                }
                 Ok(Err(e)) => return error_response(&e),
                 Err(e) => return error_response(&Error::Internal(e.to_string())),
             };
@@ -325,7 +339,8 @@ async fn upload_pack(
         .fetches
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut cmd = tokio::process::Command::new("git");
-    cmd.args(["upload-pack", "--stateless-rpc"])
+    cmd.args(HIDE_SUPERSEDED)
+        .args(["upload-pack", "--stateless-rpc"])
         .arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
