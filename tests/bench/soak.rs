@@ -19,7 +19,7 @@ use std::{
 use hanzo_e2e::{
     Devnet, arg,
     bench::{free_addr, median, percentile, rss_mb, status_mb},
-    cluster::Process,
+    cluster::{Process, metric},
     http_get,
     rpc::{bearer, connect, session},
 };
@@ -254,7 +254,16 @@ async fn main() {
         );
         growth = growth.max(late - early);
     }
+    // Which path brought each replicated update: gossip, or only the periodic
+    // catch-up (gossip missed it).
+    let (mut gossip, mut catchup) = (0.0, 0.0);
+    for p in &nodes {
+        gossip += metric(p.http, "hanzo_p2p_applied_total", "via=\"gossip\"").await;
+        catchup += metric(p.http, "hanzo_p2p_applied_total", "via=\"catchup\"").await;
+    }
     println!("pushes={n}");
+    println!("applied_via_gossip={gossip}");
+    println!("applied_via_catchup={catchup}");
     println!("errors={}", push_errors + repl_errors + rpc_errors);
     println!("push_p50_ms={push_p50:.1}");
     println!("push_p99_ms={push_p99:.1}");

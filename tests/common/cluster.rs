@@ -73,12 +73,18 @@ impl Member {
 
     /// A `/metrics` sample's value (summed over labels that contain `labels`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = crate::http_get(self.node().http_addr, "/metrics").await;
-        text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric(self.node().http_addr, name, labels).await
     }
+}
+
+/// The sum of metric `name`'s samples whose labels contain `labels`, from the
+/// `/metrics` of the node whose HTTP listener is `http`.
+pub async fn metric(http: SocketAddr, name: &str, labels: &str) -> f64 {
+    let text = crate::http_get(http, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Devnet {

@@ -70,6 +70,12 @@ impl GitUser {
 
     /// `git args` in `dir` as this user, to run or spawn.
     pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        self.command_via(Command::new("git"), dir, args)
+    }
+
+    /// `git args` in `dir` as this user, run by `launcher` (`git` itself, or e.g.
+    /// `ip netns exec <ns> git`).
+    pub fn command_via(&self, mut cmd: Command, dir: &Path, args: &[&str]) -> Command {
         let bin = crate::node_bin();
         let path = std::env::join_paths(
             std::iter::once(bin.parent().expect("target dir").to_path_buf()).chain(
@@ -77,7 +83,6 @@ impl GitUser {
             ),
         )
         .expect("PATH");
-        let mut cmd = Command::new("git");
         cmd.args(args)
             .current_dir(dir)
             .env_clear()

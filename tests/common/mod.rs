@@ -20,6 +20,7 @@ pub mod docker;
 pub mod faults;
 pub mod git;
 pub mod inference;
+pub mod netns;
 pub mod rpc;
 
 use hanzo_node::{

@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use hanzo_e2e::{
-    cluster::{Member, connected},
+    cluster::{Member, Process, connected, metric},
     git::{GitUser, certificate, fsck, push_nonce, quarantines},
     *,
 };
@@ -501,5 +501,190 @@ async fn over_quic_a_burned_repo_is_removed_from_every_node() {
         eventually(SETTLE, async || (!m.repo_dir(demo).exists()).then_some(())).await;
         let refused = alice.git_err(alice.home.path(), &["ls-remote", &m.url("demo")]);
         assert!(refused.contains("not found"), "{refused}");
+    }
+}
+
+/// A peer that stops sending mid-pack (its process frozen with SIGSTOP while it
+/// serves) holds up nothing beyond `p2p.stream_timeout`: the fetch is abandoned and
+/// the objects come from another node, while the frozen one is still frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
+    let net = Devnet::start().await;
+    let (alice, _, _, _) = people(&net).await;
+    // Packs are served at 1 MiB/s, so a transfer of 8 MiB is under way for seconds.
+    let config = net.dir.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        "[p2p]\nmax_bytes_per_sec = 1048576\nstream_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let env = [("HANZO_CONFIG", config.to_str().unwrap())];
+    let mut a = net.spawn_operator(5, &env).await;
+    let mut b = net.spawn_operator(6, &env).await;
+    let work = alice.init("work");
+    let blob: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(work.join("blob.bin"), blob).unwrap();
+    alice.git_ok(&work, &["add", "blob.bin"]);
+    let tip = alice.commit(&work, "README", "big");
+    eventually(SETTLE, async || {
+        alice
+            .git(&work, &["push", "-q", "--signed", &a.url("demo"), "main"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let has = |p: &Process| {
+        let out = alice.git(alice.home.path(), &["ls-remote", &p.url("demo")]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{tip}\trefs/heads/main"))
+    };
+    eventually(SETTLE, async || has(&b).then_some(())).await;
+
+    // B goes away; C joins and fetches from A, the only node up.
+    b.kill();
+    let c = net.spawn_operator(7, &env).await;
+    eventually(SETTLE, async || {
+        (metric(c.http, "hanzo_p2p_bytes_fetched_total", "").await > 0.0).then_some(())
+    })
+    .await;
+    let a_pid = a.process.as_ref().unwrap().0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill").args([sig, &a_pid]).status().unwrap().success());
+    };
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    assert!(!has(&c), "C had it all before A froze: the transfer was too short");
+    net.respawn(&mut b, &env);
+
+    // C drops A at the stream deadline and gets the objects from B.
+    eventually(SETTLE, async || has(&c).then_some(())).await;
+    let took = frozen.elapsed();
+    assert!(
+        metric(c.http, "hanzo_p2p_fetch_failures_total", "reason=\"stream\"").await >= 1.0,
+        "C's fetch from A never failed"
+    );
+    // Well before libp2p's ping (20 s) would have dropped the frozen peer.
+    assert!(took < Duration::from_secs(15), "C waited {took:?} for a frozen peer");
+    signal("-CONT");
+    fsck(&c.dir.path().join("repos/1.git"));
+    a.kill();
+}
+
+/// A real partition: three nodes in their own network namespaces, bridged. A's link
+/// is cut while both sides take pushes to the same ref and to different refs; when
+/// it is restored, all three hold the same refs, both tips of the contested ref are
+/// kept, nothing is lost, and fsck is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_link_heals_and_both_sides_pushes_survive() {
+    let net = Devnet::start().await;
+    let (alice, bob, _, demo) = people(&net).await;
+    let ns = hanzo_e2e::netns::Net::new(3);
+    let anvil: std::net::SocketAddr = net
+        .anvil
+        .endpoint()
+        .trim_start_matches("http://")
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .unwrap();
+    let chain = ns.relay(anvil).await;
+    let config = net.dir.path().join("netns.toml");
+    std::fs::write(&config, "[dns]\nenabled = false\n").unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let dir = net.node_dir();
+        let addr = ns.addr(i);
+        net.register_endpoint(
+            5 + i,
+            dir.path(),
+            &format!("http://{addr}:8680 http://127.0.0.1:8680 /ip4/{addr}/tcp/8681"),
+        )
+        .await;
+        let mut cmd = ns.command(i, hanzo_e2e::node_bin().to_str().unwrap());
+        cmd.arg("run")
+            .env("HANZO_DATA_DIR", dir.path())
+            .env("HANZO_CONFIG", &config)
+            .env("HANZO_CHAIN_RPC_URL", format!("http://{chain}"))
+            .env("HANZO_CHAIN_POLL_INTERVAL", "50ms")
+            .env("HANZO_HTTP_LISTEN", "0.0.0.0:8680")
+            .env("HANZO_P2P_LISTEN", "/ip4/0.0.0.0/tcp/8681")
+            .env("HANZO_P2P_SYNC_INTERVAL", "1s")
+            .env("HANZO_RPC_LISTEN", "127.0.0.1:0")
+            .env("HANZO_LOG", std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into()));
+        let process = hanzo_e2e::bench::Killed(cmd.spawn().unwrap());
+        nodes.push((dir, process, format!("http://{addr}:8680/demo.git")));
+    }
+    net.confirm().await;
+    // What node `i` holds for demo, kept tips included.
+    let held = |i: usize| {
+        let dir = nodes[i].0.path().join(format!("repos/{demo}.git"));
+        if !dir.exists() {
+            return Vec::new();
+        }
+        let out = alice.git_ok(&dir, &["for-each-ref", "--format=%(objectname) %(refname)"]);
+        out.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let work = alice.init("work");
+    let base = alice.commit(&work, "README", "base");
+    eventually(SETTLE, async || {
+        alice
+            .git(&work, &["push", "-q", "--signed", &nodes[1].2, "main"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    eventually(SETTLE, async || {
+        (0..3)
+            .all(|i| held(i).iter().any(|l| l.starts_with(&base)))
+            .then_some(())
+    })
+    .await;
+
+    // A is cut off. Inside A's namespace alice pushes main and a branch of her own
+    // (to A's registered loopback URL); from the host, bob pushes main and another
+    // branch to B.
+    ns.link(0, false);
+    let a_main = alice.commit(&work, "README", "alice during the cut");
+    let inside = |args: &[&str]| {
+        let out = alice
+            .command_via(ns.command(0, "git"), &work, args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", hanzo_e2e::git::output_text(&out));
+    };
+    let a_url = "http://127.0.0.1:8680/demo.git";
+    inside(&["push", "-q", "--signed", a_url, "main"]);
+    inside(&["push", "-q", "--signed", a_url, "main:refs/heads/a-only"]);
+    let bobs = bob.init("bobs");
+    bob.git_ok(&bobs, &["fetch", "-q", &nodes[1].2, "main"]);
+    bob.git_ok(&bobs, &["reset", "-q", "--hard", "FETCH_HEAD"]);
+    let b_main = bob.commit(&bobs, "b.txt", "bob during the cut");
+    bob.git_ok(&bobs, &["push", "-q", "--signed", &nodes[1].2, "main"]);
+    bob.git_ok(&bobs, &["push", "-q", "--signed", &nodes[1].2, "main:refs/heads/b-only"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !held(0).iter().any(|l| l.starts_with(&b_main)),
+        "A got B's push through a cut link"
+    );
+
+    // Healed: everyone holds the same, both mains kept, both branches everywhere.
+    ns.link(0, true);
+    let settled = eventually(SETTLE, async || {
+        let first = held(0);
+        (first.iter().any(|l| l.ends_with(" refs/heads/a-only"))
+            && first.iter().any(|l| l.ends_with(" refs/heads/b-only"))
+            && (1..3).all(|i| held(i) == first))
+        .then_some(first)
+    })
+    .await;
+    for tip in [&a_main, &b_main] {
+        assert!(
+            settled.iter().any(|l| l.starts_with(tip.as_str())
+                && (l.ends_with(" refs/heads/main") || l.contains(" refs/superseded/"))),
+            "{tip} lost: {settled:?}"
+        );
+    }
+    for (dir, _, _) in &nodes {
+        fsck(&dir.path().join(format!("repos/{demo}.git")));
     }
 }
