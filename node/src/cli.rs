@@ -933,19 +933,28 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
                     .collect()
             })?;
         }
-        RepoCmd::Restore { name, kept, to, url } => {
+        RepoCmd::Restore {
+            name,
+            kept,
+            to,
+            url,
+        } => {
             let store = local_store(config)?;
             let snap = store.latest_checkpoint()?.unwrap_or_default();
             let (id, _) = snap.repo(&name)?;
             let refs = crate::git::ref_views(&store, id)?;
             let Some(view) = refs.iter().find(|r| r.name == kept) else {
-                bail!("repo {name} keeps no {kept} on this node; list the kept tips with `hanzo-node repo refs {name}`");
+                bail!(
+                    "repo {name} keeps no {kept} on this node; list the kept tips with `hanzo-node repo refs {name}`"
+                );
             };
             let Some(to) = to.or_else(|| {
                 let rest = kept.strip_prefix(crate::git::register::SUPERSEDED_PREFIX)?;
                 Some(format!("refs/{}", rest.split_once('/')?.1))
             }) else {
-                bail!("{kept} is not a kept tip (refs/superseded/<cert>/<ref>); name the ref to set with --to");
+                bail!(
+                    "{kept} is not a kept tip (refs/superseded/<cert>/<ref>); name the ref to set with --to"
+                );
             };
             let url = match url {
                 Some(u) => u,
@@ -966,7 +975,12 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
             };
             for args in [
                 vec!["fetch", "-q", url.as_str(), view.target.as_str()],
-                vec!["push", "--signed", url.as_str(), &format!("+{}:{to}", view.target)],
+                vec![
+                    "push",
+                    "--signed",
+                    url.as_str(),
+                    &format!("+{}:{to}", view.target),
+                ],
             ] {
                 println!("git {}", args.join(" "));
                 let status = std::process::Command::new("git").args(&args).status()?;

@@ -45,10 +45,20 @@ impl Net {
             let ns = net.ns(i);
             let (inner, outer) = (format!("{}{i}a", net.prefix), format!("{}{i}b", net.prefix));
             ip(&["netns", "add", &ns]);
-            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer]);
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ]);
             ip(&["link", "set", &inner, "netns", &ns]);
             ip(&["link", "set", &outer, "netns", &br]);
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.addr(i)), "dev", &inner]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                &inner,
+            ]);
             ip(&["-n", &ns, "link", "set", &inner, "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             ip(&["-n", &br, "link", "set", &outer, "master", "br0", "up"]);

@@ -40,7 +40,13 @@ async fn people(net: &Devnet) -> (GitUser, GitUser, GitUser, u64) {
 /// The refs `m` holds for demo, the tips it keeps under `refs/superseded/` included
 /// (clients do not see those: [`advertised`]).
 fn refs(user: &GitUser, m: &Member) -> Vec<(String, String)> {
-    let (id, _) = m.node().acl.snapshot().repo("demo").map(|(id, r)| (id, r.clone())).unwrap();
+    let (id, _) = m
+        .node()
+        .acl
+        .snapshot()
+        .repo("demo")
+        .map(|(id, r)| (id, r.clone()))
+        .unwrap();
     let dir = m.repo_dir(id);
     let out = user.git_ok(&dir, &["for-each-ref", "--format=%(objectname) %(refname)"]);
     out.lines()
@@ -83,6 +89,13 @@ async fn pushes_reach_every_node_and_an_offline_node_catches_up() {
     let all: Vec<&Member> = nodes.iter().collect();
     let settled = converged(&alice, &all).await;
     assert_eq!(tip(&settled, "refs/heads/main"), Some(head.clone()));
+    // A served the pack the push brought, as it was, with no pack-objects run.
+    assert!(
+        nodes[0]
+            .metric("hanzo_p2p_packs_served_total", "push_pack")
+            .await
+            >= 1.0
+    );
     let clone = alice.home.path().join("from-c");
     alice.git_ok(
         clone.parent().unwrap(),
@@ -206,14 +219,24 @@ async fn divergent_pushes_settle_on_one_tip_and_keep_the_other() {
         fsck(&m.repo_dir(demo));
         // Kept, not advertised: clients see only live refs.
         let seen = advertised(&alice, m);
-        assert!(seen.iter().all(|(_, n)| !n.starts_with("refs/superseded/")), "{seen:?}");
+        assert!(
+            seen.iter().all(|(_, n)| !n.starts_with("refs/superseded/")),
+            "{seen:?}"
+        );
         assert_eq!(tip(&seen, "refs/heads/main"), Some(main.clone()));
     }
 
     // The owner restores the loser as a branch with the CLI; it replicates.
     let (_, kept_ref) = kept.iter().find(|(id, _)| id == loser).unwrap();
     let out = Command::new(hanzo_e2e::node_bin())
-        .args(["repo", "restore", "demo", kept_ref, "--to", "refs/heads/restored"])
+        .args([
+            "repo",
+            "restore",
+            "demo",
+            kept_ref,
+            "--to",
+            "refs/heads/restored",
+        ])
         .current_dir(&work)
         .env("HOME", alice.home.path())
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -222,10 +245,15 @@ async fn divergent_pushes_settle_on_one_tip_and_keep_the_other() {
         .env("HANZO_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", hanzo_e2e::git::output_text(&out));
+    assert!(
+        out.status.success(),
+        "{}",
+        hanzo_e2e::git::output_text(&out)
+    );
     for m in &nodes {
         eventually(SETTLE, async || {
-            (tip(&advertised(&alice, m), "refs/heads/restored").as_ref() == Some(loser)).then_some(())
+            (tip(&advertised(&alice, m), "refs/heads/restored").as_ref() == Some(loser))
+                .then_some(())
         })
         .await;
     }
@@ -346,7 +374,15 @@ async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
     let base = alice.commit(&work, "README", "base");
     alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
     let forged_tip = alice.commit(&work, "README", "replayed");
-    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "HEAD:refs/heads/side"]);
+    alice.git_ok(
+        &work,
+        &[
+            "push",
+            "--signed",
+            &nodes[0].url("demo"),
+            "HEAD:refs/heads/side",
+        ],
+    );
     let before = converged(&alice, &all_of(&nodes)).await;
     assert_eq!(tip(&before, "refs/heads/side"), Some(forged_tip.clone()));
 
@@ -355,10 +391,17 @@ async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
     let port = nodes[0].node().http_addr.port();
     let out = alice.git_err(
         &work,
-        &["push", "--signed", &format!("http://localhost:{port}/demo.git"), "HEAD:refs/heads/x"],
+        &[
+            "push",
+            "--signed",
+            &format!("http://localhost:{port}/demo.git"),
+            "HEAD:refs/heads/x",
+        ],
     );
     assert!(
-        out.contains(&format!("which is not this node's registered git URL: push to http://127.0.0.1:{port}/demo.git")),
+        out.contains(&format!(
+            "which is not this node's registered git URL: push to http://127.0.0.1:{port}/demo.git"
+        )),
         "{out}"
     );
 
@@ -378,7 +421,12 @@ async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
         // A nonce of another network.
         certificate(&alice, (&demo_url, &other_network), now, &cmd),
         // Pushed to a host that is no operator's.
-        certificate(&alice, ("http://203.0.113.9:8680/demo.git", &demo_nonce), now, &cmd),
+        certificate(
+            &alice,
+            ("http://203.0.113.9:8680/demo.git", &demo_nonce),
+            now,
+            &cmd,
+        ),
     ];
     let invalid = async || {
         [
@@ -407,7 +455,11 @@ async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
     // B paid for each forgery on A and C, and four got it banned: both dropped it.
     let b_id = p2p.peer_id;
     for m in [&nodes[0], &nodes[2]] {
-        assert!(m.metric("hanzo_p2p_penalties_total", "invalid_update").await >= 4.0);
+        assert!(
+            m.metric("hanzo_p2p_penalties_total", "invalid_update")
+                .await
+                >= 4.0
+        );
         eventually(SETTLE, async || {
             (!m.node().p2p.as_ref().unwrap().peers().contains(&b_id)).then_some(())
         })
@@ -416,8 +468,11 @@ async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
 
     // Bound to demo on this network, the same update relayed by C applies on A.
     let c = nodes[2].node().p2p.clone().unwrap();
-    c.publish_raw(demo, update(certificate_for(&alice, b, unix_now(), &cmd)).encode())
-        .await;
+    c.publish_raw(
+        demo,
+        update(certificate_for(&alice, b, unix_now(), &cmd)).encode(),
+    )
+    .await;
     eventually(SETTLE, async || {
         (tip(&refs(&alice, &nodes[0]), "refs/heads/main") == Some(forged_tip.clone())).then_some(())
     })
@@ -522,7 +577,9 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
     let mut a = net.spawn_operator(5, &env).await;
     let mut b = net.spawn_operator(6, &env).await;
     let work = alice.init("work");
-    let blob: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let blob: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(work.join("blob.bin"), blob).unwrap();
     alice.git_ok(&work, &["add", "blob.bin"]);
     let tip = alice.commit(&work, "README", "big");
@@ -549,22 +606,40 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
     .await;
     let a_pid = a.process.as_ref().unwrap().0.id().to_string();
     let signal = |sig: &str| {
-        assert!(Command::new("kill").args([sig, &a_pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([sig, &a_pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     };
     signal("-STOP");
     let frozen = std::time::Instant::now();
-    assert!(!has(&c), "C had it all before A froze: the transfer was too short");
+    assert!(
+        !has(&c),
+        "C had it all before A froze: the transfer was too short"
+    );
     net.respawn(&mut b, &env);
 
     // C drops A at the stream deadline and gets the objects from B.
     eventually(SETTLE, async || has(&c).then_some(())).await;
     let took = frozen.elapsed();
     assert!(
-        metric(c.http, "hanzo_p2p_fetch_failures_total", "reason=\"stream\"").await >= 1.0,
+        metric(
+            c.http,
+            "hanzo_p2p_fetch_failures_total",
+            "reason=\"stream\""
+        )
+        .await
+            >= 1.0,
         "C's fetch from A never failed"
     );
     // Well before libp2p's ping (20 s) would have dropped the frozen peer.
-    assert!(took < Duration::from_secs(15), "C waited {took:?} for a frozen peer");
+    assert!(
+        took < Duration::from_secs(15),
+        "C waited {took:?} for a frozen peer"
+    );
     signal("-CONT");
     fsck(&c.dir.path().join("repos/1.git"));
     a.kill();
@@ -609,7 +684,10 @@ async fn a_cut_link_heals_and_both_sides_pushes_survive() {
             .env("HANZO_P2P_LISTEN", "/ip4/0.0.0.0/tcp/8681")
             .env("HANZO_P2P_SYNC_INTERVAL", "1s")
             .env("HANZO_RPC_LISTEN", "127.0.0.1:0")
-            .env("HANZO_LOG", std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into()));
+            .env(
+                "HANZO_LOG",
+                std::env::var("HANZO_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         let process = hanzo_e2e::bench::Killed(cmd.spawn().unwrap());
         nodes.push((dir, process, format!("http://{addr}:8680/demo.git")));
     }
@@ -650,7 +728,11 @@ async fn a_cut_link_heals_and_both_sides_pushes_survive() {
             .command_via(ns.command(0, "git"), &work, args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", hanzo_e2e::git::output_text(&out));
+        assert!(
+            out.status.success(),
+            "{}",
+            hanzo_e2e::git::output_text(&out)
+        );
     };
     let a_url = "http://127.0.0.1:8680/demo.git";
     inside(&["push", "-q", "--signed", a_url, "main"]);
@@ -660,7 +742,16 @@ async fn a_cut_link_heals_and_both_sides_pushes_survive() {
     bob.git_ok(&bobs, &["reset", "-q", "--hard", "FETCH_HEAD"]);
     let b_main = bob.commit(&bobs, "b.txt", "bob during the cut");
     bob.git_ok(&bobs, &["push", "-q", "--signed", &nodes[1].2, "main"]);
-    bob.git_ok(&bobs, &["push", "-q", "--signed", &nodes[1].2, "main:refs/heads/b-only"]);
+    bob.git_ok(
+        &bobs,
+        &[
+            "push",
+            "-q",
+            "--signed",
+            &nodes[1].2,
+            "main:refs/heads/b-only",
+        ],
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !held(0).iter().any(|l| l.starts_with(&b_main)),

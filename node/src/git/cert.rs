@@ -33,9 +33,13 @@ pub enum Error {
         theirs: String,
         ours: String,
     },
-    #[error("push certificate was pushed to {pushee:?}, not to repo {repo:?} (its URL ends in /{repo}.git or /{repo})")]
+    #[error(
+        "push certificate was pushed to {pushee:?}, not to repo {repo:?} (its URL ends in /{repo}.git or /{repo})"
+    )]
     OtherPushee { pushee: String, repo: String },
-    #[error("push certificate was pushed to {0}, which is no operator's registered git URL on this network")]
+    #[error(
+        "push certificate was pushed to {0}, which is no operator's registered git URL on this network"
+    )]
     UnknownEndpoint(String),
     #[error("push certificate nonce is {age}s old, beyond the {window}s window; push again")]
     StaleNonce { age: u64, window: u64 },
@@ -385,11 +389,17 @@ mod tests {
         assert_eq!((info.secs, info.repo, &info.network[..]), (1000, 1, "net1"));
         info.check_bound(&nonce, "net1", 1).unwrap();
         let err = info.check_bound(&nonce, "net2", 1).unwrap_err().to_string();
-        assert!(err.contains("issued for network net1, not this network (net2)"), "{err}");
+        assert!(
+            err.contains("issued for network net1, not this network (net2)"),
+            "{err}"
+        );
         let elsewhere = Nonces::new([7; 32], "net2".into(), Duration::from_secs(300));
         assert!(matches!(
             elsewhere.check(&nonce, 1, 1000),
-            Err(Error::OtherNonce { what: "network", .. })
+            Err(Error::OtherNonce {
+                what: "network",
+                ..
+            })
         ));
         // A nonce whose clear part was edited fails the MAC.
         let edited = nonce.replacen("-1-", "-2-", 1);
@@ -423,7 +433,12 @@ mod tests {
         ] {
             assert_eq!(cert(pushee).pushee_base("demo").unwrap(), base);
         }
-        for pushee in ["http://h/other.git", "http://h/xdemo.git", "demo.git", "http://h/demo/x"] {
+        for pushee in [
+            "http://h/other.git",
+            "http://h/xdemo.git",
+            "demo.git",
+            "http://h/demo/x",
+        ] {
             let err = cert(pushee).pushee_base("demo").unwrap_err().to_string();
             assert!(err.contains("not to repo \"demo\""), "{pushee}: {err}");
         }

@@ -98,6 +98,8 @@ struct Inner {
     maintaining: Mutex<HashSet<RepoId>>,
     /// Accepted pushes, for `p2p` to announce.
     announce: tokio::sync::broadcast::Sender<Update>,
+    /// The packs of recent pushes, served as they are to peers that want just them.
+    pushed: Mutex<HashMap<RepoId, std::collections::VecDeque<replica::PushPack>>>,
 }
 
 /// Counters since start, for `/metrics`.
@@ -142,6 +144,7 @@ impl Git {
                 seeding,
                 node: node_key.public(),
                 announce: tokio::sync::broadcast::channel(1024).0,
+                pushed: Mutex::default(),
             }),
         }
     }
@@ -270,7 +273,8 @@ impl Git {
         ref_views(&self.inner.store, id).map_err(|e| Error::Internal(e.to_string()))
     }
 
-    fn records(&self, id: RepoId) -> Result<Vec<(String, RefRecord)>, Error> {
+    /// Repo `id`'s push records on this node: ref name and record.
+    pub fn records(&self, id: RepoId) -> Result<Vec<(String, RefRecord)>, Error> {
         self.inner
             .store
             .refs(id)
@@ -457,6 +461,11 @@ impl Git {
             cert: hash,
         };
         let records: HashMap<String, RefRecord> = self.records(id)?.into_iter().collect();
+        let before = records
+            .iter()
+            .filter(|(n, r)| !r.is_tombstone() && !n.starts_with(register::SUPERSEDED_PREFIX))
+            .map(|(_, r)| r.target)
+            .collect();
         let (order_dir, cmds) = (dir.clone(), request.commands.clone());
         let (incoming, late) = blocking(move || {
             let view = incoming.view(&order_dir)?;
@@ -487,6 +496,18 @@ impl Git {
             )));
         }
 
+        // What a peer that had this node's live refs before the push lacks is exactly
+        // this pack: remember it, to serve as is.
+        let pushed = incoming.pack_name().map(|name| replica::PushPack {
+            file: dir.join("objects/pack").join(name),
+            tips: request
+                .commands
+                .iter()
+                .filter(|c| !c.is_delete())
+                .map(|c| *c.new.as_bytes().first_chunk().unwrap_or(&[0; 20]))
+                .collect(),
+            before,
+        });
         let apply_dir = dir.clone();
         let edits: Vec<repos::Edit> = request
             .commands
@@ -494,6 +515,14 @@ impl Git {
             .map(repos::Edit::from_command)
             .collect();
         blocking(move || repos::apply(&apply_dir, incoming, &edits)).await?;
+        if let Some(pushed) = pushed {
+            let mut all = crate::lock(&self.inner.pushed);
+            let recent = all.entry(id).or_default();
+            if recent.len() >= replica::PUSH_PACKS_KEPT {
+                recent.pop_front();
+            }
+            recent.push_back(pushed);
+        }
         let fingerprint = key.fingerprint();
         let updates: Vec<(String, RefRecord)> = request
             .commands

@@ -8,11 +8,15 @@
 //! [`Git::receive_replica`]), then checks the objects and moves the refs in one
 //! compare-and-swap as the register decides ([`Git::commit`]).
 
-use std::{collections::HashMap, path::PathBuf, process::Stdio};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    process::Stdio,
+};
 
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
-use tokio::process::{Child, ChildStdout};
+use tokio::process::Child;
 use tracing::{debug, info};
 
 pub use super::repos::Incoming;
@@ -33,6 +37,54 @@ use crate::{
 pub const MAX_FUTURE: u64 = 300;
 /// Largest certificate a replica accepts, in bytes.
 pub const MAX_CERT_BYTES: usize = 128 << 10;
+
+/// Pushes per repo whose packs are remembered for serving as they are.
+pub const PUSH_PACKS_KEPT: usize = 4;
+
+/// The pack a push brought: what a peer that had the origin's live refs before the
+/// push lacks to have the push.
+#[derive(Debug)]
+pub struct PushPack {
+    /// The pack file in the repo.
+    pub file: PathBuf,
+    /// The tips the push set.
+    pub tips: HashSet<[u8; 20]>,
+    /// The live tips before it.
+    pub before: HashSet<[u8; 20]>,
+}
+
+/// A pack for a peer: a pushed pack read from its file, or `git pack-objects`.
+pub struct Served {
+    /// The pack's bytes.
+    pub reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// The `git pack-objects` writing them, if any.
+    child: Option<Child>,
+}
+
+impl Served {
+    /// Whether the pack is a push's, read as it arrived.
+    pub fn is_push_pack(&self) -> bool {
+        self.child.is_none()
+    }
+
+    /// Waits for `git pack-objects` to finish, if it ran; an error if it failed.
+    pub async fn finish(self) -> Result<(), Error> {
+        let Some(mut child) = self.child else {
+            return Ok(());
+        };
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| Error::Internal(format!("git pack-objects: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "git pack-objects failed: {status}"
+            )))
+        }
+    }
+}
 
 /// One push certificate and the refs it justifies, as replicas exchange it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -468,20 +520,43 @@ impl Git {
         })
     }
 
-    /// Starts `git pack-objects` for a peer that wants `wants` and has `haves` of
-    /// repo `repo`: a thin pack, streamed from the child's stdout. Only objects this
-    /// node has are asked for; a want it lacks is an error.
+    /// The pack for a peer that wants `wants` and has `haves` of repo `repo`. When
+    /// they are a recent push's tips and the peer had everything this node had
+    /// before it, the push's own pack, read from its file; else `git pack-objects`
+    /// makes a thin pack. Only objects this node has are asked for; a want it lacks
+    /// is an error.
     pub async fn serve_pack(
         &self,
         repo: RepoId,
         wants: Vec<[u8; 20]>,
         haves: Vec<[u8; 20]>,
-    ) -> Result<(Child, ChildStdout), Error> {
+    ) -> Result<Served, Error> {
         let snapshot = self.inner.acl.snapshot();
         if !snapshot.state.repos.contains_key(&repo) || !self.replicates(&snapshot, repo) {
             return Err(Error::NotFound(format!(
                 "repo {repo} is not replicated here"
             )));
+        }
+        let file = {
+            let has: HashSet<[u8; 20]> = haves.iter().copied().collect();
+            let pushed = crate::lock(&self.inner.pushed);
+            pushed.get(&repo).and_then(|recent| {
+                recent
+                    .iter()
+                    .rev()
+                    .find(|p| wants.iter().all(|w| p.tips.contains(w)) && p.before.is_subset(&has))
+                    .map(|p| p.file.clone())
+            })
+        };
+        // Combined into another pack since: make one.
+        if let Some(file) = file
+            && let Ok(f) = tokio::fs::File::open(&file).await
+        {
+            debug!(target: TARGET, repo, pack = %file.display(), "serving a push's pack to a peer");
+            return Ok(Served {
+                reader: Box::new(f),
+                child: None,
+            });
         }
         let dir = super::repos::path(&self.inner.root, repo);
         let check_dir = dir.clone();
@@ -529,7 +604,10 @@ impl Git {
             .take()
             .ok_or_else(|| Error::Internal("pack-objects stdout".into()))?;
         debug!(target: TARGET, repo, "serving a pack to a peer");
-        Ok((child, stdout))
+        Ok(Served {
+            reader: Box::new(stdout),
+            child: Some(child),
+        })
     }
 
     /// A digest of repo `repo`'s records (tombstones and superseded refs included):

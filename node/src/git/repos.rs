@@ -236,6 +236,13 @@ impl Limited<'_> {
 }
 
 impl Incoming {
+    /// The name the received pack will have in the repo's `objects/pack`, if any.
+    pub fn pack_name(&self) -> Option<std::ffi::OsString> {
+        self.pack
+            .as_ref()
+            .and_then(|(pack, _)| pack.file_name().map(ToOwned::to_owned))
+    }
+
     /// An empty quarantine, for pushes that only delete refs.
     pub fn none(repo_dir: &Path) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()

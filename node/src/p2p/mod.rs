@@ -81,6 +81,8 @@ const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hanzo/sync/1");
 const MAX_REPLICATIONS: usize = 16;
 /// How often the core's clock advances.
 const TICK: Duration = Duration::from_millis(250);
+/// gossipsub's default publish threshold: peers scored below it get no gossip.
+const PUBLISH_THRESHOLD: f64 = -50.0;
 /// How long a peer banned for repeated offenses stays banned.
 const BAN: Duration = Duration::from_secs(600);
 /// A pack response starts with one of these.
@@ -129,10 +131,12 @@ pub struct Metrics {
     penalties: Family<Reason, Counter>,
     joined: Counter,
     fetch_failures: Family<Reason, Counter>,
+    served: Family<Reason, Counter>,
     bytes_fetched: Counter,
     latency: Histogram,
     peers: Gauge,
     denied: Counter,
+    score_min: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -143,12 +147,14 @@ impl Metrics {
             penalties: Family::default(),
             joined: Counter::default(),
             fetch_failures: Family::default(),
+            served: Family::default(),
             bytes_fetched: Counter::default(),
             latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.005, 2.0, 14,
             )),
             peers: Gauge::default(),
             denied: Counter::default(),
+            score_min: Default::default(),
         }
     }
 
@@ -180,6 +186,11 @@ impl Metrics {
             self.fetch_failures.clone(),
         );
         registry.register(
+            "hanzo_p2p_packs_served",
+            "Packs served to peers: a push's own pack (push_pack) or made by git pack-objects",
+            self.served.clone(),
+        );
+        registry.register(
             "hanzo_p2p_bytes_fetched",
             "Pack bytes received from peers",
             self.bytes_fetched.clone(),
@@ -193,6 +204,11 @@ impl Metrics {
             "hanzo_p2p_peers_connected",
             "Operators' nodes connected now",
             self.peers.clone(),
+        );
+        registry.register(
+            "hanzo_p2p_gossip_score_min",
+            "Lowest gossipsub score among connected peers (below -50 a peer is not published to, below -80 its messages are ignored)",
+            self.score_min.clone(),
         );
         registry.register(
             "hanzo_p2p_peers_denied",
@@ -361,6 +377,7 @@ impl P2p {
             listen: listen_tx,
             peers: peers_tx,
             connected: HashSet::new(),
+            low_score: HashSet::new(),
         };
         let task = tokio::spawn(driver.run(cmd_rx, reports_rx, cancel));
         info!(target: TARGET, %peer_id, "p2p started");
@@ -440,6 +457,8 @@ struct Driver {
     listen: watch::Sender<Vec<Multiaddr>>,
     peers: watch::Sender<Vec<PeerId>>,
     connected: HashSet<PeerId>,
+    /// Peers whose gossip score is below the publish threshold.
+    low_score: HashSet<PeerId>,
 }
 
 impl Driver {
@@ -517,6 +536,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let now = self.now();
                     self.core.tick(now);
+                    self.watch_scores();
                 }
                 _ = dial.tick() => {
                     self.dial_operators();
@@ -529,6 +549,26 @@ impl Driver {
             fetch.abort();
         }
         serving.abort_all();
+    }
+
+    /// Publishes the lowest gossipsub score among connected peers, and logs a peer
+    /// whose score would cost it gossip.
+    fn watch_scores(&mut self) {
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let mut min = 0.0f64;
+        for peer in &self.connected {
+            let Some(score) = gossip.peer_score(peer) else {
+                continue;
+            };
+            min = min.min(score);
+            let low = score < PUBLISH_THRESHOLD;
+            if low && self.low_score.insert(*peer) {
+                warn!(target: TARGET, %peer, score, "peer's gossip score fell below the publish threshold: gossip to and from it is cut");
+            } else if !low && self.low_score.remove(peer) {
+                info!(target: TARGET, %peer, score, "peer's gossip score recovered");
+            }
+        }
+        self.shared.metrics.score_min.set(min);
     }
 
     fn now(&self) -> Duration {
@@ -704,6 +744,8 @@ impl Driver {
 
     /// Announces a push this node accepted: every ref its certificate moved.
     fn announce(&mut self, update: Update) {
+        self.core
+            .have((update.repo, Sha256::digest(&update.cert).into()));
         let Ok(cert) = crate::git::cert::PushCert::parse(update.cert.clone()) else {
             return;
         };
@@ -901,7 +943,9 @@ async fn attempt(shared: &Shared, update: Update, peer: PeerId) -> Attempt {
                 Some(incoming)
             }
             Err(failure) => {
-                shared.metrics.count(&shared.metrics.fetch_failures, failure.label());
+                shared
+                    .metrics
+                    .count(&shared.metrics.fetch_failures, failure.label());
                 debug!(target: TARGET, %peer, why = %failure, "fetch failed");
                 return match failure {
                     Failure::BadPack(why) => Attempt::BadPack(why),
@@ -971,26 +1015,27 @@ async fn fetch(
     plan: &crate::git::replica::Plan,
 ) -> Result<crate::git::replica::Incoming, Failure> {
     let deadline = shared.stream_timeout;
-    let mut control = shared.control.clone();
-    let mut stream = within(deadline, "open stream", control.open_stream(peer, PACK_PROTOCOL))
-        .await
-        .map_err(Failure::Stream)?;
     let request = PackRequest {
         repo: plan.repo,
         wants: plan.wants.clone(),
         haves: plan.haves.clone(),
     };
-    within(deadline, "send request", wire::write_frame(&mut stream, &request))
-        .await
-        .map_err(Failure::Stream)?;
-    let mut status = [0u8; 1];
-    within(deadline, "read status", stream.read_exact(&mut status))
-        .await
-        .map_err(Failure::Stream)?;
+    let (mut stream, status) = retry_dropped(|| async {
+        let mut stream = open(shared, peer, PACK_PROTOCOL, &request).await?;
+        let mut status = [0u8; 1];
+        within(deadline, "read status", stream.read_exact(&mut status)).await?;
+        Ok((stream, status))
+    })
+    .await
+    .map_err(Failure::Stream)?;
     if status[0] != PACK_OK {
-        let why: String = within(deadline, "read refusal", wire::read_frame(&mut stream, "refusal", 4096))
-            .await
-            .unwrap_or_else(|e| e);
+        let why: String = within(
+            deadline,
+            "read refusal",
+            wire::read_frame(&mut stream, "refusal", 4096),
+        )
+        .await
+        .unwrap_or_else(|e| e);
         return Err(Failure::Refused(why));
     }
     let counted = Counted {
@@ -1022,6 +1067,51 @@ async fn fetch(
     })
 }
 
+/// Opens a `protocol` stream to `peer` and sends `request` on it.
+async fn open<T: serde::Serialize>(
+    shared: &Shared,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    request: &T,
+) -> Result<Stream, String> {
+    let deadline = shared.stream_timeout;
+    let mut control = shared.control.clone();
+    let mut stream = within(deadline, "open stream", control.open_stream(peer, protocol)).await?;
+    within(
+        deadline,
+        "send request",
+        wire::write_frame(&mut stream, request),
+    )
+    .await?;
+    Ok(stream)
+}
+
+/// Runs `exchange` (open a stream, send a request, read the start of the answer)
+/// again when it fails before any answer: libp2p-stream drops an inbound stream
+/// while the peer's acceptor still holds the previous one (its channel has room for
+/// one), which is what happens when two nodes ask the same peer at once, as they do
+/// right after an announcement. Up to four tries, 10, 20 and 40 ms apart, while
+/// each fails within a second.
+async fn retry_dropped<T, F: std::future::Future<Output = Result<T, String>>>(
+    mut exchange: impl FnMut() -> F,
+) -> Result<T, String> {
+    let mut wait = Duration::from_millis(10);
+    for _ in 0..3 {
+        let started = Instant::now();
+        match exchange().await {
+            Ok(v) => return Ok(v),
+            // A dropped stream fails at once; one that took its time did not.
+            Err(why) if started.elapsed() > Duration::from_secs(1) => return Err(why),
+            Err(why) => {
+                debug!(target: TARGET, %why, ?wait, "stream dropped before an answer; asking again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+    exchange().await
+}
+
 /// Sends `peer` this node's digests on the sync protocol and returns the updates it
 /// answers with.
 async fn catch_up(shared: &Shared, peer: PeerId) -> Result<Vec<Update>, String> {
@@ -1038,16 +1128,41 @@ async fn catch_up(shared: &Shared, peer: PeerId) -> Result<Vec<Update>, String> 
         return Ok(Vec::new());
     }
     let deadline = shared.stream_timeout;
-    let mut control = shared.control.clone();
-    let mut stream = within(deadline, "open stream", control.open_stream(peer, SYNC_PROTOCOL)).await?;
-    within(deadline, "send digests", wire::write_frame(&mut stream, &SyncRequest { repos })).await?;
-    let response: SyncResponse = within(
-        deadline,
-        "read sync response",
-        wire::read_frame(&mut stream, "sync response", wire::MAX_SYNC_RESPONSE),
-    )
+    let request = SyncRequest { repos };
+    let response: SyncResponse = retry_dropped(|| async {
+        let mut stream = open(shared, peer, SYNC_PROTOCOL, &request).await?;
+        within(
+            deadline,
+            "read sync response",
+            wire::read_frame(&mut stream, "sync response", wire::MAX_SYNC_RESPONSE),
+        )
+        .await
+    })
     .await?;
-    Ok(response.updates)
+    // Only what this node does not hold already (the peer sends all its records of
+    // each repo that differs) becomes a job.
+    let mut records: HashMap<u64, HashMap<String, [u8; 32]>> = HashMap::new();
+    let mut news = Vec::new();
+    for update in response.updates {
+        let held = records.entry(update.repo).or_insert_with(|| {
+            shared
+                .git
+                .records(update.repo)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, r)| (name, r.cert))
+                .collect()
+        });
+        let hash: [u8; 32] = Sha256::digest(&update.cert).into();
+        if !update
+            .claims
+            .iter()
+            .all(|c| held.get(&c.name) == Some(&hash))
+        {
+            news.push(update);
+        }
+    }
+    Ok(news)
 }
 
 /// Serves inbound streams of the pack (`pack`) or sync protocol.
@@ -1085,7 +1200,12 @@ async fn serve_sync(shared: &Shared, mut stream: Stream) -> Result<(), String> {
             updates.extend(shared.git.updates(repo).map_err(|e| e.to_string())?);
         }
     }
-    within(deadline, "send sync response", wire::write_frame(&mut stream, &SyncResponse { updates })).await?;
+    within(
+        deadline,
+        "send sync response",
+        wire::write_frame(&mut stream, &SyncResponse { updates }),
+    )
+    .await?;
     within(deadline, "close", stream.close()).await
 }
 
@@ -1098,31 +1218,43 @@ async fn serve_pack(shared: &Shared, peer: PeerId, mut stream: Stream) -> Result
     )
     .await?;
     let Some(_slot) = shared.limits.transfer(peer) else {
-        return refuse(shared, stream, "too many transfers at once from this peer".into()).await;
+        return refuse(
+            shared,
+            stream,
+            "too many transfers at once from this peer".into(),
+        )
+        .await;
     };
-    let (mut child, mut stdout) = match shared
+    let mut served = match shared
         .git
         .serve_pack(request.repo, request.wants, request.haves)
         .await
     {
-        Ok(c) => c,
+        Ok(s) => s,
         Err(e) => return refuse(shared, stream, e.to_string()).await,
     };
+    let source = if served.is_push_pack() {
+        "push_pack"
+    } else {
+        "pack_objects"
+    };
+    shared.metrics.count(&shared.metrics.served, source);
     within(deadline, "send status", stream.write_all(&[PACK_OK])).await?;
     let mut buf = vec![0u8; 64 << 10];
     loop {
         use tokio::io::AsyncReadExt as _;
-        let n = stdout.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = served
+            .reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
         shared.limits.send(peer, n).await;
         within(deadline, "send pack", stream.write_all(&buf[..n])).await?;
     }
-    let status = child.wait().await.map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!("git pack-objects failed: {status}"));
-    }
+    served.finish().await.map_err(|e| e.to_string())?;
     within(deadline, "close", stream.close()).await
 }
 
@@ -1164,8 +1296,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => {
-                *this.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(e.to_string());
+                *this
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
                 Poll::Ready(Err(e))
             }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
@@ -1174,8 +1308,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
                         "the peer sent nothing for {} mid-pack (p2p.stream_timeout)",
                         humantime::format_duration(this.idle)
                     );
-                    *this.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(why.clone());
+                    *this
+                        .failed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why.clone());
                     Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
                 }
                 Poll::Pending => Poll::Pending,

@@ -306,7 +306,9 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
 
     /// Whether `peer` is banned now.
     pub fn is_banned(&self, peer: &P) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.banned_until.is_some())
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.banned_until.is_some())
     }
 
     /// `peer` connected: it is asked for catch-up at once.
@@ -407,8 +409,30 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
                 retry_at: None,
             },
         );
-        self.queue.push_back(key);
+        // Fresh gossip goes before a catch-up backlog.
+        if offer.via == Via::Gossip {
+            self.queue.push_front(key);
+        } else {
+            self.queue.push_back(key);
+        }
         self.schedule(now);
+    }
+
+    /// This node has update `key` already (it accepted the push itself): offers of
+    /// it are answered without a job.
+    pub fn have(&mut self, key: Key) {
+        self.remember(key);
+    }
+
+    fn remember(&mut self, key: Key) {
+        if self.done.insert(key) {
+            self.done_order.push_back(key);
+            if self.done_order.len() > REMEMBERED
+                && let Some(old) = self.done_order.pop_front()
+            {
+                self.done.remove(&old);
+            }
+        }
     }
 
     /// Starts queued jobs while there are slots and their repos are free.
@@ -508,14 +532,7 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
         }
         let verdict = match &outcome {
             Outcome::Applied | Outcome::Have => {
-                if self.done.insert(key) {
-                    self.done_order.push_back(key);
-                    if self.done_order.len() > REMEMBERED
-                        && let Some(old) = self.done_order.pop_front()
-                    {
-                        self.done.remove(&old);
-                    }
-                }
+                self.remember(key);
                 Verdict::Accept
             }
             Outcome::Invalid(_) => {
@@ -710,14 +727,26 @@ mod tests {
         let out: Vec<_> = r.drain().collect();
         let accepted = out
             .iter()
-            .filter(|c| matches!(c, Command::Report { verdict: Verdict::Accept, .. }))
+            .filter(|c| {
+                matches!(
+                    c,
+                    Command::Report {
+                        verdict: Verdict::Accept,
+                        ..
+                    }
+                )
+            })
             .count();
         assert_eq!(accepted, 2, "both messages validated by the one job");
         // Offered again later: accepted without a job.
         r.offered(T, offer(1, 7, 2, Some(102)));
         assert!(matches!(
             r.drain().next(),
-            Some(Command::Report { verdict: Verdict::Accept, message: 102, .. })
+            Some(Command::Report {
+                verdict: Verdict::Accept,
+                message: 102,
+                ..
+            })
         ));
         assert_eq!(r.pending(), 0);
     }
@@ -730,10 +759,7 @@ mod tests {
         r.offered(T, offer(1, 1, 1, None));
         r.offered(T, offer(1, 2, 1, None));
         r.offered(T, offer(2, 3, 1, None));
-        assert_eq!(
-            fetches(&mut r),
-            vec![((1, [1; 32]), 1), ((2, [3; 32]), 1)]
-        );
+        assert_eq!(fetches(&mut r), vec![((1, [1; 32]), 1), ((2, [3; 32]), 1)]);
         r.attempted(T, (1, [1; 32]), 1, Attempt::Applied);
         assert_eq!(fetches(&mut r), vec![((1, [2; 32]), 1)]);
     }
@@ -750,18 +776,35 @@ mod tests {
         assert_eq!(fetches(&mut r), vec![(key, 2)]);
         r.attempted(T, key, 2, Attempt::BadPack("bad delta".into()));
         let out: Vec<_> = r.drain().collect();
-        assert!(out.contains(&Command::Penalize { peer: 2, offense: Offense::BadPack }));
-        assert!(out.iter().any(|c| matches!(c, Command::Fetch { peer: 1, .. })));
+        assert!(out.contains(&Command::Penalize {
+            peer: 2,
+            offense: Offense::BadPack
+        }));
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Command::Fetch { peer: 1, .. }))
+        );
         // Peer 1 stalls: abandoned at the deadline, then peer 3.
         r.tick(Duration::from_secs(10));
         let out: Vec<_> = r.drain().collect();
         assert!(out.contains(&Command::Abandon { key }));
-        assert!(out.contains(&Command::Penalize { peer: 1, offense: Offense::Stalled }));
-        assert!(out.iter().any(|c| matches!(c, Command::Fetch { peer: 3, .. })));
+        assert!(out.contains(&Command::Penalize {
+            peer: 1,
+            offense: Offense::Stalled
+        }));
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Command::Fetch { peer: 3, .. }))
+        );
         // A late answer from peer 1 is ignored.
         r.attempted(Duration::from_secs(11), key, 1, Attempt::Applied);
         assert!(r.drain().next().is_none());
-        r.attempted(Duration::from_secs(11), key, 3, Attempt::Failed("gone".into()));
+        r.attempted(
+            Duration::from_secs(11),
+            key,
+            3,
+            Attempt::Failed("gone".into()),
+        );
         // No peer could serve it: the job waits, then tries them all again, three
         // rounds in all, before it gives up.
         assert!(r.drain().next().is_none());
@@ -773,17 +816,24 @@ mod tests {
             for peer in [3, 1, 2] {
                 let out: Vec<_> = r.drain().collect();
                 assert!(
-                    out.iter().any(|c| matches!(c, Command::Fetch { peer: p, .. } if *p == peer)),
+                    out.iter()
+                        .any(|c| matches!(c, Command::Fetch { peer: p, .. } if *p == peer)),
                     "round {round}: {out:?}"
                 );
                 r.attempted(t, key, peer, Attempt::Failed("lacks it".into()));
             }
         }
         let out: Vec<_> = r.drain().collect();
-        assert!(out.iter().any(|c| matches!(
-            c,
-            Command::Finished { outcome: Outcome::Unusable(_), .. }
-        )), "{out:?}");
+        assert!(
+            out.iter().any(|c| matches!(
+                c,
+                Command::Finished {
+                    outcome: Outcome::Unusable(_),
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -802,7 +852,13 @@ mod tests {
         out.extend(r.drain());
         assert_eq!(
             out.iter()
-                .filter(|c| matches!(c, Command::Report { verdict: Verdict::Reject, .. }))
+                .filter(|c| matches!(
+                    c,
+                    Command::Report {
+                        verdict: Verdict::Reject,
+                        ..
+                    }
+                ))
                 .count(),
             4
         );

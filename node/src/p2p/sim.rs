@@ -14,9 +14,7 @@ use std::{
     time::Duration,
 };
 
-use super::replicator::{
-    Attempt, Command, Config, Key, Offer, Outcome, Replicator, Verdict, Via,
-};
+use super::replicator::{Attempt, Command, Config, Key, Offer, Outcome, Replicator, Verdict, Via};
 use crate::git::{
     Update,
     register::{self, Version},
@@ -64,11 +62,26 @@ struct Pushed {
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Gossip { update: usize, id: Message, author: Node },
-    FetchRequest { key: Key, update: usize },
-    FetchAnswer { key: Key, update: usize, attempt: Attempt },
-    SyncRequest { digest: u64 },
-    SyncAnswer { updates: Vec<usize> },
+    Gossip {
+        update: usize,
+        id: Message,
+        author: Node,
+    },
+    FetchRequest {
+        key: Key,
+        update: usize,
+    },
+    FetchAnswer {
+        key: Key,
+        update: usize,
+        attempt: Attempt,
+    },
+    SyncRequest {
+        digest: u64,
+    },
+    SyncAnswer {
+        updates: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -312,7 +325,11 @@ impl Sim {
         if !self.linked(from, to) || (gossip && self.rng.chance(self.faults.loss)) {
             return;
         }
-        let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let latency = self.rng.millis(5, 50);
             self.at(
@@ -402,17 +419,17 @@ impl Sim {
         self.next_message += 1;
         self.gossip.insert(id, (u, n));
         self.nodes[n as usize].seen.insert(id);
-        self.nodes[n as usize].forwarded.insert(id);
+        self.forward(n, id);
+    }
+
+    /// Node `n` sends gossip message `id` to its neighbours, once.
+    fn forward(&mut self, n: Node, id: Message) {
+        if !self.nodes[n as usize].forwarded.insert(id) {
+            return;
+        }
+        let (update, author) = self.gossip[&id];
         for j in self.nodes[n as usize].neighbours.clone() {
-            self.send(
-                n,
-                j,
-                Msg::Gossip {
-                    update: u,
-                    id,
-                    author: n,
-                },
-            );
+            self.send(n, j, Msg::Gossip { update, id, author });
         }
     }
 
@@ -433,7 +450,9 @@ impl Sim {
                         } else {
                             Attempt::Invalid("bad signature".into())
                         };
-                        self.nodes[n as usize].core.attempted(self.now, key, peer, attempt);
+                        self.nodes[n as usize]
+                            .core
+                            .attempted(self.now, key, peer, attempt);
                         self.perform(n);
                         continue;
                     }
@@ -442,21 +461,8 @@ impl Sim {
                 Command::Report {
                     message, verdict, ..
                 } => {
-                    if verdict == Verdict::Accept
-                        && self.nodes[n as usize].forwarded.insert(message)
-                    {
-                        let (u, author) = self.gossip_of(message);
-                        for j in self.nodes[n as usize].neighbours.clone() {
-                            self.send(
-                                n,
-                                j,
-                                Msg::Gossip {
-                                    update: u,
-                                    id: message,
-                                    author,
-                                },
-                            );
-                        }
+                    if verdict == Verdict::Accept {
+                        self.forward(n, message);
                     }
                 }
                 Command::Sync { peer } => {
@@ -470,11 +476,7 @@ impl Sim {
                     let id = u64::MAX - u as u64;
                     self.gossip.insert(id, (u, n));
                     self.nodes[n as usize].seen.insert(id);
-                    if self.nodes[n as usize].forwarded.insert(id) {
-                        for j in self.nodes[n as usize].neighbours.clone() {
-                            self.send(n, j, Msg::Gossip { update: u, id, author: n });
-                        }
-                    }
+                    self.forward(n, id);
                 }
                 Command::Finished { outcome, via, .. } => {
                     if outcome == Outcome::Applied {
@@ -489,14 +491,13 @@ impl Sim {
         }
     }
 
-    /// The update and author of gossip message `message`.
-    fn gossip_of(&self, message: Message) -> (usize, Node) {
-        self.gossip[&message]
-    }
-
     fn deliver(&mut self, to: Node, from: Node, msg: Msg) {
         if std::env::var_os("HANZO_SIM_TRACE").is_some() && !matches!(msg, Msg::Gossip { .. }) {
-            eprintln!("{:>8?} node {to} <- {from}: {msg:?} (linked: {})", self.now, self.linked(from, to));
+            eprintln!(
+                "{:>8?} node {to} <- {from}: {msg:?} (linked: {})",
+                self.now,
+                self.linked(from, to)
+            );
         }
         if !self.linked(from, to) {
             return;
@@ -559,7 +560,9 @@ impl Sim {
                     }
                     other => other,
                 };
-                self.nodes[to as usize].core.attempted(now, key, from, attempt);
+                self.nodes[to as usize]
+                    .core
+                    .attempted(now, key, from, attempt);
             }
             Msg::SyncRequest { digest } => {
                 let server = &self.nodes[to as usize];
@@ -694,10 +697,7 @@ impl Sim {
             }
             for (u, _) in &self.accepted {
                 if !node.holds(*u) {
-                    return Err(format!(
-                        "node {i} lost update {u} ({:?})",
-                        self.updates[*u]
-                    ));
+                    return Err(format!("node {i} lost update {u} ({:?})", self.updates[*u]));
                 }
             }
         }
@@ -764,7 +764,10 @@ fn run(seed: u64, n: usize, degree: usize, pushes: usize, faults: Faults) -> Res
 }
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("HANZO_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("HANZO_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![seed];
     }
     let count = std::env::var("HANZO_SIM_SEEDS")
@@ -783,9 +786,9 @@ fn under_every_fault_nodes_converge_and_lose_nothing() {
                 assert!(stats.bans > 0, "seed {seed}: the liar was never banned");
                 catchup += stats.via_catchup;
             }
-            Err(e) => panic!(
-                "{e}\nreplay: HANZO_SIM_SEED={seed} cargo test -p hanzo-node p2p::sim"
-            ),
+            Err(e) => {
+                panic!("{e}\nreplay: HANZO_SIM_SEED={seed} cargo test -p hanzo-node p2p::sim")
+            }
         }
     }
     // Partitions and crashes need catch-up: the test must exercise it.
