@@ -576,10 +576,15 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
     let env = [("HANZO_CONFIG", config.to_str().unwrap())];
     let mut a = net.spawn_operator(5, &env).await;
     let mut b = net.spawn_operator(6, &env).await;
+    net.confirm().await;
     let work = alice.init("work");
-    let blob: Vec<u8> = (0..8 << 20)
-        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    // Incompressible: the pack is as large as the blob.
+    let mut blob = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 8 << 20),
+        &mut blob,
+    )
+    .unwrap();
     std::fs::write(work.join("blob.bin"), blob).unwrap();
     alice.git_ok(&work, &["add", "blob.bin"]);
     let tip = alice.commit(&work, "README", "big");
@@ -600,6 +605,7 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
     // B goes away; C joins and fetches from A, the only node up.
     b.kill();
     let c = net.spawn_operator(7, &env).await;
+    net.confirm().await;
     eventually(SETTLE, async || {
         (metric(c.http, "hanzo_p2p_bytes_fetched_total", "").await > 0.0).then_some(())
     })
@@ -625,6 +631,7 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
     // C drops A at the stream deadline and gets the objects from B.
     eventually(SETTLE, async || has(&c).then_some(())).await;
     let took = frozen.elapsed();
+    eprintln!("C had the objects {took:?} after A froze mid-pack");
     assert!(
         metric(
             c.http,

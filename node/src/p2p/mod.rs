@@ -31,10 +31,7 @@ use std::{
     collections::{HashMap, HashSet},
     future::Future as _,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -698,14 +695,13 @@ impl Driver {
         for id in snapshot.state.repos.keys() {
             let t = topic(*id);
             if git.replicates(snapshot, *id) {
+                // gossipsub's own scores with its default weights; invalid updates
+                // are penalized, and their senders banned, by the replicator, which
+                // also sees catch-up and packs. (A heavier gossipsub weight here
+                // graylisted a forger after two updates, before the replicator had
+                // counted its offenses.)
                 if gossip.subscribe(&t).unwrap_or(false) {
-                    // Invalid updates on this topic cost the sender.
-                    let params = gossipsub::TopicScoreParams {
-                        invalid_message_deliveries_weight: -100.0,
-                        invalid_message_deliveries_decay: 0.5,
-                        ..Default::default()
-                    };
-                    let _ = gossip.set_topic_params(t, params);
+                    let _ = gossip.set_topic_params(t, gossipsub::TopicScoreParams::default());
                 }
             } else {
                 gossip.unsubscribe(&t);
@@ -1040,19 +1036,15 @@ async fn fetch(
     }
     let counted = Counted {
         inner: stream.compat(),
-        total: Arc::new(AtomicU64::new(0)),
+        total: shared.metrics.bytes_fetched.clone(),
         idle: deadline,
         timer: Box::pin(tokio::time::sleep(deadline)),
         failed: Arc::new(std::sync::Mutex::new(None)),
     };
-    let (total, failed) = (counted.total.clone(), counted.failed.clone());
+    let failed = counted.failed.clone();
     let body: crate::git::BodyReader =
         Box::new(tokio::io::BufReader::with_capacity(64 << 10, counted));
     let result = shared.git.receive_replica(plan, body).await;
-    shared
-        .metrics
-        .bytes_fetched
-        .inc_by(total.load(Ordering::Relaxed));
     result.map_err(|e| {
         // A stream that failed is the transport's fault; a pack that arrived whole
         // and does not index is the peer's.
@@ -1269,11 +1261,12 @@ async fn refuse(shared: &Shared, mut stream: Stream, why: String) -> Result<(), 
     Err(why)
 }
 
-/// Counts the bytes read through it, and fails a read that gets nothing for `idle`
+/// Counts the bytes read through it as they arrive, and fails a read that gets nothing for `idle`
 /// (remembering why in `failed`).
 struct Counted<R> {
     inner: R,
-    total: Arc<AtomicU64>,
+    /// Counts as bytes arrive (`hanzo_p2p_bytes_fetched`).
+    total: Counter,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     failed: Arc<std::sync::Mutex<Option<String>>>,
@@ -1290,7 +1283,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
-                this.total.fetch_add(n as u64, Ordering::Relaxed);
+                this.total.inc_by(n as u64);
                 let next = tokio::time::Instant::now() + this.idle;
                 this.timer.as_mut().reset(next);
                 Poll::Ready(Ok(()))
