@@ -148,7 +148,9 @@ enum OperatorCmd {
         /// Stake, e.g. `1ETH`, `0.5`, `100gwei`.
         #[arg(long, value_parser = parse_amount)]
         stake: U256,
-        /// Endpoint hint published on-chain (a bootstrap address).
+        /// Endpoint published on-chain: the node's git URL (`http(s)://host:port`,
+        /// where users push: replicas accept only pushes made to an operator's URL)
+        /// and its p2p multiaddrs, space-separated.
         #[arg(long, default_value = "")]
         endpoint: String,
         #[command(flatten)]
@@ -156,7 +158,7 @@ enum OperatorCmd {
     },
     /// Change the endpoint published on-chain.
     SetEndpoint {
-        /// New endpoint hint.
+        /// New endpoint: `http(s)://host:port` and p2p multiaddrs, space-separated.
         endpoint: String,
         #[command(flatten)]
         signer: SignerArgs,

@@ -86,7 +86,7 @@ pub struct Balance {
 pub struct Operator {
     /// The node's ed25519 key.
     pub node_key: NodeId,
-    /// Free-form endpoint hint (bootstrap address).
+    /// Its on-chain endpoint: the git URL (`http(s)://…`) and p2p multiaddrs.
     pub endpoint: String,
     /// Operator stake.
     pub balance: Balance,

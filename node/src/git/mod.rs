@@ -461,10 +461,12 @@ impl Git {
             cert: hash,
         };
         let records: HashMap<String, RefRecord> = self.records(id)?.into_iter().collect();
+        // Every tip the client may have been shown (a ref moved since is kept under
+        // refs/superseded/): a peer holding them all lacks only this push's pack.
         let before = records
-            .iter()
-            .filter(|(n, r)| !r.is_tombstone() && !n.starts_with(register::SUPERSEDED_PREFIX))
-            .map(|(_, r)| r.target)
+            .values()
+            .filter(|r| !r.is_tombstone())
+            .map(|r| r.target)
             .collect();
         let (order_dir, cmds) = (dir.clone(), request.commands.clone());
         let (incoming, late) = blocking(move || {
@@ -496,7 +498,7 @@ impl Git {
             )));
         }
 
-        // What a peer that had this node's live refs before the push lacks is exactly
+        // What a peer that had this node's tips before the push lacks is exactly
         // this pack: remember it, to serve as is.
         let pushed = incoming.pack_name().map(|name| replica::PushPack {
             file: dir.join("objects/pack").join(name),

@@ -41,15 +41,15 @@ pub const MAX_CERT_BYTES: usize = 128 << 10;
 /// Pushes per repo whose packs are remembered for serving as they are.
 pub const PUSH_PACKS_KEPT: usize = 4;
 
-/// The pack a push brought: what a peer that had the origin's live refs before the
-/// push lacks to have the push.
+/// The pack a push brought: what a peer that had the origin's tips (kept ones
+/// included) before the push lacks to have the push.
 #[derive(Debug)]
 pub struct PushPack {
     /// The pack file in the repo.
     pub file: PathBuf,
     /// The tips the push set.
     pub tips: HashSet<[u8; 20]>,
-    /// The live tips before it.
+    /// The tips before it, kept ones included.
     pub before: HashSet<[u8; 20]>,
 }
 
@@ -120,6 +120,11 @@ pub enum Refusal {
     /// The objects received for it fail verification: whoever sent them is at fault.
     #[error("{0}")]
     BadObjects(String),
+    /// The pusher may not make this update as of this node's ACL. No proof against
+    /// whoever relayed it: the origin's ACL may be ahead of this one (a right just
+    /// granted) or behind (a right revoked since the push).
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 impl From<Error> for Refusal {
@@ -258,7 +263,7 @@ impl Git {
             }
             snapshot
                 .may_push(&key, &repo.name, &reference, false)
-                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+                .map_err(|e| Refusal::NotAllowed(e.to_string()))?;
             claims.push((claim, cmd.clone()));
         }
 
@@ -384,7 +389,7 @@ impl Git {
             pusher = Some(
                 snapshot
                     .may_push(&plan.key, &name, &cmd.name, *rewrite)
-                    .map_err(|e| Refusal::Invalid(e.to_string()))?,
+                    .map_err(|e| Refusal::NotAllowed(e.to_string()))?,
             );
         }
         let Some(pusher) = pusher else {

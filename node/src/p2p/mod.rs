@@ -174,7 +174,7 @@ impl Metrics {
         );
         registry.register(
             "hanzo_p2p_offers_joined",
-            "Offers of an update already being fetched, joined to that fetch instead of a second one",
+            "Offers of an update already fetched or being fetched, answered without a second fetch",
             self.joined.clone(),
         );
         registry.register(
@@ -961,6 +961,10 @@ fn refused(refusal: Refusal) -> Attempt {
     match refusal {
         Refusal::Invalid(why) => Attempt::Invalid(why),
         Refusal::Unusable(why) => Attempt::Unusable(why),
+        // Not forwarded, and nobody penalized: the ACLs may just differ for now.
+        Refusal::NotAllowed(why) => {
+            Attempt::Unusable(format!("not allowed as of this node's ACL: {why}"))
+        }
         Refusal::BadObjects(why) => Attempt::BadPack(why),
     }
 }

@@ -263,11 +263,11 @@ pub struct Replicator<P, M> {
     config: Config,
     peers: BTreeMap<P, Peer>,
     jobs: HashMap<Key, Job<P, M>>,
-    /// Jobs waiting for a slot or for their repo's fetch to end, in arrival order.
+    /// Jobs waiting for a slot or for their repo's fetch to end: gossip first, then
+    /// in arrival order.
     queue: VecDeque<Key>,
-    /// Repos with a job fetching.
+    /// Repos with a job fetching (one each): the running jobs.
     busy: HashSet<RepoId>,
-    running: usize,
     /// Recently finished updates (applied or had): offers of them are accepted at once.
     done: HashSet<Key>,
     done_order: VecDeque<Key>,
@@ -286,7 +286,6 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
             jobs: HashMap::new(),
             queue: VecDeque::new(),
             busy: HashSet::new(),
-            running: 0,
             done: HashSet::new(),
             done_order: VecDeque::new(),
             last_decay: Duration::ZERO,
@@ -438,7 +437,7 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
     /// Starts queued jobs while there are slots and their repos are free.
     fn schedule(&mut self, now: Duration) {
         let mut i = 0;
-        while i < self.queue.len() && self.running < self.config.max_jobs {
+        while i < self.queue.len() && self.busy.len() < self.config.max_jobs {
             let key = self.queue[i];
             if self.busy.contains(&key.0) {
                 i += 1;
@@ -446,7 +445,6 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
             }
             self.queue.remove(i);
             self.busy.insert(key.0);
-            self.running += 1;
             self.next_attempt(now, key);
         }
     }
@@ -488,9 +486,7 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
                     job.retry_at = Some(now + wait);
                 }
                 // Waiting frees the repo for other updates.
-                if self.busy.remove(&key.0) {
-                    self.running -= 1;
-                }
+                self.busy.remove(&key.0);
                 self.schedule(now);
             }
             None => self.finish(
@@ -527,9 +523,7 @@ impl<P: Copy + Eq + Hash + Ord, M: Clone> Replicator<P, M> {
         let Some(job) = self.jobs.remove(&key) else {
             return;
         };
-        if self.busy.remove(&key.0) {
-            self.running -= 1;
-        }
+        self.busy.remove(&key.0);
         let verdict = match &outcome {
             Outcome::Applied | Outcome::Have => {
                 self.remember(key);
