@@ -625,17 +625,9 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
         (metric(c.http, "hanzo_p2p_bytes_fetched_total", "").await > 0.0).then_some(())
     })
     .await;
-    let a_pid = a.process.as_ref().unwrap().0.id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &a_pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    let a_pid = nix::unistd::Pid::from_raw(a.process.as_ref().unwrap().0.id() as i32);
+    let signal = |sig| nix::sys::signal::kill(a_pid, sig).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
     let frozen = std::time::Instant::now();
     assert!(
         !has(&c),
@@ -662,7 +654,7 @@ async fn a_peer_that_stalls_mid_pack_is_dropped_for_another() {
         took < Duration::from_secs(15),
         "C waited {took:?} for a frozen peer"
     );
-    signal("-CONT");
+    signal(nix::sys::signal::Signal::SIGCONT);
     fsck(&c.dir.path().join("repos/1.git"));
     a.kill();
 }
