@@ -171,6 +171,11 @@ fn bytes(id: ObjectId) -> [u8; 20] {
 }
 
 impl Update {
+    /// SHA-256 of its certificate: with the repo, how replicas name the update.
+    pub fn cert_hash(&self) -> [u8; 32] {
+        Sha256::digest(&self.cert).into()
+    }
+
     /// The update a just-accepted push announces: every ref its certificate moved.
     pub fn of_push(repo: RepoId, cert: &PushCert) -> Self {
         Self {

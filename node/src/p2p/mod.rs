@@ -498,7 +498,7 @@ impl Driver {
                         }
                         Report::Synced(peer, updates) => {
                             for update in updates {
-                                let hash: [u8; 32] = Sha256::digest(&update.cert).into();
+                                let hash = update.cert_hash();
                                 self.core.offered(now, Offer {
                                     update,
                                     hash,
@@ -740,8 +740,7 @@ impl Driver {
 
     /// Announces a push this node accepted: every ref its certificate moved.
     fn announce(&mut self, update: Update) {
-        self.core
-            .have((update.repo, Sha256::digest(&update.cert).into()));
+        self.core.have((update.repo, update.cert_hash()));
         let Ok(cert) = crate::git::cert::PushCert::parse(update.cert.clone()) else {
             return;
         };
@@ -875,7 +874,7 @@ impl Driver {
         };
         let announced_ms = update.announced_ms;
         let update = update.into_update();
-        let hash: [u8; 32] = Sha256::digest(&update.cert).into();
+        let hash = update.cert_hash();
         let before = self.core.pending();
         let now = self.now();
         self.core.offered(
@@ -1149,7 +1148,7 @@ async fn catch_up(shared: &Shared, peer: PeerId) -> Result<Vec<Update>, String> 
                 .map(|(name, r)| (name, r.cert))
                 .collect()
         });
-        let hash: [u8; 32] = Sha256::digest(&update.cert).into();
+        let hash = update.cert_hash();
         if !update
             .claims
             .iter()
