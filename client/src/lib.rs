@@ -190,7 +190,8 @@ async fn sign_in(channel: Channel, key: &PrivateKeySigner) -> Result<Session, Er
         issued_at: now,
         // Used at once; the session it opens lasts as the node says.
         expires_at: Some(now + 300),
-        not_before: None,
+        statement: Some("Sign in to a hanzo node.".into()),
+        ..Default::default()
     });
     let signature = key
         .sign_message_sync(message.as_bytes())

@@ -1,15 +1,19 @@
-//! Sign-In with Ethereum (EIP-4361) messages as the node asks for them: the text a
-//! wallet signs. The node's checks of a message live in the node.
+//! Sign-In with Ethereum (EIP-4361) messages: the text a wallet signs, with every
+//! field of the EIP. The node's parser and checks of a message live in the node.
 
 use alloy::primitives::Address;
 
-/// The fields of a SIWE message the node uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A SIWE message, field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
-    /// The authority the message is for.
+    /// The optional `scheme://` before the domain (`https`).
+    pub scheme: Option<String>,
+    /// The authority the message is for: the dApp's (or the node's) host and port.
     pub domain: String,
     /// The account signing in.
     pub address: Address,
+    /// The human-readable line the wallet shows, if any (one line).
+    pub statement: Option<String>,
     /// `URI:`.
     pub uri: String,
     /// `Chain ID:`.
@@ -22,15 +26,30 @@ pub struct Message {
     pub expires_at: Option<u64>,
     /// `Not Before:` (unix seconds).
     pub not_before: Option<u64>,
+    /// `Request ID:`.
+    pub request_id: Option<String>,
+    /// `Resources:`, one URI per `- ` line.
+    pub resources: Vec<String>,
 }
 
 /// What follows the domain on a SIWE message's first line.
 pub const HEADER: &str = " wants you to sign in with your Ethereum account:";
 
-/// A SIWE message with the given fields, as a wallet would show it.
+/// The text of `m`, laid out as EIP-4361 says (and as viem's `createSiweMessage`
+/// writes it).
 pub fn message(m: &Message) -> String {
+    let scheme = m
+        .scheme
+        .as_deref()
+        .map(|s| format!("{s}://"))
+        .unwrap_or_default();
+    let statement = m
+        .statement
+        .as_deref()
+        .map(|s| format!("{s}\n"))
+        .unwrap_or_default();
     let mut text = format!(
-        "{}{HEADER}\n{}\n\nSign in to a hanzo node.\n\nURI: {}\nVersion: 1\nChain ID: {}\nNonce: {}\nIssued At: {}",
+        "{scheme}{}{HEADER}\n{}\n\n{statement}\nURI: {}\nVersion: 1\nChain ID: {}\nNonce: {}\nIssued At: {}",
         m.domain,
         m.address.to_checksum(None),
         m.uri,
@@ -43,6 +62,15 @@ pub fn message(m: &Message) -> String {
     }
     if let Some(t) = m.not_before {
         text.push_str(&format!("\nNot Before: {}", rfc3339(t)));
+    }
+    if let Some(id) = &m.request_id {
+        text.push_str(&format!("\nRequest ID: {id}"));
+    }
+    if !m.resources.is_empty() {
+        text.push_str("\nResources:");
+        for r in &m.resources {
+            text.push_str(&format!("\n- {r}"));
+        }
     }
     text
 }

@@ -226,9 +226,15 @@ pub struct RpcConfig {
     pub enabled: bool,
     /// Listen address. Default: `0.0.0.0:8690`.
     pub listen: SocketAddr,
-    /// The domain sign-in messages must name (EIP-4361 `domain`), as callers reach
-    /// the node, e.g. `node.example.org:8690`. Default: the listen address.
+    /// The domain sign-in messages name (EIP-4361 `domain`) when callers sign in
+    /// to the node directly, e.g. `node.example.org:8690`. Default: the listen
+    /// address.
     pub domain: Option<String>,
+    /// Web origins (`https://app.example`, `http://localhost:5173`) whose pages may
+    /// call the node from a browser (CORS on gRPC-Web and the HTTP API) and whose
+    /// domains sign-in messages may name; `"*"` allows any (for development). The
+    /// node's own dashboard origin is always allowed. Default: none besides it.
+    pub origins: Vec<String>,
     /// How long a session token lives. Default: `15m`.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
@@ -259,6 +265,7 @@ impl Default for RpcConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 8690)),
             domain: None,
+            origins: Vec::new(),
             session_ttl: Duration::from_secs(15 * 60),
             max_session: Duration::from_secs(24 * 3600),
             nonce_ttl: Duration::from_secs(300),

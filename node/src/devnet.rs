@@ -488,6 +488,9 @@ fn node_config(dir: &Path, deployment: &Path, url: &str, ports: &Ports) -> Confi
     c.p2p.listen = vec![ports.p2p.clone()];
     c.p2p.sync_interval = Duration::from_secs(5);
     c.rpc.listen = ports.rpc;
+    // Any page may call a devnet node and sign in from its own origin: a dApp under
+    // development runs on some localhost port.
+    c.rpc.origins = vec!["*".into()];
     c.dns.bind = Some(Ipv4Addr::LOCALHOST);
     c.dns.request_timeout = DHT_TIMEOUT;
     c
@@ -669,6 +672,11 @@ impl Summary<'_> {
             s,
             "  HANZO_DATA_DIR={} hanzo-node acl show; curl -s http://{}/readiness",
             node_dir(self.root, 0).display(),
+            self.nodes[0].http_addr
+        )?;
+        writeln!(
+            s,
+            "  curl -sf http://{0}/dashboard/config.json    # the dashboard: open http://{0}/dashboard/ in a browser with a wallet",
             self.nodes[0].http_addr
         )?;
         Ok(s)

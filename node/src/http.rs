@@ -1,7 +1,10 @@
 //! The node's HTTP listener: `/health` (process up), `/liveness` (sync task alive),
 //! `/readiness` (ACL synced within `confirmations` of the head), `/metrics`
 //! (Prometheus), `/acl` (the current ACL as JSON, as `hanzo-node acl show --json`
-//! prints it), and git's smart HTTP under `/<repo>.git/` (see [`crate::git`]).
+//! prints it), the OpenAI-compatible API under `/v1/`, the dashboard under
+//! `/dashboard/` (see [`crate::dashboard`]), and git's smart HTTP under
+//! `/<repo>.git/` (see [`crate::git`]). The API routes answer CORS for the node's
+//! allowed web origins; git does not (a browser has no business there).
 
 use std::sync::{Arc, atomic::AtomicU64};
 
@@ -46,11 +49,13 @@ struct Shared {
 }
 
 /// Serves the listener on `listener` until `cancel` fires. `sync_done` is cancelled
-/// when the sync task ends.
+/// when the sync task ends; `extra` routes (the OpenAI API, the dashboard) and the
+/// health and metrics routes answer CORS as `cors` says.
 pub async fn serve(
     listener: TcpListener,
     telemetry: Telemetry,
     extra: Option<Router>,
+    cors: Option<tower_http::cors::CorsLayer>,
     sync_done: CancellationToken,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
@@ -59,15 +64,23 @@ pub async fn serve(
         t: telemetry,
         sync_alive: sync_done,
     };
-    let app = Router::new()
+    let mut api = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/liveness", get(liveness))
         .route("/readiness", get(readiness))
         .route("/metrics", get(metrics))
         .route("/acl", get(acl_json))
         .with_state(shared)
-        .merge(crate::git::router(git))
         .merge(extra.unwrap_or_default());
+    if let Some(cors) = cors {
+        api = api.layer(cors);
+    }
+    let app = api.merge(crate::git::router(git));
+    // Nagle off, as on the gRPC listener: a small write after a large one must not
+    // wait for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |conn: &mut tokio::net::TcpStream| {
+        let _ = conn.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -10,6 +10,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod dashboard;
 pub mod devnet;
 pub mod dns;
 #[cfg(test)]

@@ -233,19 +233,27 @@ impl Node {
                 }
             }));
         }
-        let (mut rpc_context, mut openai) = (None, None);
+        let (mut rpc_context, mut openai, mut cors) = (None, None, None);
         if let (Some(listener), Some(addr), Some(metrics)) = (rpc_listener, rpc_addr, rpc_metrics) {
             let domain = config.rpc.domain.clone().unwrap_or_else(|| {
                 dns::advertised_url(None, addr, "rpc.domain")
                     .trim_start_matches("http://")
                     .to_owned()
             });
+            let origins = rpc::origins::Origins::new(
+                &config.rpc.origins,
+                &rpc::origins::of_listener(http_addr),
+                &domain,
+            )
+            .map_err(rpc::Error::from)?;
+            cors = Some(origins.cors());
             let ctx = rpc::Context {
                 auth: rpc::Auth::new(
                     &key,
                     acl.clone(),
                     deployment.chain_id,
                     domain,
+                    origins,
                     config.rpc.clone(),
                 ),
                 metrics,
@@ -271,10 +279,16 @@ impl Node {
                 }
             }));
         }
+        let dashboard = crate::dashboard::router(crate::dashboard::Config {
+            grpc_port: rpc_addr.map(|a| a.port()),
+            chain_id: deployment.chain_id,
+            node: key.public().to_string(),
+        });
+        let extra = Some(openai.map_or(dashboard.clone(), |o: axum::Router| o.merge(dashboard)));
         let http_task = {
             let cancel = cancel.child_token();
             tokio::spawn(async move {
-                if let Err(err) = http::serve(listener, telemetry, openai, sync_done, cancel).await
+                if let Err(err) = http::serve(listener, telemetry, extra, cors, sync_done, cancel).await
                 {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }

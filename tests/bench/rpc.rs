@@ -89,6 +89,7 @@ fn rate(r: &Run) -> f64 {
 const DEPLOYS: usize = 100;
 const SPAWNS: usize = 100;
 const DOCKER_DEPLOYS: usize = 30;
+const SEQUENTIAL: usize = 200;
 
 /// Start-to-exit of `true` through the sandbox and bare, `SPAWNS` times each,
 /// alternating.
@@ -317,6 +318,8 @@ async fn main() {
         role: Role::Caller,
         stake: milli(500),
         rate: 1e9,
+        scope: rpc::auth::Scope::ALL,
+        session: None,
     };
     let (deploy, spawn) = deploys(addr, &session.token).await;
     let (boxed, unboxed) = sandbox_spawns(&net.config().deploy).await;
@@ -325,7 +328,19 @@ async fn main() {
     tokio::spawn(rpc::serve_unauthenticated(
         bare,
         node.rpc.clone().unwrap(),
+        caller.clone(),
+        true,
+        cancel.clone(),
+    ));
+    // The same again with Nagle's algorithm on, as the node served before it set
+    // TCP_NODELAY: the baseline of the sequential latencies.
+    let nagle = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nagle_addr = nagle.local_addr().unwrap();
+    tokio::spawn(rpc::serve_unauthenticated(
+        nagle,
+        node.rpc.clone().unwrap(),
         caller,
+        false,
         cancel.clone(),
     ));
 
@@ -361,8 +376,31 @@ async fn main() {
     )
     .await;
     let unauthed = load(clients, duration, status(bare_ch.clone(), None)).await;
-    let authed2 = load(clients, duration, status(node_ch, Some(token))).await;
+    let authed2 = load(clients, duration, status(node_ch.clone(), Some(token.clone()))).await;
     let unauthed2 = load(clients, duration, status(bare_ch, None)).await;
+    // One client, one call at a time: a reply big enough to be sent in two writes
+    // (GetStatus) must not wait for the client's delayed ACK.
+    let seq = |ch: Channel, token: Option<Arc<str>>, health: bool| async move {
+        let mut c = NodeServiceClient::new(ch);
+        let mut lat = Vec::new();
+        for _ in 0..SEQUENTIAL {
+            let t = Instant::now();
+            if health {
+                c.get_health(GetHealthRequest {}).await.unwrap();
+            } else {
+                let mut req = Request::new(GetStatusRequest {});
+                if let Some(t) = &token {
+                    req.metadata_mut().insert("authorization", t.parse().unwrap());
+                }
+                c.get_status(req).await.unwrap();
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms_run(lat)
+    };
+    let health_seq = seq(node_ch.clone(), None, true).await;
+    let status_seq = seq(node_ch.clone(), Some(token.clone()), false).await;
+    let nagle_seq = seq(connect(nagle_addr).await, None, false).await;
     cancel.cancel();
 
     let a = (rate(&authed) + rate(&authed2)) / 2.0;
@@ -386,6 +424,10 @@ async fn main() {
         a / u
     );
     println!(
+        "Sequential calls, one client, {SEQUENTIAL} each: GetHealth p50 {:.2} ms; GetStatus p50 {:.2} ms (p99 {:.2} ms); GetStatus from a server keeping Nagle's algorithm on (the node before TCP_NODELAY): p50 {:.2} ms",
+        health_seq.p50_ms, status_seq.p50_ms, status_seq.p99_ms, nagle_seq.p50_ms
+    );
+    println!(
         "Deploy of a one-process service (process runtime), {DEPLOYS} deploys from 4 clients: p50 {:.2} ms, p99 {:.2} ms; spawning the same process with tokio::process: p50 {:.2} ms, p99 {:.2} ms",
         deploy.p50_ms, deploy.p99_ms, spawn.p50_ms, spawn.p99_ms
     );
@@ -404,6 +446,9 @@ async fn main() {
     println!("noauth_rps={u:.0}");
     println!("auth_throughput_ratio={:.2}", a / u);
     println!("auth_p99_ms={:.2}", authed2.p99_ms);
+    println!("health_seq_p50_ms={:.2}", health_seq.p50_ms);
+    println!("status_seq_p50_ms={:.2}", status_seq.p50_ms);
+    println!("status_seq_nagle_p50_ms={:.2}", nagle_seq.p50_ms);
     println!("deploy_p50_ms={:.2}", deploy.p50_ms);
     println!("deploy_p99_ms={:.2}", deploy.p99_ms);
     println!("spawn_p99_ms={:.2}", spawn.p99_ms);

@@ -51,7 +51,8 @@ pub async fn sign_in_request(
         nonce: n.nonce,
         issued_at: now,
         expires_at: Some(now + 300),
-        not_before: None,
+        statement: Some("Sign in to a hanzo node.".into()),
+        ..Default::default()
     });
     let signature = key.sign_message_sync(message.as_bytes()).expect("sign");
     SignInRequest {

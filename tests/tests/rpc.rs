@@ -284,8 +284,8 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("already used"), "{}", e.message());
 
-    // Signed for one message, sent with another: the signature is someone else's,
-    // with no stake.
+    // Signed for one message, sent with another: refused as a mismatch, naming the
+    // signer the caller claimed (x-hanzo-address), not a stranger's address.
     let asked = GetRefsRequest {
         repo: "demo".into(),
     };
@@ -295,9 +295,25 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
         repo: "other".into(),
     };
     let e = repos.get_refs(tampered).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("the signature does not match this request")
+            && e.message().contains(&format!("not {}", key.address())),
+        "{}",
+        e.message()
+    );
+    // Without the claimed address, the recovered stranger has no stake, and the
+    // refusal says it may be a mismatch.
+    let mut anonymous = signed(asked.clone(), &key, &id, REFS, &body, "n-2", deadline);
+    anonymous.metadata_mut().remove(eip712::ADDRESS);
+    *anonymous.get_mut() = GetRefsRequest {
+        repo: "other".into(),
+    };
+    let e = repos.get_refs(anonymous).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(
-        !e.message().contains(&key.address().to_string()),
+        !e.message().contains(&key.address().to_string())
+            && e.message().contains("if it is not yours, the signed fields differ from this request"),
         "{}",
         e.message()
     );
@@ -321,7 +337,8 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("does not match this request"), "{}", e.message());
     let other = hanzo_node::keys::NodeKey::generate().public();
     let e = api
         .get_status(signed(
@@ -335,7 +352,8 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("does not match this request"), "{}", e.message());
     let e = api
         .get_status(signed(
             GetStatusRequest {},

@@ -2,9 +2,14 @@
 //! caller's role and stake from the live ACL on every call, and per-caller rate
 //! limits that grow with stake.
 //!
-//! A session token is `v1.<payload>.<mac>` (base64url): the address, when the session
-//! began and when the token expires, under an HMAC key derived from the node key. It
-//! needs no state to check; stake is checked against the ACL on each call anyway.
+//! A session token is `v2.<payload>.<mac>` (base64url): the address, when the session
+//! began and when the token expires, the session's id and its scope, under an HMAC key
+//! derived from the node key. It needs no state to check; stake is checked against
+//! the ACL on each call anyway.
+//!
+//! A session's scope is every service, or what the sign-in message's EIP-5573 ReCap
+//! granted on this node's URI: abilities such as `workloads/read` or `inference/use`
+//! (with an optional `{"max_tokens": N}` budget for the session).
 
 use std::{
     collections::HashMap,
@@ -18,7 +23,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
-use super::{eip712, siwe, siwe::Checks as _};
+use super::{eip712, origins::Origins, siwe, siwe::Checks as _};
 use crate::{
     acl::{Acl, Role, eth},
     bucket::Bucket,
@@ -31,6 +36,129 @@ use crate::{
 const MAX_PENDING_NONCES: usize = 100_000;
 /// Longest token accepted, in bytes.
 const MAX_TOKEN_BYTES: usize = 256;
+/// Bytes of a token's payload: address, began, expires, session id, abilities, budget.
+const PAYLOAD_BYTES: usize = 20 + 8 + 8 + 8 + 2 + 8;
+
+/// The abilities a ReCap may grant on this node, and the bit of each in a token.
+const ABILITIES: [(&str, u16); 7] = [
+    ("node/read", 1),
+    ("repos/read", 1 << 1),
+    ("workloads/read", 1 << 2),
+    ("workloads/write", 1 << 3),
+    ("workloads/exec", 1 << 4),
+    ("inference/use", 1 << 5),
+    ("operator/admin", 1 << 6),
+];
+
+/// The ability a method needs of a scoped session (`None`: methods anyone may call).
+pub fn ability(path: &str) -> Option<&'static str> {
+    let (service, method) = path.strip_prefix("/hanzo.node.v1.")?.split_once('/')?;
+    Some(match (service, method) {
+        ("NodeService", "GetHealth") | ("AuthService", _) => return None,
+        ("NodeService", "GetStatus" | "GetMetrics")
+        | ("ChainService", _)
+        | ("OperatorService", "GetOperatorStatus") => "node/read",
+        ("OperatorService", _) => "operator/admin",
+        ("RepoService", _) => "repos/read",
+        ("InferenceService", _) => "inference/use",
+        (
+            "NodeService",
+            "ListContainers" | "InspectContainer" | "GetLogs" | "GetEvents" | "ListVolumes"
+            | "ListNetworks",
+        ) => "workloads/read",
+        ("NodeService", "ExecInContainer") => "workloads/exec",
+        ("NodeService", _) => "workloads/write",
+        _ => "operator/admin",
+    })
+}
+
+/// What a session may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    abilities: u16,
+    /// Most inference tokens (prompt and completion) the session may use.
+    pub token_budget: Option<u64>,
+}
+
+impl Scope {
+    /// Every ability, no budget: a session without a ReCap, or a signed call.
+    pub const ALL: Self = Self {
+        abilities: u16::MAX,
+        token_budget: None,
+    };
+
+    /// The scope a ReCap's `grants` give on `node_uri`.
+    pub fn granted(grants: &siwe::Grants, node_uri: &str) -> Result<Self, String> {
+        let mut scope = Self {
+            abilities: 0,
+            token_budget: None,
+        };
+        let Some(granted) = grants.get(node_uri) else {
+            return Ok(scope);
+        };
+        for (name, caveats) in granted {
+            let bits = match name.split_once('/') {
+                Some((ns, "*")) => ABILITIES
+                    .iter()
+                    .filter(|(a, _)| a.split_once('/').is_some_and(|(n, _)| n == ns))
+                    .fold(0, |acc, (_, bit)| acc | bit),
+                _ => ABILITIES
+                    .iter()
+                    .find(|(a, _)| a == name)
+                    .map_or(0, |(_, bit)| *bit),
+            };
+            if bits == 0 {
+                let known: Vec<&str> = ABILITIES.iter().map(|(a, _)| *a).collect();
+                return Err(format!(
+                    "this node grants no ability {name:?}; it knows {}",
+                    known.join(", ")
+                ));
+            }
+            scope.abilities |= bits;
+            if bits & ability_bit("inference/use") != 0 {
+                // Caveats are alternatives: the most generous applies.
+                let mut budget = Some(0u64);
+                for c in caveats {
+                    match c.get("max_tokens") {
+                        None => budget = None,
+                        Some(n) => {
+                            let n = n.as_u64().ok_or("max_tokens must be a whole number")?;
+                            budget = budget.map(|b| b.max(n));
+                        }
+                    }
+                }
+                scope.token_budget = budget;
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Whether the scope holds `ability`.
+    pub fn allows(&self, ability: &str) -> bool {
+        self.abilities & ability_bit(ability) != 0
+    }
+
+    /// The abilities held, by name.
+    pub fn names(&self) -> Vec<&'static str> {
+        ABILITIES
+            .iter()
+            .filter(|(_, bit)| self.abilities & bit != 0)
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
+    /// Whether this is every ability with no budget.
+    pub fn is_all(&self) -> bool {
+        *self == Self::ALL
+    }
+}
+
+fn ability_bit(name: &str) -> u16 {
+    ABILITIES
+        .iter()
+        .find(|(a, _)| *a == name)
+        .map_or(0, |(_, bit)| *bit)
+}
 
 /// What a method needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +194,10 @@ pub struct Caller {
     pub stake: U256,
     /// Requests per second it may make.
     pub rate: f64,
+    /// What its session may do.
+    pub scope: Scope,
+    /// Its session's id (none for a call signed on its own).
+    pub session: Option<u64>,
 }
 
 /// A refusal, with the reason label the metrics count it under.
@@ -104,6 +236,16 @@ pub struct Session {
     pub expires_at: u64,
     /// The caller's role at sign-in.
     pub role: Role,
+    /// What the session may do.
+    pub scope: Scope,
+}
+
+/// What a session token says.
+struct Token {
+    address: Address,
+    began: u64,
+    id: u64,
+    scope: Scope,
 }
 
 /// Sign-in, sessions and per-call checks. Cheap to clone.
@@ -118,12 +260,15 @@ struct Inner {
     chain_id: u64,
     domain: String,
     uri: String,
+    origins: Origins,
     acl: Acl,
     config: RpcConfig,
     nonces: Mutex<HashMap<String, u64>>,
     /// Nonces of EIP-712 signed calls, with their deadlines.
     spent: Mutex<HashMap<(Address, String), u64>>,
     buckets: Mutex<HashMap<Address, Bucket>>,
+    /// Inference tokens used by sessions with a budget, with when each session ends.
+    used: Mutex<HashMap<u64, (u64, u64)>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -137,8 +282,15 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     /// Sign-in for the node with `key`, following chain `chain_id`, reached at
-    /// `domain`.
-    pub fn new(key: &NodeKey, acl: Acl, chain_id: u64, domain: String, config: RpcConfig) -> Self {
+    /// `domain`, for pages on `origins`.
+    pub fn new(
+        key: &NodeKey,
+        acl: Acl,
+        chain_id: u64,
+        domain: String,
+        origins: Origins,
+        config: RpcConfig,
+    ) -> Self {
         let mut h = Sha256::new();
         h.update(b"hanzo-node rpc session key\0");
         h.update(key.seed().as_slice());
@@ -150,11 +302,13 @@ impl Auth {
                 chain_id,
                 uri: format!("hanzo-node://{node}"),
                 domain,
+                origins,
                 acl,
                 config,
                 nonces: Mutex::default(),
                 spent: Mutex::default(),
                 buckets: Mutex::default(),
+                used: Mutex::default(),
             }),
         }
     }
@@ -162,6 +316,11 @@ impl Auth {
     /// The domain sign-in messages must name.
     pub fn domain(&self) -> &str {
         &self.inner.domain
+    }
+
+    /// The web origins whose pages may call and sign in.
+    pub fn origins(&self) -> &Origins {
+        &self.inner.origins
     }
 
     /// The URI sign-in messages must name: `hanzo-node://<node key>`.
@@ -197,20 +356,32 @@ impl Auth {
             status: Status::invalid_argument(e.to_string()),
             reason: "malformed_message",
         })?;
-        m.check(
-            &self.inner.domain,
-            &self.inner.uri,
-            self.inner.chain_id,
-            now,
-        )
-        .map_err(|e| {
+        let origins = &self.inner.origins;
+        let accepted = origins.describe();
+        let expect = siwe::Expect {
+            domain: &|scheme, domain| origins.accepts_domain(scheme, domain),
+            accepted: &accepted,
+            node_uri: &self.inner.uri,
+            chain_id: self.inner.chain_id,
+        };
+        let grants = m.check(&expect, now).map_err(|e| {
             let reason = match e {
                 siwe::Error::ChainId { .. } => "wrong_chain",
                 siwe::Error::Expired(_) | siwe::Error::NoExpiry => "expired_message",
+                siwe::Error::Domain { .. } => "wrong_domain",
+                siwe::Error::NotForThisNode { .. } => "other_node",
+                siwe::Error::Recap(_) => "bad_recap",
                 _ => "wrong_message",
             };
             Refusal::unauthenticated(reason, e.to_string())
         })?;
+        let scope = match &grants {
+            None => Scope::ALL,
+            Some(g) => Scope::granted(g, &self.inner.uri).map_err(|e| Refusal {
+                status: Status::invalid_argument(format!("SIWE message's ReCap: {e}")),
+                reason: "bad_recap",
+            })?,
+        };
         match lock(&self.inner.nonces).remove(&m.nonce) {
             Some(expires) if expires > now => {}
             Some(_) => {
@@ -229,12 +400,14 @@ impl Auth {
         siwe::verify(message, signature, m.address)
             .map_err(|e| Refusal::unauthenticated("bad_signature", e.to_string()))?;
         let caller = self.admit(m.address, Need::Caller, "AuthService/SignIn")?;
-        Ok(self.session(m.address, now, now, caller.role))
+        let id = rand::random();
+        Ok(self.session(m.address, now, now, caller.role, id, scope))
     }
 
     /// A new token for the session `token` belongs to.
     pub fn refresh(&self, token: &str, now: u64) -> Result<Session, Refusal> {
-        let (address, began, _) = self.check_token(token, now)?;
+        let t = self.check_token(token, now)?;
+        let (address, began) = (t.address, t.began);
         if began + self.inner.config.max_session.as_secs() <= now {
             return Err(Refusal::unauthenticated(
                 "session_over",
@@ -242,18 +415,29 @@ impl Auth {
             ));
         }
         let caller = self.admit(address, Need::Caller, "AuthService/Refresh")?;
-        Ok(self.session(address, began, now, caller.role))
+        Ok(self.session(address, began, now, caller.role, t.id, t.scope))
     }
 
-    fn session(&self, address: Address, began: u64, now: u64, role: Role) -> Session {
+    fn session(
+        &self,
+        address: Address,
+        began: u64,
+        now: u64,
+        role: Role,
+        id: u64,
+        scope: Scope,
+    ) -> Session {
         let c = &self.inner.config;
         let expires_at = (now + c.session_ttl.as_secs()).min(began + c.max_session.as_secs());
-        let mut payload = Vec::with_capacity(36);
+        let mut payload = Vec::with_capacity(PAYLOAD_BYTES);
         payload.extend_from_slice(address.as_slice());
         payload.extend_from_slice(&began.to_be_bytes());
         payload.extend_from_slice(&expires_at.to_be_bytes());
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&scope.abilities.to_be_bytes());
+        payload.extend_from_slice(&scope.token_budget.unwrap_or(u64::MAX).to_be_bytes());
         let token = format!(
-            "v1.{}.{}",
+            "v2.{}.{}",
             URL_SAFE_NO_PAD.encode(&payload),
             URL_SAFE_NO_PAD.encode(self.mac(&payload))
         );
@@ -262,6 +446,7 @@ impl Auth {
             address,
             expires_at,
             role,
+            scope,
         }
     }
 
@@ -273,8 +458,8 @@ impl Auth {
         mac.finalize().into_bytes().into()
     }
 
-    /// The address, session start and expiry of a token this node issued.
-    fn check_token(&self, token: &str, now: u64) -> Result<(Address, u64, u64), Refusal> {
+    /// What a token this node issued says.
+    fn check_token(&self, token: &str, now: u64) -> Result<Token, Refusal> {
         let foreign = || {
             Refusal::unauthenticated(
                 "bad_token",
@@ -285,7 +470,7 @@ impl Auth {
             return Err(foreign());
         }
         let mut parts = token.split('.');
-        let (Some("v1"), Some(payload), Some(mac), None) =
+        let (Some("v2"), Some(payload), Some(mac), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(foreign());
@@ -293,7 +478,7 @@ impl Auth {
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| foreign())?;
         let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| foreign())?;
         let expected = self.mac(&payload);
-        if payload.len() != 36
+        if payload.len() != PAYLOAD_BYTES
             || mac.len() != expected.len()
             || mac
                 .iter()
@@ -304,8 +489,14 @@ impl Auth {
             return Err(foreign());
         }
         let address = Address::from_slice(&payload[..20]);
-        let began = u64::from_be_bytes(payload[20..28].try_into().map_err(|_| foreign())?);
-        let expires = u64::from_be_bytes(payload[28..36].try_into().map_err(|_| foreign())?);
+        let word = |at: usize| -> Result<u64, Refusal> {
+            Ok(u64::from_be_bytes(
+                payload[at..at + 8].try_into().map_err(|_| foreign())?,
+            ))
+        };
+        let (began, expires, id) = (word(20)?, word(28)?, word(36)?);
+        let abilities = u16::from_be_bytes([payload[44], payload[45]]);
+        let budget = word(46)?;
         if expires <= now {
             return Err(Refusal::unauthenticated(
                 "expired_token",
@@ -315,7 +506,15 @@ impl Auth {
                 ),
             ));
         }
-        Ok((address, began, expires))
+        Ok(Token {
+            address,
+            began,
+            id,
+            scope: Scope {
+                abilities,
+                token_budget: (budget != u64::MAX).then_some(budget),
+            },
+        })
     }
 
     /// Checks a call to `path` carrying the `authorization` header: who the caller
@@ -339,12 +538,57 @@ impl Auth {
                 ),
             ));
         };
-        let (address, _, _) = match self.check_token(token, now) {
+        let t = match self.check_token(token, now) {
             Ok(t) => t,
             Err(_) if need == Need::Anyone => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.admit(address, need, path).map(Some)
+        if let Some(ability) = ability(path)
+            && !t.scope.allows(ability)
+        {
+            let granted = t.scope.names();
+            return Err(Refusal::denied(
+                "out_of_scope",
+                format!(
+                    "{path} needs {ability}, which this session's ReCap does not grant (it grants {} on {}); sign in with a ReCap that grants {ability}",
+                    if granted.is_empty() { "nothing".to_owned() } else { granted.join(", ") },
+                    self.inner.uri
+                ),
+            ));
+        }
+        let mut caller = self.admit(t.address, need, path)?;
+        caller.scope = t.scope;
+        caller.session = Some(t.id);
+        Ok(Some(caller))
+    }
+
+    /// Inference tokens `caller`'s session may still use (`None`: no budget), or the
+    /// refusal when its budget is spent.
+    pub fn tokens_left(&self, caller: &Caller) -> Result<Option<u64>, Status> {
+        let (Some(budget), Some(id)) = (caller.scope.token_budget, caller.session) else {
+            return Ok(None);
+        };
+        let used = lock(&self.inner.used).get(&id).map_or(0, |(u, _)| *u);
+        if used >= budget {
+            return Err(Status::resource_exhausted(format!(
+                "this session's ReCap grants inference/use up to {budget} tokens and {used} are used; sign in again for more"
+            )));
+        }
+        Ok(Some(budget - used))
+    }
+
+    /// Counts `tokens` against `caller`'s session budget, if it has one.
+    pub fn spend(&self, caller: &Caller, tokens: u64, now: u64) {
+        let (Some(_), Some(id)) = (caller.scope.token_budget, caller.session) else {
+            return;
+        };
+        let mut used = lock(&self.inner.used);
+        if used.len() >= MAX_PENDING_NONCES {
+            used.retain(|_, (_, until)| *until > now);
+        }
+        let until = now + self.inner.config.max_session.as_secs();
+        let entry = used.entry(id).or_insert((0, until));
+        entry.0 = entry.0.saturating_add(tokens);
     }
 
     /// Checks a call to `path` signed on its own (EIP-712) over the message `body`:
@@ -364,13 +608,28 @@ impl Auth {
                     eip712::Error::Expired { .. } | eip712::Error::TooFar { .. } => {
                         "expired_signature"
                     }
+                    eip712::Error::Mismatch { .. } => "signature_mismatch",
                     _ => "bad_signature",
                 };
                 Refusal::unauthenticated(reason, e.to_string())
             })?;
         let need = need(path);
         // Only callers who may call spend a nonce, so strangers cannot fill the map.
-        self.check(address, need, path)?;
+        self.check(address, need, path).map_err(|mut refusal| {
+            if signed.address.is_none() {
+                // The address was recovered, not claimed: it may be nobody's.
+                refusal.status = Status::new(
+                    refusal.status.code(),
+                    format!(
+                        "{} ({address} is the signer recovered from {}; if it is not yours, the signed fields differ from this request: send {} with your address to be told)",
+                        refusal.status.message(),
+                        eip712::SIGNATURE,
+                        eip712::ADDRESS
+                    ),
+                );
+            }
+            refusal
+        })?;
         {
             let mut spent = lock(&self.inner.spent);
             if spent.len() >= MAX_PENDING_NONCES {
@@ -462,6 +721,8 @@ impl Auth {
             role,
             stake,
             rate,
+            scope: Scope::ALL,
+            session: None,
         })
     }
 }
@@ -498,12 +759,13 @@ mod tests {
             acl,
             31337,
             "127.0.0.1:8690".into(),
+            Origins::new(&["https://app.example".into()], &[], "127.0.0.1:8690").unwrap(),
             RpcConfig::default(),
         )
     }
 
-    fn signed(auth: &Auth, key: &PrivateKeySigner, chain: u64, nonce: &str) -> (String, Vec<u8>) {
-        let text = siwe::message(&siwe::Message {
+    fn message(auth: &Auth, key: &PrivateKeySigner, chain: u64, nonce: &str) -> siwe::Message {
+        siwe::Message {
             domain: auth.domain().into(),
             address: key.address(),
             uri: auth.uri().into(),
@@ -511,10 +773,85 @@ mod tests {
             nonce: nonce.into(),
             issued_at: NOW,
             expires_at: Some(NOW + 300),
-            not_before: None,
-        });
+            ..siwe::Message::default()
+        }
+    }
+
+    fn sign(key: &PrivateKeySigner, m: &siwe::Message) -> (String, Vec<u8>) {
+        let text = siwe::message(m);
         let sig = key.sign_message_sync(text.as_bytes()).unwrap();
         (text, sig.as_bytes().to_vec())
+    }
+
+    fn signed(auth: &Auth, key: &PrivateKeySigner, chain: u64, nonce: &str) -> (String, Vec<u8>) {
+        sign(key, &message(auth, key, chain, nonce))
+    }
+
+    #[test]
+    fn a_recap_scopes_the_session() {
+        let key = PrivateKeySigner::random();
+        let auth = auth_with(&[(key.address(), 10u64.pow(17))]);
+        let grants: siwe::Grants = serde_json::from_value(serde_json::json!({
+            auth.uri(): {"inference/use": [{"max_tokens": 100}], "workloads/read": [{}]}
+        }))
+        .unwrap();
+        let (nonce, _) = auth.nonce(NOW).unwrap();
+        // A dApp's message: its own domain and URI; the ReCap names the node.
+        let m = siwe::Message {
+            scheme: Some("https".into()),
+            domain: "app.example".into(),
+            uri: "https://app.example/".into(),
+            statement: Some(siwe::recap_statement(&grants)),
+            resources: vec![siwe::recap_resource(&grants)],
+            ..message(&auth, &key, 31337, &nonce)
+        };
+        let (text, sig) = sign(&key, &m);
+        let s = auth.sign_in(&text, &sig, NOW).unwrap();
+        assert_eq!(s.scope.names(), ["workloads/read", "inference/use"]);
+        let bearer = format!("Bearer {}", s.token);
+        let call = |path: &str| auth.authorize(path, Some(&bearer), NOW);
+        let logs = call("/hanzo.node.v1.NodeService/GetLogs").unwrap().unwrap();
+        let e = call("/hanzo.node.v1.NodeService/Deploy").unwrap_err();
+        assert_eq!(e.status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.status.message().contains("needs workloads/write, which this session's ReCap does not grant (it grants workloads/read, inference/use"),
+            "{}",
+            e.status.message()
+        );
+        // The budget holds across refreshes and is the session's alone.
+        assert_eq!(auth.tokens_left(&logs).unwrap(), Some(100));
+        auth.spend(&logs, 60, NOW);
+        let refreshed = auth.refresh(&s.token, NOW + 1).unwrap();
+        let again = auth
+            .authorize("/hanzo.node.v1.InferenceService/Embed", Some(&format!("Bearer {}", refreshed.token)), NOW + 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(auth.tokens_left(&again).unwrap(), Some(40));
+        auth.spend(&again, 40, NOW);
+        let e = auth.tokens_left(&again).unwrap_err();
+        assert!(e.message().contains("up to 100 tokens and 100 are used"), "{}", e.message());
+        // An ability the node does not know is refused at sign-in.
+        let (nonce, _) = auth.nonce(NOW).unwrap();
+        let unknown: siwe::Grants = serde_json::from_value(serde_json::json!({
+            auth.uri(): {"wallet/drain": [{}]}
+        }))
+        .unwrap();
+        let m = siwe::Message {
+            statement: Some(siwe::recap_statement(&unknown)),
+            resources: vec![siwe::recap_resource(&unknown)],
+            ..message(&auth, &key, 31337, &nonce)
+        };
+        let (text, sig) = sign(&key, &m);
+        let e = auth.sign_in(&text, &sig, NOW).unwrap_err();
+        assert!(e.status.message().contains("no ability \"wallet/drain\""), "{}", e.status.message());
+        // A message for a domain the node does not accept, or another node.
+        let (nonce, _) = auth.nonce(NOW).unwrap();
+        let m = siwe::Message { domain: "phish.example".into(), ..message(&auth, &key, 31337, &nonce) };
+        let (text, sig) = sign(&key, &m);
+        assert_eq!(auth.sign_in(&text, &sig, NOW).unwrap_err().reason, "wrong_domain");
+        let m = siwe::Message { uri: "hanzo-node://someone-else".into(), ..message(&auth, &key, 31337, &nonce) };
+        let (text, sig) = sign(&key, &m);
+        assert_eq!(auth.sign_in(&text, &sig, NOW).unwrap_err().reason, "other_node");
     }
 
     #[test]
@@ -578,12 +915,12 @@ mod tests {
             "no_token"
         );
         assert_eq!(
-            auth.authorize(path, Some("Bearer v1.AAAA.BBBB"), NOW)
+            auth.authorize(path, Some("Bearer v2.AAAA.BBBB"), NOW)
                 .unwrap_err()
                 .reason,
             "bad_token"
         );
-        let s = auth.session(key.address(), NOW, NOW, Role::Caller);
+        let s = auth.session(key.address(), NOW, NOW, Role::Caller, 7, Scope::ALL);
         let later = s.expires_at + 1;
         let e = auth
             .authorize(path, Some(&format!("Bearer {}", s.token)), later)
@@ -635,11 +972,11 @@ mod tests {
     fn a_session_refreshes_until_its_maximum() {
         let key = PrivateKeySigner::random();
         let auth = auth_with(&[(key.address(), 10u64.pow(17))]);
-        let s = auth.session(key.address(), NOW, NOW, Role::Caller);
+        let s = auth.session(key.address(), NOW, NOW, Role::Caller, 7, Scope::ALL);
         let r = auth.refresh(&s.token, NOW + 60).unwrap();
         assert!(r.expires_at > s.expires_at);
         let max = RpcConfig::default().max_session.as_secs();
-        let late = auth.session(key.address(), NOW - max + 10, NOW, Role::Caller);
+        let late = auth.session(key.address(), NOW - max + 10, NOW, Role::Caller, 7, Scope::ALL);
         assert!(late.expires_at <= NOW + 10);
         assert_eq!(
             auth.refresh(&late.token, NOW + 11).unwrap_err().reason,

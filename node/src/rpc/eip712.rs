@@ -30,6 +30,9 @@ pub const SIGNATURE: &str = "x-hanzo-signature";
 pub const NONCE: &str = "x-hanzo-nonce";
 /// Metadata carrying the deadline, unix seconds, at most 10 minutes ahead.
 pub const DEADLINE: &str = "x-hanzo-deadline";
+/// Metadata carrying the signer's address (optional): with it, a signature over other
+/// fields than the request's is refused as such instead of recovering a stranger.
+pub const ADDRESS: &str = "x-hanzo-address";
 /// Furthest a deadline may lie ahead (it bounds how long nonces are remembered).
 pub const MAX_AHEAD: u64 = 600;
 const MAX_NONCE: usize = 128;
@@ -52,6 +55,12 @@ pub enum Error {
     TooFar { deadline: u64, now: u64 },
     #[error("{SIGNATURE} is not a 65-byte 0x-hex signature: {0}")]
     Signature(String),
+    #[error("{ADDRESS} {0:?} is not a 0x address")]
+    Address(String),
+    #[error(
+        "the signature does not match this request: the signed method, message, node, chain id, nonce or deadline differ from what was sent (it recovers to {recovered}, not {claimed}); sign exactly this request"
+    )]
+    Mismatch { claimed: Address, recovered: Address },
 }
 
 /// The signing domain: `hanzo-node`, version 1, on `chain_id`.
@@ -83,17 +92,18 @@ pub fn request(
     }
 }
 
-/// Signed metadata as a client sends it: the three header names and values.
+/// Signed metadata as a client sends it: the four header names and values.
 pub fn sign(
     signer: &PrivateKeySigner,
     request: &NodeRequest,
     chain_id: u64,
-) -> Result<[(&'static str, String); 3], alloy::signers::Error> {
+) -> Result<[(&'static str, String); 4], alloy::signers::Error> {
     let sig = signer.sign_hash_sync(&request.eip712_signing_hash(&domain(chain_id)))?;
     Ok([
         (SIGNATURE, format!("0x{}", hex::encode(sig.as_bytes()))),
         (NONCE, request.nonce.clone()),
         (DEADLINE, request.deadline.to_string()),
+        (ADDRESS, signer.address().to_checksum(None)),
     ])
 }
 
@@ -106,6 +116,8 @@ pub struct Signed {
     pub nonce: String,
     /// The deadline, as sent.
     pub deadline: String,
+    /// The address the caller says signed, if it says.
+    pub address: Option<String>,
 }
 
 impl Signed {
@@ -147,6 +159,17 @@ impl Signed {
         let address = sig
             .recover_address_from_prehash(&hash)
             .map_err(|e| Error::Signature(e.to_string()))?;
+        if let Some(claimed) = &self.address {
+            let claimed: Address = claimed
+                .parse()
+                .map_err(|_| Error::Address(claimed.chars().take(64).collect()))?;
+            if claimed != address {
+                return Err(Error::Mismatch {
+                    claimed,
+                    recovered: address,
+                });
+            }
+        }
         Ok((address, deadline))
     }
 }
@@ -168,11 +191,17 @@ mod tests {
             "n-1",
             now + 60,
         );
-        let [(_, signature), (_, nonce), (_, deadline)] = sign(&key, &req, 31337).unwrap();
-        let signed = Signed {
+        let [(_, signature), (_, nonce), (_, deadline), (_, address)] =
+            sign(&key, &req, 31337).unwrap();
+        let anonymous = Signed {
             signature,
             nonce,
             deadline,
+            address: None,
+        };
+        let signed = Signed {
+            address: Some(address),
+            ..anonymous.clone()
         };
         let ok = signed.signer(
             "/hanzo.node.v1.NodeService/GetStatus",
@@ -199,8 +228,14 @@ mod tests {
             ),
             ("/hanzo.node.v1.NodeService/GetStatus", b"body", node, 1),
         ] {
-            let who = signed.signer(m, b, &n, c, now).map(|(a, _)| a);
+            let who = anonymous.signer(m, b, &n, c, now).map(|(a, _)| a);
             assert!(who.is_err() || who.unwrap() != key.address());
+            // With the signer's address beside it, the mismatch is named as such.
+            let e = signed.signer(m, b, &n, c, now).unwrap_err();
+            assert!(
+                matches!(e, Error::Mismatch { claimed, .. } if claimed == key.address()),
+                "{e}"
+            );
         }
         let late = signed.signer(
             "/hanzo.node.v1.NodeService/GetStatus",

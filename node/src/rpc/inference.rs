@@ -29,6 +29,11 @@ impl From<inference::Error> for Status {
     }
 }
 
+/// Tokens a call used, against a session's budget.
+pub(super) fn total(u: inference::Usage) -> u64 {
+    u.prompt_tokens.saturating_add(u.completion_tokens)
+}
+
 fn usage(u: inference::Usage) -> proto::Usage {
     proto::Usage {
         prompt_tokens: u.prompt_tokens,
@@ -54,7 +59,16 @@ impl proto::inference_service_server::InferenceService for Context {
         req: Request<proto::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let c = super::services::caller(&req)?;
+        let left = self.auth.tokens_left(&c)?;
         let r = req.into_inner();
+        // A session with a token budget generates no more than it has left.
+        let max_tokens = match ((r.max_tokens > 0).then_some(r.max_tokens), left) {
+            (asked, None) => asked,
+            (asked, Some(left)) => {
+                let left = u32::try_from(left).unwrap_or(u32::MAX);
+                Some(asked.map_or(left, |a| a.min(left)))
+            }
+        };
         let g = Generation {
             model: r.model,
             messages: r
@@ -62,12 +76,13 @@ impl proto::inference_service_server::InferenceService for Context {
                 .into_iter()
                 .map(|m| (m.role, m.content))
                 .collect(),
-            max_tokens: (r.max_tokens > 0).then_some(r.max_tokens),
+            max_tokens,
             temperature: r.temperature,
             stop: r.stop,
         };
         let inf = self.inference()?.clone();
         let end = self.stream_end(&c);
+        let auth = self.auth.clone();
         // Deltas flow as the upstream sends them; the task ends (and the upstream
         // request with it) when the caller goes.
         Ok(Response::new(super::services::async_stream(
@@ -103,8 +118,12 @@ impl proto::inference_service_server::InferenceService for Context {
                     // Closing the delta channel makes the backend drop the upstream
                     // request; what it streamed so far is still metered.
                     drop(delta_rx);
-                    if done.is_none() {
-                        let _ = run.await;
+                    let result = match done {
+                        Some(r) => r,
+                        None => run.await,
+                    };
+                    if let Ok(f) = &result {
+                        auth.spend(&c, total(f.usage), crate::unix_now());
                     }
                     if let Some(status) = why {
                         let _ = tx.send(Err(status)).await;
@@ -115,6 +134,9 @@ impl proto::inference_service_server::InferenceService for Context {
                     Some(r) => r,
                     None => run.await,
                 };
+                if let Ok(f) = &result {
+                    auth.spend(&c, total(f.usage), crate::unix_now());
+                }
                 let last = result.map_err(Status::from).map(|f| proto::GenerateChunk {
                     delta: String::new(),
                     finish_reason: f.reason,
@@ -130,11 +152,13 @@ impl proto::inference_service_server::InferenceService for Context {
         req: Request<proto::EmbedRequest>,
     ) -> Result<Response<proto::EmbedResponse>, Status> {
         let c = super::services::caller(&req)?;
+        self.auth.tokens_left(&c)?;
         let r = req.into_inner();
         let (vectors, u) = self
             .inference()?
             .embed(c.address, &r.model, r.texts)
             .await?;
+        self.auth.spend(&c, total(u), crate::unix_now());
         Ok(Response::new(proto::EmbedResponse {
             dimensions: vectors
                 .first()
@@ -152,11 +176,13 @@ impl proto::inference_service_server::InferenceService for Context {
         req: Request<proto::RerankRequest>,
     ) -> Result<Response<proto::RerankResponse>, Status> {
         let c = super::services::caller(&req)?;
+        self.auth.tokens_left(&c)?;
         let r = req.into_inner();
         let (ranked, u) = self
             .inference()?
             .rerank(c.address, &r.model, r.query, r.documents)
             .await?;
+        self.auth.spend(&c, total(u), crate::unix_now());
         Ok(Response::new(proto::RerankResponse {
             results: ranked
                 .into_iter()

@@ -179,6 +179,7 @@ fn signed(headers: &http::HeaderMap) -> Option<eip712::Signed> {
         signature,
         nonce: get(eip712::NONCE).unwrap_or_default(),
         deadline: get(eip712::DEADLINE).unwrap_or_default(),
+        address: get(eip712::ADDRESS),
     })
 }
 

@@ -1,14 +1,18 @@
 //! gRPC for staked callers (package `hanzo.node.v1`, `proto/`): one tonic server with
-//! the node, auth, operator, repo and chain services, reflection and gRPC-Web, behind
+//! the node, auth, operator, repo and chain services and reflection (v1 and v1alpha),
+//! over HTTP/2 and gRPC-Web. Layers, outermost first: CORS for the allowed web
+//! origins (preflights answered before anything else), gRPC-Web translation, then
 //! one layer ([`layer::AuthLayer`]) that authenticates every call, unary or
-//! streaming, checks the caller's role and stake in the live ACL, applies the
-//! caller's rate limit and counts the call.
+//! streaming, checks the caller's role, stake and session scope in the live ACL,
+//! applies the caller's rate limit and counts the call. Its refusals pass back
+//! through the gRPC-Web layer, so a browser reads them like any other status.
 
 pub mod auth;
 pub mod eip712;
 mod inference;
 mod layer;
 pub mod openai;
+pub mod origins;
 mod services;
 pub mod siwe;
 mod workloads;
@@ -50,6 +54,8 @@ pub enum Error {
     },
     #[error("rpc: {0}")]
     Server(String),
+    #[error(transparent)]
+    Origins(#[from] origins::Error),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,16 +167,25 @@ pub async fn serve(
             .tls_config(tls)
             .map_err(|e| Error::Server(e.to_string()))?;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Server(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Server(e.to_string()))?;
     let max = config.max_message_bytes;
     let layer = layer::AuthLayer::new(ctx.auth.clone(), ctx.metrics.clone(), max);
+    // The first layer added is the outermost.
     let router = server
-        .layer(layer)
+        .layer(ctx.auth.origins().cors())
         .layer(tonic_web::GrpcWebLayer::new())
-        .add_service(reflection)
+        .layer(layer)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             proto::node_service_server::NodeServiceServer::new(ctx.clone())
                 .max_decoding_message_size(max),
@@ -195,7 +210,7 @@ pub async fn serve(
             proto::chain_service_server::ChainServiceServer::new(ctx)
                 .max_decoding_message_size(max),
         );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = accepted(listener, true);
     tracing::info!(target: TARGET, "gRPC serving");
     router
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
@@ -204,25 +219,44 @@ pub async fn serve(
 }
 
 /// Serves the same services on `listener` with `caller` attached to every call and
-/// no authentication: for `bench-rpc`'s baseline only (the cost of the auth layer is
-/// the difference). Never part of a node.
+/// no authentication: for `bench-rpc`'s baselines only (the cost of the auth layer is
+/// the difference; with `no_delay` false, accepted sockets keep Nagle's algorithm, as
+/// a stock tonic server's given a listener do). Never part of a node.
 pub async fn serve_unauthenticated(
     listener: TcpListener,
     ctx: Context,
     caller: Caller,
+    no_delay: bool,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let attach = tower::util::MapRequestLayer::new(move |mut req: http::Request<_>| {
         req.extensions_mut().insert(caller.clone());
         req
     });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
         .layer(attach)
         .add_service(proto::node_service_server::NodeServiceServer::new(ctx))
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+        .serve_with_incoming_shutdown(accepted(listener, no_delay), cancel.cancelled_owned())
         .await
         .map_err(|e| Error::Server(e.to_string()))
+}
+
+/// The connections `listener` accepts, with Nagle's algorithm off when `no_delay`: a
+/// reply's trailers follow its message in a second small write, which would
+/// otherwise wait for the caller's delayed ACK (about 40 ms on Linux) on every call
+/// with a reply of more than a few hundred bytes.
+fn accepted(
+    listener: TcpListener,
+    no_delay: bool,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |conn| {
+        let conn = conn?;
+        if let Err(err) = conn.set_nodelay(no_delay) {
+            tracing::debug!(target: TARGET, %err, "cannot set TCP_NODELAY");
+        }
+        Ok(conn)
+    })
 }
 
 /// Every method path (`/hanzo.node.v1.Service/Method`) the protos define.
@@ -233,6 +267,7 @@ fn methods() -> std::collections::HashSet<String> {
     };
     let mut out = std::collections::HashSet::from([
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned(),
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned(),
     ]);
     for file in &set.file {
         for service in &file.service {

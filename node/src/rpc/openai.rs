@@ -57,7 +57,11 @@ fn caller(ctx: &Context, path: &str, headers: &HeaderMap) -> Result<Caller, toni
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match ctx.auth.authorize(path, authorization, unix_now()) {
-        Ok(Some(c)) => Ok(c),
+        Ok(Some(c)) => {
+            // A session with a spent token budget is refused here, as on gRPC.
+            ctx.auth.tokens_left(&c)?;
+            Ok(c)
+        }
         Ok(None) => Err(tonic::Status::unauthenticated("sign in first")),
         Err(refusal) => {
             ctx.metrics.auth_failure(refusal.reason);
@@ -125,11 +129,18 @@ async fn chat(State(ctx): State<Context>, headers: HeaderMap, body: axum::body::
     let g = Generation {
         model: model.clone(),
         messages,
-        max_tokens: req
-            .get("max_tokens")
-            .or_else(|| req.get("max_completion_tokens"))
-            .and_then(Value::as_u64)
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        max_tokens: match (
+            req.get("max_tokens")
+                .or_else(|| req.get("max_completion_tokens"))
+                .and_then(Value::as_u64),
+            ctx.auth.tokens_left(&c).ok().flatten(),
+        ) {
+            (None, None) => None,
+            (asked, left) => Some(
+                u32::try_from(asked.unwrap_or(u64::MAX).min(left.unwrap_or(u64::MAX)))
+                    .unwrap_or(u32::MAX),
+            ),
+        },
         temperature: req.get("temperature").and_then(Value::as_f64).map(narrow),
         stop,
     };
@@ -137,8 +148,14 @@ async fn chat(State(ctx): State<Context>, headers: HeaderMap, body: axum::body::
     let id = format!("chatcmpl-{}", hex::encode(rand::random::<[u8; 12]>()));
     let created = unix_now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
-    let address = c.address;
-    let run = tokio::spawn(async move { inf.generate(address, g, tx).await });
+    let (auth, caller) = (ctx.auth.clone(), c.clone());
+    let run = tokio::spawn(async move {
+        let result = inf.generate(caller.address, g, tx).await;
+        if let Ok(f) = &result {
+            auth.spend(&caller, super::inference::total(f.usage), unix_now());
+        }
+        result
+    });
     if !stream {
         let mut text = String::new();
         while let Some(d) = rx.recv().await {
@@ -226,6 +243,7 @@ async fn embeddings(
     };
     match inf.embed(c.address, model, texts).await {
         Ok((vectors, usage)) => {
+            ctx.auth.spend(&c, super::inference::total(usage), unix_now());
             let data: Vec<Value> = vectors
                 .iter()
                 .enumerate()

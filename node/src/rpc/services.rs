@@ -408,6 +408,12 @@ fn session_response(s: super::auth::Session) -> proto::SignInResponse {
         expires_at: secs(s.expires_at),
         address: s.address.to_checksum(None),
         role: role(s.role).into(),
+        abilities: if s.scope.is_all() {
+            Vec::new()
+        } else {
+            s.scope.names().into_iter().map(str::to_owned).collect()
+        },
+        token_budget: s.scope.token_budget.unwrap_or(0),
     }
 }
 
