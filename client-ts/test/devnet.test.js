@@ -150,6 +150,30 @@ test("a ReCap-scoped session calls what it was granted and nothing else", async 
   assert.match(e2.rawMessage, /needs repos\/read/);
 });
 
+test("a ReCap's token budget bounds the session's inference", async () => {
+  const node = connect(url);
+  const s = await node.signIn(caller, { abilities: { "inference/use": [{ max_tokens: 12 }] } });
+  assert.equal(s.tokenBudget, 12n);
+  let used = 0n;
+  let refused;
+  for (let i = 0; i < 20 && !refused; i++) {
+    try {
+      const r = await node.embed("mini", ["the cat sat on the mat"]);
+      assert.equal(r.embeddings.length, 1);
+      used += r.usage.promptTokens;
+    } catch (e) {
+      refused = e;
+    }
+  }
+  assert.ok(refused, "the budget never ran out");
+  assert.ok(used >= 12n, `refused after only ${used} tokens`);
+  assert.equal(refused.code, Code.ResourceExhausted);
+  assert.match(refused.rawMessage, /ReCap grants inference\/use up to 12 tokens and \d+ are used/);
+  // A new session has its own budget.
+  await node.signIn(caller, { abilities: { "inference/use": [{ max_tokens: 12 }] } });
+  await node.embed("mini", ["a bird"]);
+});
+
 test("a session refreshes itself before it expires", async () => {
   const node = connect(url);
   const first = await node.signIn(caller);

@@ -670,13 +670,13 @@ impl Summary<'_> {
         }
         writeln!(
             s,
-            "  HANZO_DATA_DIR={} hanzo-node acl show; curl -s http://{}/readiness",
-            node_dir(self.root, 0).display(),
+            "  curl -sf http://{0}/dashboard/config.json    # the dashboard: open http://{0}/dashboard/ in a browser with a wallet",
             self.nodes[0].http_addr
         )?;
         writeln!(
             s,
-            "  curl -sf http://{0}/dashboard/config.json    # the dashboard: open http://{0}/dashboard/ in a browser with a wallet",
+            "  HANZO_DATA_DIR={} hanzo-node acl show; curl -s http://{}/readiness",
+            node_dir(self.root, 0).display(),
             self.nodes[0].http_addr
         )?;
         Ok(s)

@@ -214,7 +214,13 @@ fn devnet_comes_up_its_printed_commands_work_and_it_resumes_after_a_stop_or_a_ki
     let home = tempfile::tempdir().unwrap();
     let dir: PathBuf = home.path().join("devnet");
     let chain_port = free_base();
-    let base_port = free_base();
+    // Free now, and not the chain's port: both are only probed, not held.
+    let base_port = loop {
+        let base = free_base();
+        if !(base..base + 23).contains(&chain_port) {
+            break base;
+        }
+    };
 
     // First run: set-up, then the summary.
     let run = Running::start(&dir, chain_port, base_port);

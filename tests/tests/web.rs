@@ -13,6 +13,8 @@ use hanzo_e2e::{
     *,
 };
 use hanzo_node::{
+    config::{ModelBackend, ModelConfig},
+    inference::local::write_random,
     node::Node,
     rpc::proto::{DeployRequest, DeploySpec, ServiceSpec, node_service_client::NodeServiceClient},
 };
@@ -60,16 +62,31 @@ fn preflight(url: &str, origin: &str) -> (u16, Vec<(String, String)>) {
     ])
 }
 
-async fn node(net: &Devnet) -> (Node, tonic::transport::Channel) {
+/// A node allowing `https://app.example`, serving a small local embedding model
+/// (random weights) kept in `models`.
+async fn node(net: &Devnet, models: &std::path::Path) -> (Node, tonic::transport::Channel) {
+    let words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "a", "bird", "flew"];
+    write_random(&models.join("mini"), &words, 32, 2, 4, 64, 11).unwrap();
     let mut config = net.config();
     config.rpc.origins = vec!["https://app.example".into()];
+    config.inference.models = vec![ModelConfig {
+        name: "mini".into(),
+        backend: ModelBackend::Local,
+        url: None,
+        upstream_model: None,
+        api_key_env: None,
+        timeout: std::time::Duration::from_secs(10),
+        connect_retries: 0,
+        path: Some(models.join("mini")),
+    }];
     served(net, config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn browsers_get_cors_answers_and_read_refusals() {
     let net = Devnet::start().await;
-    let (node, _ch) = node(&net).await;
+    let models = tempfile::tempdir().unwrap();
+    let (node, _ch) = node(&net, models.path()).await;
     let grpc = format!(
         "http://{}/hanzo.node.v1.NodeService/GetStatus",
         node.rpc_addr.unwrap()
@@ -172,7 +189,8 @@ async fn the_typescript_client_and_the_dashboard_work_against_a_real_node() {
     // Account 3 holds caller stake; account 4 holds none.
     net.stake_caller(3).await;
     let (alice, _) = net.alice_with_demo().await;
-    let (node, ch) = node(&net).await;
+    let models = tempfile::tempdir().unwrap();
+    let (node, ch) = node(&net, models.path()).await;
 
     // A signed push, for the dashboard's repos and who signed them.
     let work = alice.init("demo");
