@@ -78,9 +78,10 @@ pub async fn serve(
     let app = api.merge(crate::git::router(git));
     // Nagle off, as on the gRPC listener: a small write after a large one must not
     // wait for the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |conn: &mut tokio::net::TcpStream| {
-        let _ = conn.set_nodelay(true);
-    });
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |conn: &mut tokio::net::TcpStream| {
+            let _ = conn.set_nodelay(true);
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -9,8 +9,8 @@ pub mod bucket;
 pub mod chain;
 pub mod cli;
 pub mod config;
-pub mod deploy;
 pub mod dashboard;
+pub mod deploy;
 pub mod devnet;
 pub mod dns;
 #[cfg(test)]

@@ -288,7 +288,8 @@ impl Node {
         let http_task = {
             let cancel = cancel.child_token();
             tokio::spawn(async move {
-                if let Err(err) = http::serve(listener, telemetry, extra, cors, sync_done, cancel).await
+                if let Err(err) =
+                    http::serve(listener, telemetry, extra, cors, sync_done, cancel).await
                 {
                     warn!(target: TARGET, %err, "HTTP listener stopped");
                 }

@@ -6,6 +6,10 @@
 //!   role and stake from the live ACL, rate limit), against the same handler served
 //!   on a second listener without the auth layer, with the caller attached as the
 //!   layer would, in the same run.
+//! * One client, one call at a time: `GetHealth`, `GetStatus` and `ListOperators`
+//!   (six operators on chain: a reply of more than a kilobyte) on the node, and the
+//!   latter two on a listener that keeps Nagle's algorithm on (the node before it set
+//!   `TCP_NODELAY`), where a reply's trailers wait for the client's delayed ACK.
 //! * `Deploy` of a one-process service on the process runtime from 4 clients (each
 //!   removed again), against spawning the same process with `tokio::process`.
 //! * The sandbox's cost: `true` run to its exit through the process runtime's
@@ -24,7 +28,7 @@ use std::{
 use hanzo_e2e::{
     Devnet, arg,
     bench::percentile,
-    milli,
+    ether, milli,
     rpc::{bearer, connect, sign_in_request},
 };
 use hanzo_node::{
@@ -34,8 +38,8 @@ use hanzo_node::{
         self, Caller,
         proto::{
             DeployRequest, DeploySpec, DeploymentRef, GetHealthRequest, GetStatusRequest,
-            ServiceSpec, auth_service_client::AuthServiceClient,
-            node_service_client::NodeServiceClient,
+            ListOperatorsRequest, ServiceSpec, auth_service_client::AuthServiceClient,
+            chain_service_client::ChainServiceClient, node_service_client::NodeServiceClient,
         },
     },
 };
@@ -79,6 +83,16 @@ where
         p50_ms: percentile(&mut all, 0.5),
         p99_ms: percentile(&mut all, 0.99),
     }
+}
+
+/// `msg` with `authorization: <token>` when there is one.
+fn authorized<T>(msg: T, token: Option<&str>) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", t.parse().unwrap());
+    }
+    req
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -290,6 +304,22 @@ async fn main() {
     let duration = Duration::from_secs(arg("--secs", 5));
     let net = Devnet::start().await;
     net.stake_caller(3).await;
+    // Operators on chain, so ListOperators answers with more than a kilobyte.
+    for i in 4..10 {
+        net.client(i)
+            .await
+            .register_operator(
+                alloy::primitives::B256::from(hanzo_node::keys::NodeKey::generate().public().0),
+                &format!(
+                    "http://127.0.0.1:{} /ip4/127.0.0.1/tcp/{}",
+                    8000 + i,
+                    9000 + i
+                ),
+                ether(2),
+            )
+            .await
+            .unwrap();
+    }
     let mut config = net.config();
     // The limit is not what is measured.
     config.rpc.base_rate = 1e9;
@@ -376,31 +406,49 @@ async fn main() {
     )
     .await;
     let unauthed = load(clients, duration, status(bare_ch.clone(), None)).await;
-    let authed2 = load(clients, duration, status(node_ch.clone(), Some(token.clone()))).await;
+    let authed2 = load(
+        clients,
+        duration,
+        status(node_ch.clone(), Some(token.clone())),
+    )
+    .await;
     let unauthed2 = load(clients, duration, status(bare_ch, None)).await;
-    // One client, one call at a time: a reply big enough to be sent in two writes
-    // (GetStatus) must not wait for the client's delayed ACK.
-    let seq = |ch: Channel, token: Option<Arc<str>>, health: bool| async move {
-        let mut c = NodeServiceClient::new(ch);
+    // One client, one call at a time: a reply big enough to be written in two pieces
+    // (ListOperators with 6 operators) must not wait for the client's delayed ACK.
+    let seq = |ch: Channel, token: Option<Arc<str>>, method: &'static str| async move {
+        let (mut node, mut chain) = (
+            NodeServiceClient::new(ch.clone()),
+            ChainServiceClient::new(ch),
+        );
         let mut lat = Vec::new();
         for _ in 0..SEQUENTIAL {
             let t = Instant::now();
-            if health {
-                c.get_health(GetHealthRequest {}).await.unwrap();
-            } else {
-                let mut req = Request::new(GetStatusRequest {});
-                if let Some(t) = &token {
-                    req.metadata_mut().insert("authorization", t.parse().unwrap());
+            match method {
+                "health" => drop(node.get_health(GetHealthRequest {}).await.unwrap()),
+                "status" => drop(
+                    node.get_status(authorized(GetStatusRequest {}, token.as_deref()))
+                        .await
+                        .unwrap(),
+                ),
+                _ => {
+                    let r = chain
+                        .list_operators(authorized(ListOperatorsRequest {}, token.as_deref()))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(r.operators.len(), 6);
                 }
-                c.get_status(req).await.unwrap();
             }
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         ms_run(lat)
     };
-    let health_seq = seq(node_ch.clone(), None, true).await;
-    let status_seq = seq(node_ch.clone(), Some(token.clone()), false).await;
-    let nagle_seq = seq(connect(nagle_addr).await, None, false).await;
+    let health_seq = seq(node_ch.clone(), None, "health").await;
+    let status_seq = seq(node_ch.clone(), Some(token.clone()), "status").await;
+    let operators_seq = seq(node_ch.clone(), Some(token.clone()), "operators").await;
+    let nagle_ch = connect(nagle_addr).await;
+    let nagle_status_seq = seq(nagle_ch.clone(), None, "status").await;
+    let nagle_operators_seq = seq(nagle_ch, None, "operators").await;
     cancel.cancel();
 
     let a = (rate(&authed) + rate(&authed2)) / 2.0;
@@ -424,8 +472,14 @@ async fn main() {
         a / u
     );
     println!(
-        "Sequential calls, one client, {SEQUENTIAL} each: GetHealth p50 {:.2} ms; GetStatus p50 {:.2} ms (p99 {:.2} ms); GetStatus from a server keeping Nagle's algorithm on (the node before TCP_NODELAY): p50 {:.2} ms",
-        health_seq.p50_ms, status_seq.p50_ms, status_seq.p99_ms, nagle_seq.p50_ms
+        "Sequential calls, one client, {SEQUENTIAL} each: GetHealth p50 {:.2} ms; GetStatus p50 {:.2} ms (p99 {:.2} ms); ListOperators (6 operators) p50 {:.2} ms (p99 {:.2} ms). The same handlers on a server keeping Nagle's algorithm on (the node before TCP_NODELAY): GetStatus p50 {:.2} ms, ListOperators p50 {:.2} ms",
+        health_seq.p50_ms,
+        status_seq.p50_ms,
+        status_seq.p99_ms,
+        operators_seq.p50_ms,
+        operators_seq.p99_ms,
+        nagle_status_seq.p50_ms,
+        nagle_operators_seq.p50_ms
     );
     println!(
         "Deploy of a one-process service (process runtime), {DEPLOYS} deploys from 4 clients: p50 {:.2} ms, p99 {:.2} ms; spawning the same process with tokio::process: p50 {:.2} ms, p99 {:.2} ms",
@@ -448,7 +502,12 @@ async fn main() {
     println!("auth_p99_ms={:.2}", authed2.p99_ms);
     println!("health_seq_p50_ms={:.2}", health_seq.p50_ms);
     println!("status_seq_p50_ms={:.2}", status_seq.p50_ms);
-    println!("status_seq_nagle_p50_ms={:.2}", nagle_seq.p50_ms);
+    println!("operators_seq_p50_ms={:.2}", operators_seq.p50_ms);
+    println!("status_seq_nagle_p50_ms={:.2}", nagle_status_seq.p50_ms);
+    println!(
+        "operators_seq_nagle_p50_ms={:.2}",
+        nagle_operators_seq.p50_ms
+    );
     println!("deploy_p50_ms={:.2}", deploy.p50_ms);
     println!("deploy_p99_ms={:.2}", deploy.p99_ms);
     println!("spawn_p99_ms={:.2}", spawn.p99_ms);

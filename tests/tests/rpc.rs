@@ -297,7 +297,8 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
     let e = repos.get_refs(tampered).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(
-        e.message().contains("the signature does not match this request")
+        e.message()
+            .contains("the signature does not match this request")
             && e.message().contains(&format!("not {}", key.address())),
         "{}",
         e.message()
@@ -313,7 +314,8 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(
         !e.message().contains(&key.address().to_string())
-            && e.message().contains("if it is not yours, the signed fields differ from this request"),
+            && e.message()
+                .contains("if it is not yours, the signed fields differ from this request"),
         "{}",
         e.message()
     );
@@ -338,7 +340,11 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("does not match this request"), "{}", e.message());
+    assert!(
+        e.message().contains("does not match this request"),
+        "{}",
+        e.message()
+    );
     let other = hanzo_node::keys::NodeKey::generate().public();
     let e = api
         .get_status(signed(
@@ -353,7 +359,11 @@ async fn one_call_signed_with_eip712_is_served_once_and_only_as_signed() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("does not match this request"), "{}", e.message());
+    assert!(
+        e.message().contains("does not match this request"),
+        "{}",
+        e.message()
+    );
     let e = api
         .get_status(signed(
             GetStatusRequest {},

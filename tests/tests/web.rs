@@ -65,7 +65,9 @@ fn preflight(url: &str, origin: &str) -> (u16, Vec<(String, String)>) {
 /// A node allowing `https://app.example`, serving a small local embedding model
 /// (random weights) kept in `models`.
 async fn node(net: &Devnet, models: &std::path::Path) -> (Node, tonic::transport::Channel) {
-    let words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "a", "bird", "flew"];
+    let words = [
+        "the", "cat", "sat", "on", "mat", "dog", "ran", "a", "bird", "flew",
+    ];
     write_random(&models.join("mini"), &words, 32, 2, 4, 64, 11).unwrap();
     let mut config = net.config();
     config.rpc.origins = vec!["https://app.example".into()];
@@ -104,7 +106,13 @@ async fn browsers_get_cors_answers_and_read_refusals() {
             "{url}"
         );
         let allowed = header(&h, "access-control-allow-headers").unwrap_or_default();
-        for name in ["authorization", "content-type", "x-grpc-web", "grpc-timeout", "connect-protocol-version"] {
+        for name in [
+            "authorization",
+            "content-type",
+            "x-grpc-web",
+            "grpc-timeout",
+            "connect-protocol-version",
+        ] {
             assert!(allowed.contains(name), "{url}: {name} not in {allowed}");
         }
         assert!(
@@ -132,7 +140,11 @@ async fn browsers_get_cors_answers_and_read_refusals() {
         &grpc,
     ]);
     assert_eq!(status, 200, "{h:?}");
-    assert_eq!(header(&h, "content-type"), Some("application/grpc-web+proto"), "{h:?}");
+    assert_eq!(
+        header(&h, "content-type"),
+        Some("application/grpc-web+proto"),
+        "{h:?}"
+    );
     assert_eq!(header(&h, "grpc-status"), Some("16"), "{h:?}");
     assert!(
         header(&h, "grpc-message").is_some_and(|m| m.contains("needs%20a%20signed-in%20caller")),
@@ -148,13 +160,22 @@ async fn browsers_get_cors_answers_and_read_refusals() {
     let buf = repo_root().join("node_modules/@bufbuild/buf-linux-x64/bin/buf");
     for protocol in ["grpc-v1", "grpc-v1alpha"] {
         let out = Command::new(&buf)
-            .args(["curl", "--list-services", "--protocol", "grpc", "--http2-prior-knowledge"])
+            .args([
+                "curl",
+                "--list-services",
+                "--protocol",
+                "grpc",
+                "--http2-prior-knowledge",
+            ])
             .args(["--reflect-protocol", protocol])
             .arg(format!("http://{}", node.rpc_addr.unwrap()))
             .output()
             .unwrap();
         let listed = ok(&out);
-        assert!(listed.contains("hanzo.node.v1.NodeService"), "{protocol}: {listed}");
+        assert!(
+            listed.contains("hanzo.node.v1.NodeService"),
+            "{protocol}: {listed}"
+        );
     }
 }
 
@@ -197,7 +218,12 @@ async fn the_typescript_client_and_the_dashboard_work_against_a_real_node() {
     alice.commit(&work, "README", "hello");
     alice.git_ok(
         &work,
-        &["push", "--signed", &format!("http://{}/demo.git", node.http_addr), "main"],
+        &[
+            "push",
+            "--signed",
+            &format!("http://{}/demo.git", node.http_addr),
+            "main",
+        ],
     );
     // A deployment of the caller's, whose logs the dashboard follows.
     let token = session(&ch, &net.dev_key(3)).await;
@@ -209,7 +235,10 @@ async fn the_typescript_client_and_the_dashboard_work_against_a_real_node() {
                     services: vec![ServiceSpec {
                         name: "echo".into(),
                         command: "sh".into(),
-                        args: vec!["-c".into(), "echo hello from the dashboard; sleep 600".into()],
+                        args: vec![
+                            "-c".into(),
+                            "echo hello from the dashboard; sleep 600".into(),
+                        ],
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -223,18 +252,34 @@ async fn the_typescript_client_and_the_dashboard_work_against_a_real_node() {
 
     let key = |i| net.dev_key(i).to_bytes().to_string();
     let env = [
-        ("HANZO_GRPC_URL", format!("http://{}", node.rpc_addr.unwrap())),
+        (
+            "HANZO_GRPC_URL",
+            format!("http://{}", node.rpc_addr.unwrap()),
+        ),
         ("HANZO_HTTP_URL", format!("http://{}", node.http_addr)),
         ("HANZO_CALLER_KEY", key(3)),
         ("HANZO_STRANGER_KEY", key(4)),
         ("HANZO_CONTAINER", "echo-1".into()),
         (
             "HANZO_ARTIFACTS",
-            repo_root().join("target/web-artifacts").display().to_string(),
+            repo_root()
+                .join("target/web-artifacts")
+                .display()
+                .to_string(),
         ),
     ];
-    let client = node_js("client-ts", &["--test", "--test-reporter=spec", "test/"], &env);
-    assert!(client.status.success(), "the TypeScript client's tests failed (output above)");
+    let client = node_js(
+        "client-ts",
+        &["--test", "--test-reporter=spec", "test/"],
+        &env,
+    );
+    assert!(
+        client.status.success(),
+        "the TypeScript client's tests failed (output above)"
+    );
     let browser = node_js("dashboard", &["test/browser.mjs"], &env);
-    assert!(browser.status.success(), "the dashboard's browser test failed (output above)");
+    assert!(
+        browser.status.success(),
+        "the dashboard's browser test failed (output above)"
+    );
 }

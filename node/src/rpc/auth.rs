@@ -551,7 +551,11 @@ impl Auth {
                 "out_of_scope",
                 format!(
                     "{path} needs {ability}, which this session's ReCap does not grant (it grants {} on {}); sign in with a ReCap that grants {ability}",
-                    if granted.is_empty() { "nothing".to_owned() } else { granted.join(", ") },
+                    if granted.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        granted.join(", ")
+                    },
                     self.inner.uri
                 ),
             ));
@@ -823,13 +827,21 @@ mod tests {
         auth.spend(&logs, 60, NOW);
         let refreshed = auth.refresh(&s.token, NOW + 1).unwrap();
         let again = auth
-            .authorize("/hanzo.node.v1.InferenceService/Embed", Some(&format!("Bearer {}", refreshed.token)), NOW + 1)
+            .authorize(
+                "/hanzo.node.v1.InferenceService/Embed",
+                Some(&format!("Bearer {}", refreshed.token)),
+                NOW + 1,
+            )
             .unwrap()
             .unwrap();
         assert_eq!(auth.tokens_left(&again).unwrap(), Some(40));
         auth.spend(&again, 40, NOW);
         let e = auth.tokens_left(&again).unwrap_err();
-        assert!(e.message().contains("up to 100 tokens and 100 are used"), "{}", e.message());
+        assert!(
+            e.message().contains("up to 100 tokens and 100 are used"),
+            "{}",
+            e.message()
+        );
         // An ability the node does not know is refused at sign-in.
         let (nonce, _) = auth.nonce(NOW).unwrap();
         let unknown: siwe::Grants = serde_json::from_value(serde_json::json!({
@@ -843,15 +855,31 @@ mod tests {
         };
         let (text, sig) = sign(&key, &m);
         let e = auth.sign_in(&text, &sig, NOW).unwrap_err();
-        assert!(e.status.message().contains("no ability \"wallet/drain\""), "{}", e.status.message());
+        assert!(
+            e.status.message().contains("no ability \"wallet/drain\""),
+            "{}",
+            e.status.message()
+        );
         // A message for a domain the node does not accept, or another node.
         let (nonce, _) = auth.nonce(NOW).unwrap();
-        let m = siwe::Message { domain: "phish.example".into(), ..message(&auth, &key, 31337, &nonce) };
+        let m = siwe::Message {
+            domain: "phish.example".into(),
+            ..message(&auth, &key, 31337, &nonce)
+        };
         let (text, sig) = sign(&key, &m);
-        assert_eq!(auth.sign_in(&text, &sig, NOW).unwrap_err().reason, "wrong_domain");
-        let m = siwe::Message { uri: "hanzo-node://someone-else".into(), ..message(&auth, &key, 31337, &nonce) };
+        assert_eq!(
+            auth.sign_in(&text, &sig, NOW).unwrap_err().reason,
+            "wrong_domain"
+        );
+        let m = siwe::Message {
+            uri: "hanzo-node://someone-else".into(),
+            ..message(&auth, &key, 31337, &nonce)
+        };
         let (text, sig) = sign(&key, &m);
-        assert_eq!(auth.sign_in(&text, &sig, NOW).unwrap_err().reason, "other_node");
+        assert_eq!(
+            auth.sign_in(&text, &sig, NOW).unwrap_err().reason,
+            "other_node"
+        );
     }
 
     #[test]
@@ -976,7 +1004,14 @@ mod tests {
         let r = auth.refresh(&s.token, NOW + 60).unwrap();
         assert!(r.expires_at > s.expires_at);
         let max = RpcConfig::default().max_session.as_secs();
-        let late = auth.session(key.address(), NOW - max + 10, NOW, Role::Caller, 7, Scope::ALL);
+        let late = auth.session(
+            key.address(),
+            NOW - max + 10,
+            NOW,
+            Role::Caller,
+            7,
+            Scope::ALL,
+        );
         assert!(late.expires_at <= NOW + 10);
         assert_eq!(
             auth.refresh(&late.token, NOW + 11).unwrap_err().reason,

@@ -60,7 +60,10 @@ pub enum Error {
     #[error(
         "the signature does not match this request: the signed method, message, node, chain id, nonce or deadline differ from what was sent (it recovers to {recovered}, not {claimed}); sign exactly this request"
     )]
-    Mismatch { claimed: Address, recovered: Address },
+    Mismatch {
+        claimed: Address,
+        recovered: Address,
+    },
 }
 
 /// The signing domain: `hanzo-node`, version 1, on `chain_id`.

@@ -235,7 +235,10 @@ pub async fn serve_unauthenticated(
     });
     Server::builder()
         .layer(attach)
-        .add_service(proto::node_service_server::NodeServiceServer::new(ctx))
+        .add_service(proto::node_service_server::NodeServiceServer::new(
+            ctx.clone(),
+        ))
+        .add_service(proto::chain_service_server::ChainServiceServer::new(ctx))
         .serve_with_incoming_shutdown(accepted(listener, no_delay), cancel.cancelled_owned())
         .await
         .map_err(|e| Error::Server(e.to_string()))

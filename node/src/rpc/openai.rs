@@ -243,7 +243,8 @@ async fn embeddings(
     };
     match inf.embed(c.address, model, texts).await {
         Ok((vectors, usage)) => {
-            ctx.auth.spend(&c, super::inference::total(usage), unix_now());
+            ctx.auth
+                .spend(&c, super::inference::total(usage), unix_now());
             let data: Vec<Value> = vectors
                 .iter()
                 .enumerate()

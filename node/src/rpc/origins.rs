@@ -56,7 +56,9 @@ impl Origins {
             let lower = origin.to_ascii_lowercase();
             let parsed = lower.split_once("://").filter(|(scheme, authority)| {
                 !scheme.is_empty()
-                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
                     && !authority.is_empty()
                     && authority
                         .chars()
@@ -157,8 +159,17 @@ mod tests {
         assert!(o.accepts_domain(Some("http"), "127.0.0.1:8690"));
         assert!(!o.accepts_domain(None, "phish.example"));
         assert!(o.describe().contains("https://app.example"));
-        assert!(Origins::new(&["*".into()], &[], "x").unwrap().accepts_domain(None, "any"));
-        for bad in ["app.example", "https://app.example/path", "https://", "://x"] {
+        assert!(
+            Origins::new(&["*".into()], &[], "x")
+                .unwrap()
+                .accepts_domain(None, "any")
+        );
+        for bad in [
+            "app.example",
+            "https://app.example/path",
+            "https://",
+            "://x",
+        ] {
             assert!(Origins::new(&[bad.into()], &[], "x").is_err(), "{bad}");
         }
     }

@@ -74,7 +74,8 @@ pub struct Expect<'a> {
 
 /// A ReCap's grants: resource URI → ability (`namespace/name`) → caveats (any one
 /// of them applies; `{}` is no limit).
-pub type Grants = BTreeMap<String, BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>>>;
+pub type Grants =
+    BTreeMap<String, BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>>>;
 
 /// What the node does with a SIWE message: read it, and check it names this node.
 pub trait Checks: Sized {
@@ -108,7 +109,9 @@ impl Checks for Message {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
         {
-            return Err(bad("the scheme before the domain is not an RFC 3986 scheme"));
+            return Err(bad(
+                "the scheme before the domain is not an RFC 3986 scheme",
+            ));
         }
         if domain.is_empty()
             || !domain
@@ -181,7 +184,11 @@ impl Checks for Message {
             ..Self::default()
         };
         let optional = |name: &str, lines: &mut std::iter::Peekable<std::str::Split<'_, char>>| {
-            let line = lines.peek()?.strip_prefix(name)?.strip_prefix(": ")?.to_owned();
+            let line = lines
+                .peek()?
+                .strip_prefix(name)?
+                .strip_prefix(": ")?
+                .to_owned();
             lines.next();
             Some(line)
         };
@@ -311,8 +318,11 @@ impl Recap for Message {
             #[serde(default)]
             prf: Vec<serde_json::Value>,
         }
-        let object: Object = serde_json::from_slice(&json)
-            .map_err(|e| bad(format!("not a ReCap object ({{\"att\": {{…}}, \"prf\": […]}}): {e}")))?;
+        let object: Object = serde_json::from_slice(&json).map_err(|e| {
+            bad(format!(
+                "not a ReCap object ({{\"att\": {{…}}, \"prf\": […]}}): {e}"
+            ))
+        })?;
         if !object.prf.is_empty() {
             return Err(bad(
                 "delegated proofs (prf) are not supported: the signer grants directly".into(),
@@ -320,7 +330,10 @@ impl Recap for Message {
         }
         for (resource, abilities) in &object.att {
             for (ability, caveats) in abilities {
-                if ability.split_once('/').is_none_or(|(ns, a)| ns.is_empty() || a.is_empty()) {
+                if ability
+                    .split_once('/')
+                    .is_none_or(|(ns, a)| ns.is_empty() || a.is_empty())
+                {
                     return Err(bad(format!(
                         "ability {ability:?} of {resource} is not `namespace/name`"
                     )));
@@ -358,7 +371,14 @@ pub trait Recap {
 fn time(s: &str, name: &str) -> Result<u64, Error> {
     let bad = || Error::Malformed(format!("`{name}:` is not an RFC 3339 time: {s:?}"));
     let b = s.as_bytes();
-    if !s.is_ascii() || b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+    if !s.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let num = |r: std::ops::Range<usize>| -> Result<i64, Error> {
@@ -371,7 +391,12 @@ fn time(s: &str, name: &str) -> Result<u64, Error> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return Err(bad());
     }
     let mut rest = &s[19..];
@@ -491,7 +516,10 @@ mod tests {
     fn messages_from_wallet_libraries_parse() {
         let viem = "app.example wants you to sign in with your Ethereum account:\n0xA0Cf798816D4b9b9866b5330EEa46a18382f251e\n\n\nURI: hanzo-node://0xab\nVersion: 1\nChain ID: 31337\nNonce: a1b2c3d4e5f6a7b8\nIssued At: 2027-01-15T08:00:00.000Z\nExpiration Time: 2027-01-15T08:05:00.000Z";
         let m = Message::parse(viem).unwrap();
-        assert_eq!((m.domain.as_str(), m.statement.as_deref()), ("app.example", None));
+        assert_eq!(
+            (m.domain.as_str(), m.statement.as_deref()),
+            ("app.example", None)
+        );
         assert_eq!(m.issued_at, NOW);
         assert_eq!(m.expires_at, Some(NOW + 300));
         m.check(&expect(), NOW).unwrap();
@@ -511,7 +539,10 @@ mod tests {
         m.check(&expect(), NOW).unwrap();
         // The same over plain http is a domain the node does not accept.
         let http = spec.replacen("https://app", "http://app", 1);
-        let e = Message::parse(&http).unwrap().check(&expect(), NOW).unwrap_err();
+        let e = Message::parse(&http)
+            .unwrap()
+            .check(&expect(), NOW)
+            .unwrap_err();
         assert!(matches!(e, Error::Domain { .. }), "{e}");
     }
 
@@ -531,27 +562,49 @@ mod tests {
             "Nonce: a1b2c3d4e5f6a7b8\nChain ID: 31337",
         );
         assert!(Message::parse(&swapped).is_err());
-        let lowercase = text.replace("0xA0Cf798816D4b9b9866b5330EEa46a18382f251e", "0xa0cf798816d4b9b9866b5330eea46a18382f251f");
+        let lowercase = text.replace(
+            "0xA0Cf798816D4b9b9866b5330EEa46a18382f251e",
+            "0xa0cf798816d4b9b9866b5330eea46a18382f251f",
+        );
         assert!(Message::parse(&lowercase).is_err());
     }
 
     #[test]
     fn checks_name_what_is_wrong() {
         let m = sample(Address::repeat_byte(1));
-        let other_domain = Message { domain: "phish.example".into(), ..m.clone() };
+        let other_domain = Message {
+            domain: "phish.example".into(),
+            ..m.clone()
+        };
         let e = other_domain.check(&expect(), NOW).unwrap_err();
-        assert!(e.to_string().contains("for domain \"phish.example\""), "{e}");
-        let other_chain = Message { chain_id: 1, ..m.clone() };
+        assert!(
+            e.to_string().contains("for domain \"phish.example\""),
+            "{e}"
+        );
+        let other_chain = Message {
+            chain_id: 1,
+            ..m.clone()
+        };
         assert_eq!(
             other_chain.check(&expect(), NOW).unwrap_err().to_string(),
             "SIWE message is for chain id 1, but this node follows chain 31337"
         );
         let e = m.check(&expect(), NOW + 601).unwrap_err();
         assert!(matches!(e, Error::Expired(_)), "{e}");
-        let other_node = Message { uri: "hanzo-node://0xcd".into(), ..m.clone() };
+        let other_node = Message {
+            uri: "hanzo-node://0xcd".into(),
+            ..m.clone()
+        };
         let e = other_node.check(&expect(), NOW).unwrap_err();
-        assert!(e.to_string().contains("put hanzo-node://0xab in its URI or Resources"), "{e}");
-        let no_expiry = Message { expires_at: None, ..m.clone() };
+        assert!(
+            e.to_string()
+                .contains("put hanzo-node://0xab in its URI or Resources"),
+            "{e}"
+        );
+        let no_expiry = Message {
+            expires_at: None,
+            ..m.clone()
+        };
         assert_eq!(no_expiry.check(&expect(), NOW), Err(Error::NoExpiry));
     }
 
@@ -577,11 +630,20 @@ mod tests {
         // The ReCap's resource names the node: that binds the message to it.
         assert_eq!(parsed.check(&expect(), NOW).unwrap(), Some(grants.clone()));
         // A statement that hides the grant is refused.
-        let hidden = Message { statement: Some("Sign in.".into()), ..m.clone() };
+        let hidden = Message {
+            statement: Some("Sign in.".into()),
+            ..m.clone()
+        };
         let e = hidden.check(&expect(), NOW).unwrap_err();
         assert!(matches!(e, Error::Recap(_)), "{e}");
-        let garbage = Message { resources: vec![format!("{RECAP_PREFIX}!!")], ..m };
-        assert!(matches!(garbage.check(&expect(), NOW), Err(Error::Recap(_))));
+        let garbage = Message {
+            resources: vec![format!("{RECAP_PREFIX}!!")],
+            ..m
+        };
+        assert!(matches!(
+            garbage.check(&expect(), NOW),
+            Err(Error::Recap(_))
+        ));
     }
 
     #[test]
@@ -590,7 +652,13 @@ mod tests {
         assert_eq!(time("2027-01-15T08:00:00.123456Z", "t"), Ok(NOW));
         assert_eq!(time("2027-01-15T09:30:00+01:30", "t"), Ok(NOW));
         assert_eq!(time("2027-01-15T07:00:00-01:00", "t"), Ok(NOW));
-        for bad in ["2027-01-15 08:00:00Z", "2027-13-15T08:00:00Z", "2027-01-15T08:00:00", "2027-01-15T08:00:00.Z", "+027-01-15T08:00:00Z"] {
+        for bad in [
+            "2027-01-15 08:00:00Z",
+            "2027-13-15T08:00:00Z",
+            "2027-01-15T08:00:00",
+            "2027-01-15T08:00:00.Z",
+            "+027-01-15T08:00:00Z",
+        ] {
             assert!(time(bad, "t").is_err(), "{bad}");
         }
     }
