@@ -77,3 +77,24 @@ pub fn bearer<T>(msg: T, token: &str) -> Request<T> {
     );
     req
 }
+
+/// The services the gRPC listener at `addr` lists by reflection, as `buf curl` (from
+/// npm: a client that is not ours) reads them with `reflect_protocol` (`grpc-v1`,
+/// `grpc-v1alpha`); one per line.
+pub fn list_services(addr: std::net::SocketAddr, reflect_protocol: &str) -> String {
+    let out = std::process::Command::new(
+        crate::repo_root().join("node_modules/@bufbuild/buf-linux-x64/bin/buf"),
+    )
+    .args([
+        "curl",
+        "--list-services",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+    ])
+    .args(["--reflect-protocol", reflect_protocol])
+    .arg(format!("http://{addr}"))
+    .output()
+    .expect("buf runs (scripts/setup installs it)");
+    crate::ok(&out)
+}

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use hanzo_e2e::{
-    rpc::{bearer, connect, served, sign_in_request},
+    rpc::{bearer, connect, list_services, served, sign_in_request},
     *,
 };
 use hanzo_node::{
@@ -57,20 +57,7 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
     assert_eq!(health.node_key, net.node_key().public().to_string());
 
     // A client that is not ours lists the services by reflection: buf (from npm).
-    let listed = std::process::Command::new(
-        repo_root().join("node_modules/@bufbuild/buf-linux-x64/bin/buf"),
-    )
-    .args([
-        "curl",
-        "--list-services",
-        "--protocol",
-        "grpc",
-        "--http2-prior-knowledge",
-    ])
-    .arg(format!("http://{}", node.rpc_addr.unwrap()))
-    .output()
-    .unwrap();
-    let services = String::from_utf8_lossy(&listed.stdout);
+    let services = list_services(node.rpc_addr.unwrap(), "grpc-v1");
     for s in [
         "hanzo.node.v1.NodeService",
         "hanzo.node.v1.AuthService",
@@ -80,8 +67,7 @@ async fn staked_callers_are_served_and_everyone_else_is_told_why_not() {
     ] {
         assert!(
             services.lines().any(|l| l == s),
-            "{s} not listed: {services}{}",
-            String::from_utf8_lossy(&listed.stderr)
+            "{s} not listed: {services}"
         );
     }
 
