@@ -515,9 +515,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(&config, &args),
         Command::Run => {
             let node = Node::start(config).await?;
-            tokio::signal::ctrl_c().await?;
-            node.shutdown().await;
-            Ok(())
+            // SIGINT and SIGTERM (systemd's stop) alike: a graceful stop, exit 0. A
+            // critical task that fails stops the node too, and the exit is non-zero
+            // so the service manager restarts it.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                _ = term.recv() => {}
+                _ = node.failed() => {}
+            }
+            tracing::info!(target: "hanzo::cli", "stopping");
+            match node.shutdown().await {
+                None => Ok(()),
+                Some(failure) => Err(anyhow::anyhow!("{failure}; the node stopped")),
+            }
         }
         Command::Config { .. } => print(false, &(), || config.dump()),
         Command::Deploy(args) => {

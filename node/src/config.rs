@@ -40,6 +40,10 @@ pub enum Error {
 pub struct Config {
     /// Where the node keeps its keys, database and repos. Default: `~/.hanzo-node`.
     pub data_dir: PathBuf,
+    /// On SIGTERM or Ctrl-C, how long pushes, calls and other work in flight get to
+    /// finish before the node exits anyway. Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Chain access.
     pub chain: ChainConfig,
     /// The HTTP listener (git smart HTTP, health, readiness, metrics).
@@ -519,6 +523,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: default_data_dir(),
+            shutdown_grace: Duration::from_secs(30),
             chain: ChainConfig::default(),
             http: HttpConfig::default(),
             git: GitConfig::default(),

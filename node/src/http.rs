@@ -40,6 +40,8 @@ pub struct Telemetry {
     pub rpc: Option<Arc<crate::rpc::Metrics>>,
     /// Inference.
     pub inference: Option<Arc<crate::inference::Metrics>>,
+    /// The critical task whose failure stopped the node, once one did.
+    pub failure: watch::Receiver<Option<crate::tasks::Failure>>,
 }
 
 #[derive(Clone)]
@@ -99,29 +101,23 @@ async fn liveness(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn readiness(State(s): State<Shared>) -> impl IntoResponse {
-    let st = s.t.status.borrow().clone();
-    if st.is_synced() {
-        return (
-            StatusCode::OK,
-            format!(
-                "ready: ACL at block {} of head {}\n",
-                st.synced.unwrap_or(0),
-                st.head
-            ),
-        );
-    }
-    let reason = match (&st.last_error, st.synced) {
-        (Some(err), _) => format!("chain sync failing: {err}"),
-        (None, None) => format!("not synced yet: head {}, nothing applied", st.head),
-        (None, Some(n)) => format!(
-            "syncing: ACL at block {n}, head {} ({} confirmations)",
-            st.head, st.confirmations
+    match s.t.not_ready() {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
         ),
-    };
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: {reason}\n"),
-    )
+        None => {
+            let st = s.t.status.borrow().clone();
+            (
+                StatusCode::OK,
+                format!(
+                    "ready: ACL at block {} of head {}\n",
+                    st.synced.unwrap_or(0),
+                    st.head
+                ),
+            )
+        }
+    }
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
@@ -140,6 +136,26 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 impl Telemetry {
+    /// Why the node is not ready, if it is not: a critical task failed (it is
+    /// stopping), or the ACL is not synced to within its confirmations.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(f) = self.failure.borrow().clone() {
+            return Some(f.to_string());
+        }
+        let st = self.status.borrow().clone();
+        if st.is_synced() {
+            return None;
+        }
+        Some(match (&st.last_error, st.synced) {
+            (Some(err), _) => format!("chain sync failing: {err}"),
+            (None, None) => format!("not synced yet: head {}, nothing applied", st.head),
+            (None, Some(n)) => format!(
+                "syncing: ACL at block {n}, head {} ({} confirmations)",
+                st.head, st.confirmations
+            ),
+        })
+    }
+
     /// Every metric, in the Prometheus text format.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         let st = self.status.borrow().clone();

@@ -24,6 +24,7 @@ pub mod p2p;
 pub mod remote;
 pub mod rpc;
 pub mod store;
+pub mod tasks;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {

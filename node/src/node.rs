@@ -1,9 +1,10 @@
-//! A running node: wires config, store, chain sync, ACL and the HTTP listener, and
-//! stops them together.
+//! A running node: wires config, store, chain sync, ACL and the HTTP listener, runs
+//! its long-running tasks through [`Tasks`] (a critical one that fails stops the
+//! node), and stops them together within a grace period.
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,6 +21,7 @@ use crate::{
     p2p::P2p,
     rpc,
     store::{self, Store},
+    tasks::{Failure, Tasks},
 };
 
 const TARGET: &str = "hanzo::node";
@@ -73,8 +75,9 @@ pub struct Node {
     pub resolver: dns::Resolver,
     /// Workloads, unless `deploy.enabled` is off.
     pub deployer: Option<Deployer>,
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    store: Arc<Store>,
+    tasks: Tasks,
+    grace: std::time::Duration,
 }
 
 impl Node {
@@ -132,17 +135,15 @@ impl Node {
             })?;
 
         let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let tasks = Tasks::new(cancel.clone());
         let p2p = if config.p2p.enabled {
-            let (p2p, task) = P2p::start(
+            Some(P2p::start(
                 &key,
                 config.p2p.clone(),
                 acl.clone(),
                 git.clone(),
-                cancel.child_token(),
-            )?;
-            tasks.push(task);
-            Some(p2p)
+                &tasks,
+            )?)
         } else {
             None
         };
@@ -169,7 +170,9 @@ impl Node {
                 config.dns.republish_interval,
                 cancel.child_token(),
             );
-            tasks.push(task);
+            tasks.spawn_critical("dns publisher", async move {
+                task.await.map_err(|e| e.to_string())
+            });
             Some(publisher)
         } else {
             None
@@ -190,22 +193,24 @@ impl Node {
             None
         };
         let sync_done = CancellationToken::new();
-        let sync_task = {
+        {
             let (cancel, done) = (cancel.child_token(), sync_done.clone());
-            tokio::spawn(async move {
+            tasks.spawn_critical("chain sync", async move {
                 syncer.run(cancel).await;
                 done.cancel();
-            })
-        };
-        let repos_task = {
+                Ok(())
+            });
+        }
+        {
             let (git, cancel) = (git.clone(), cancel.child_token());
-            tokio::spawn(async move {
+            tasks.spawn_critical("repos", async move {
                 tokio::select! {
                     () = git.follow_acl() => {}
                     () = cancel.cancelled() => {}
                 }
-            })
-        };
+                Ok(())
+            });
+        }
         let inference = Inference::start(&config.inference, store.clone())?;
         let rpc_metrics = rpc_listener
             .as_ref()
@@ -217,21 +222,22 @@ impl Node {
             p2p: p2p.as_ref().map(P2p::metrics),
             rpc: rpc_metrics.clone(),
             inference: Some(inference.metrics()),
+            failure: tasks.failure(),
         };
         let resolver = dns::Resolver::new(dht);
         if let Some(d) = deployer.clone() {
             let (mut acl, node, cancel) = (acl.clone(), key.public(), cancel.child_token());
-            tasks.push(tokio::spawn(async move {
+            tasks.spawn_critical("deploy enforcer", async move {
                 loop {
                     tokio::select! {
                         snapshot = acl.changed() => match snapshot {
                             Ok(s) => d.enforce(&s, &node).await,
-                            Err(_) => return,
+                            Err(_) => return Ok(()),
                         },
-                        () = cancel.cancelled() => return,
+                        () = cancel.cancelled() => return Ok(()),
                     }
                 }
-            }));
+            });
         }
         let (mut rpc_context, mut openai, mut cors) = (None, None, None);
         if let (Some(listener), Some(addr), Some(metrics)) = (rpc_listener, rpc_addr, rpc_metrics) {
@@ -273,11 +279,11 @@ impl Node {
             rpc_context = Some(ctx.clone());
             openai = Some(rpc::openai::router(ctx.clone()));
             let (rpc_config, cancel) = (config.rpc.clone(), cancel.child_token());
-            tasks.push(tokio::spawn(async move {
-                if let Err(err) = rpc::serve(listener, rpc_config, ctx, cancel).await {
-                    warn!(target: TARGET, %err, "gRPC listener stopped");
-                }
-            }));
+            tasks.spawn_critical("grpc", async move {
+                rpc::serve(listener, rpc_config, ctx, cancel)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
         }
         let dashboard = crate::dashboard::router(crate::dashboard::Config {
             grpc_port: rpc_addr.map(|a| a.port()),
@@ -285,16 +291,14 @@ impl Node {
             node: key.public().to_string(),
         });
         let extra = Some(openai.map_or(dashboard.clone(), |o: axum::Router| o.merge(dashboard)));
-        let http_task = {
+        {
             let cancel = cancel.child_token();
-            tokio::spawn(async move {
-                if let Err(err) =
-                    http::serve(listener, telemetry, extra, cors, sync_done, cancel).await
-                {
-                    warn!(target: TARGET, %err, "HTTP listener stopped");
-                }
-            })
-        };
+            tasks.spawn_critical("http", async move {
+                http::serve(listener, telemetry, extra, cors, sync_done, cancel)
+                    .await
+                    .map_err(|e| format!("the HTTP listener failed: {e}"))
+            });
+        }
         info!(
             target: TARGET,
             node_key = %key.public(),
@@ -312,24 +316,40 @@ impl Node {
             dns,
             resolver,
             deployer,
-            cancel,
-            tasks: {
-                tasks.extend([sync_task, repos_task, http_task]);
-                tasks
-            },
+            store,
+            tasks,
+            grace: config.shutdown_grace,
         })
     }
 
-    /// Stops every task and waits for them.
-    pub async fn shutdown(self) {
+    /// Resolves when the node stops by itself: a critical task failed.
+    pub async fn failed(&self) -> Failure {
+        let mut failure = self.tasks.failure();
+        loop {
+            if let Some(f) = failure.borrow_and_update().clone() {
+                return f;
+            }
+            if failure.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Stops the node: no new pushes or calls are accepted, those in flight get up to
+    /// `shutdown_grace` to finish, workloads stop, the store is flushed. Returns the
+    /// critical task failure that stopped the node, if one did.
+    pub async fn shutdown(self) -> Option<Failure> {
+        self.tasks.cancel().cancel();
         if let Some(d) = &self.deployer {
             d.shutdown().await;
         }
-        self.cancel.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        self.tasks.wait(self.grace).await;
+        if let Err(err) = self.store.flush() {
+            warn!(target: TARGET, %err, "cannot flush the store; its write-ahead log has every write");
         }
+        let failure = self.tasks.failure().borrow().clone();
         info!(target: TARGET, "node stopped");
+        failure
     }
 
     /// Waits until the ACL reflects at least block `number`.

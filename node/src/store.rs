@@ -154,6 +154,16 @@ impl Store {
         }
     }
 
+    /// Writes every column family's memtable and the write-ahead log to disk (a stop
+    /// does this, so the next start replays nothing).
+    pub fn flush(&self) -> Result<(), Error> {
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// Opens the database read-only, beside a node that may be running on it.
     pub fn open_read_only(path: &Path) -> Result<Self, Error> {
         let db = DB::open_cf_for_read_only(&Options::default(), path, COLUMN_FAMILIES, false)?;

@@ -214,6 +214,12 @@ impl Devnet {
 
     /// Starts `p`'s process (again), on its data dir and ports.
     pub fn respawn(&self, p: &mut Process, env: &[(&str, &str)]) {
+        let mut cmd = self.run_command(p, env);
+        p.process = Some(Killed(cmd.spawn().expect("run hanzo-node")));
+    }
+
+    /// `hanzo-node run` for `p`'s data dir and ports, `env` added.
+    pub fn run_command(&self, p: &Process, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(crate::node_bin());
         cmd.arg("run")
             .env("HANZO_DATA_DIR", p.dir.path())
@@ -230,7 +236,7 @@ impl Devnet {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        p.process = Some(Killed(cmd.spawn().expect("run hanzo-node")));
+        cmd
     }
 }
 

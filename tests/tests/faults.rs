@@ -1,6 +1,6 @@
 //! Faults with real parts on loopback: the chain RPC goes away and comes back; a node
-//! is SIGKILLed while receiving a push; a node is cut off from its peers while they
-//! take pushes. (A node killed while applying a replicated pack is in
+//! is SIGKILLed while receiving a push; a node gets SIGTERM while receiving one; a
+//! critical task fails; a node is cut off from its peers while they take pushes. (A node killed while applying a replicated pack is in
 //! `replication.rs`; a whole devnet restarted from its data dir in `devnet.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -56,6 +56,11 @@ async fn a_node_whose_chain_rpc_goes_away_serves_its_last_acl_and_resumes() {
         .unwrap()
         .into_inner();
     assert_eq!(health.status(), ServingStatus::NotServing);
+    assert!(
+        health.reason.starts_with("chain sync failing") && health.reason.contains(&proxy.url()),
+        "{}",
+        health.reason
+    );
     api.get_status(bearer(GetStatusRequest {}, &token))
         .await
         .unwrap();
@@ -268,4 +273,87 @@ async fn a_node_cut_off_from_its_peers_converges_after_healing() {
         "{refs:?}"
     );
     fsck(&c.repo_dir(demo));
+}
+
+/// SIGTERM (systemd's stop) while a pushed pack is arriving: the node stops taking
+/// new work, lets the push finish, and exits 0 well within its grace period; the
+/// repo is clean and the database holds what the client was told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_with_sigterm_during_a_push_finishes_it_and_exits_0() {
+    let net = Devnet::start().await;
+    let (alice, demo) = net.alice_with_demo().await;
+    let mut a = net.spawn_operator(6, &[]).await;
+    net.confirm().await;
+    ready(&a).await;
+
+    let work = alice.init("work");
+    hanzo_e2e::bench::generate(&alice, &work, 300, 50_000);
+    let tip = alice.rev(&work, "HEAD");
+    let push = alice
+        .command(&work, &["push", "-q", "--signed", &a.url("demo"), "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let repo = a.repo_dir(demo);
+    eventually(SETTLE, async || (quarantines(&repo) > 0).then_some(())).await;
+    let child = &mut a.process.as_mut().unwrap().0;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let signalled = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(60),
+            "still running 60 s after SIGTERM (shutdown_grace is 30 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exited with {status} after SIGTERM");
+    eprintln!("stopped {:?} after SIGTERM", signalled.elapsed());
+    let push = push.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&push.stderr);
+
+    // The push in flight finished: the client saw it accepted, and the stopped
+    // node's repo and database hold it.
+    assert!(
+        push.status.success(),
+        "the push in flight was cut off: {said}"
+    );
+    fsck(&repo);
+    assert_eq!(quarantines(&repo), 0, "a quarantine is left");
+    let on_disk = refs_on_disk(&net, a.dir.path());
+    assert!(on_disk.contains(tip.as_str()), "{on_disk}");
+    net.respawn(&mut a, &[]);
+    ready(&a).await;
+    serves(&alice, &a.url("demo"), &tip).await;
+}
+
+/// A critical task that fails makes `hanzo-node run` stop and exit non-zero, naming
+/// the task, so its service manager restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_critical_task_that_fails_stops_the_node_with_a_non_zero_exit_naming_it() {
+    let net = Devnet::start().await;
+    let p = Process {
+        dir: net.node_dir(),
+        http: bench::free_addr(),
+        listen: format!("/ip4/127.0.0.1/tcp/{}", bench::free_addr().port()),
+        process: None,
+    };
+    let mut cmd = net.run_command(&p, &[(hanzo_node::tasks::FAIL_TASK_ENV, "p2p")]);
+    let out = tokio::task::spawn_blocking(move || {
+        cmd.stderr(std::process::Stdio::piped()).output().unwrap()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the node stops within 60 s of its failure")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exited 0: {stderr}");
+    assert!(
+        stderr.contains("critical task p2p failed: failed on purpose"),
+        "{stderr}"
+    );
 }

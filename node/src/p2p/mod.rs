@@ -55,7 +55,6 @@ use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncRead, ReadBuf},
     sync::{mpsc, watch},
-    task::JoinHandle,
 };
 use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
 use tracing::{debug, info, warn};
@@ -66,6 +65,7 @@ use crate::{
     git::{Git, Refusal, Update},
     http::Reason,
     keys::NodeKey,
+    tasks::Tasks,
 };
 use limits::Limits;
 use replicator::{Attempt, Command, Key, Offer, Outcome, Replicator, Verdict, Via};
@@ -240,14 +240,15 @@ pub struct P2p {
 }
 
 impl P2p {
-    /// Builds the swarm, listens, and spawns the task that drives it until `cancel`.
+    /// Builds the swarm, listens, and spawns the task that drives it (a critical one)
+    /// until the node stops; what the driver starts goes through `tasks` too.
     pub fn start(
         key: &NodeKey,
         config: P2pConfig,
         acl: Acl,
         git: Git,
-        cancel: CancellationToken,
-    ) -> Result<(Self, JoinHandle<()>), Error> {
+        tasks: &Tasks,
+    ) -> Result<Self, Error> {
         let parse = |setting, list: &[String]| {
             list.iter()
                 .map(|a| {
@@ -354,6 +355,7 @@ impl P2p {
             metrics: metrics.clone(),
             max_message,
             stream_timeout: config.stream_timeout,
+            tasks: tasks.clone(),
         });
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -376,18 +378,19 @@ impl P2p {
             connected: HashSet::new(),
             low_score: HashSet::new(),
         };
-        let task = tokio::spawn(driver.run(cmd_rx, reports_rx, cancel));
+        let cancel = tasks.cancel().child_token();
+        tasks.spawn_critical("p2p", async move {
+            driver.run(cmd_rx, reports_rx, cancel).await;
+            Ok(())
+        });
         info!(target: TARGET, %peer_id, "p2p started");
-        Ok((
-            Self {
-                peer_id,
-                listen: listen_rx,
-                peers: peers_rx,
-                metrics,
-                commands: cmd_tx,
-            },
-            task,
-        ))
+        Ok(Self {
+            peer_id,
+            listen: listen_rx,
+            peers: peers_rx,
+            metrics,
+            commands: cmd_tx,
+        })
     }
 
     /// The addresses the swarm listens on, each ending in `/p2p/<peer id>`, once it
@@ -429,6 +432,8 @@ struct Shared {
     max_message: usize,
     /// Deadline of every stream read and write.
     stream_timeout: Duration,
+    /// Where the fetches, catch-ups and served streams are spawned.
+    tasks: Tasks,
 }
 
 /// What tasks the driver spawned report back.
@@ -581,7 +586,7 @@ impl Driver {
                 Command::Fetch { key, peer, update } => {
                     let shared = self.shared.clone();
                     let reports = self.reports.clone();
-                    let task = tokio::spawn(async move {
+                    let task = self.shared.tasks.spawn(async move {
                         let attempt = attempt(&shared, update, peer).await;
                         let _ = reports.send(Report::Attempted(key, peer, attempt));
                     });
@@ -626,7 +631,7 @@ impl Driver {
                 Command::Sync { peer } => {
                     let shared = self.shared.clone();
                     let reports = self.reports.clone();
-                    tokio::spawn(async move {
+                    self.shared.tasks.spawn(async move {
                         match catch_up(&shared, peer).await {
                             Ok(updates) if !updates.is_empty() => {
                                 let _ = reports.send(Report::Synced(peer, updates));
@@ -1164,7 +1169,7 @@ async fn catch_up(shared: &Shared, peer: PeerId) -> Result<Vec<Update>, String> 
 async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams, pack: bool) {
     while let Some((peer, stream)) = incoming.next().await {
         let shared = shared.clone();
-        tokio::spawn(async move {
+        shared.tasks.clone().spawn(async move {
             let result = if pack {
                 serve_pack(&shared, peer, stream).await
             } else {

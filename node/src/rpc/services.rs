@@ -92,10 +92,9 @@ impl Context {
 
     fn health(&self) -> proto::GetHealthResponse {
         let chain = self.chain_sync();
-        let serving = if chain.synced {
-            proto::ServingStatus::Serving
-        } else {
-            proto::ServingStatus::NotServing
+        let (serving, reason) = match self.telemetry.not_ready() {
+            Some(reason) => (proto::ServingStatus::NotServing, reason),
+            None => (proto::ServingStatus::Serving, String::new()),
         };
         proto::GetHealthResponse {
             status: serving.into(),
@@ -106,6 +105,7 @@ impl Context {
                 .as_ref()
                 .map_or(0, |p| u32::try_from(p.peers().len()).unwrap_or(u32::MAX)),
             node_key: self.node.to_string(),
+            reason,
         }
     }
 
