@@ -109,6 +109,24 @@ async fn serves(alice: &GitUser, url: &str, tip: &str) {
     .await;
 }
 
+/// A signed push of `work`'s main to `url`, once its pack is arriving at `repo` (a
+/// quarantine exists); stderr piped.
+async fn push_arriving(
+    alice: &GitUser,
+    work: &Path,
+    url: &str,
+    repo: &Path,
+) -> std::process::Child {
+    let push = alice
+        .command(work, &["push", "-q", "--signed", url, "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(SETTLE, async || (quarantines(repo) > 0).then_some(())).await;
+    push
+}
+
 /// Waits until the node process answers with its ACL synced.
 async fn ready(p: &Process) {
     eventually(SETTLE, async || {
@@ -163,14 +181,8 @@ async fn a_node_killed_while_receiving_a_push_loses_no_accepted_push() {
             &format!("{first}:refs/heads/main"),
         ],
     );
-    let push = alice
-        .command(&work, &["push", "-q", "--signed", &a.url("demo"), "main"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let repo = a.repo_dir(demo);
-    eventually(SETTLE, async || (quarantines(&repo) > 0).then_some(())).await;
+    let push = push_arriving(&alice, &work, &a.url("demo"), &repo).await;
     a.kill();
     let push = push.wait_with_output().unwrap();
     // Killed mid-pack, the client saw the push fail; had it been reported accepted,
@@ -289,14 +301,8 @@ async fn a_node_stopped_with_sigterm_during_a_push_finishes_it_and_exits_0() {
     let work = alice.init("work");
     hanzo_e2e::bench::generate(&alice, &work, 300, 50_000);
     let tip = alice.rev(&work, "HEAD");
-    let push = alice
-        .command(&work, &["push", "-q", "--signed", &a.url("demo"), "main"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let repo = a.repo_dir(demo);
-    eventually(SETTLE, async || (quarantines(&repo) > 0).then_some(())).await;
+    let push = push_arriving(&alice, &work, &a.url("demo"), &repo).await;
     let child = &mut a.process.as_mut().unwrap().0;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
