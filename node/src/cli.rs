@@ -2,7 +2,11 @@
 //! takes `--json`; nothing prompts when `HANZO_PASSWORD` or `HANZO_PRIVATE_KEY` is set.
 //! This is the binary's front end, so it reports errors with `anyhow`.
 
-use std::{io::IsTerminal, path::PathBuf, time::Duration};
+use std::{
+    io::{IsTerminal, Read},
+    path::PathBuf,
+    time::Duration,
+};
 
 use alloy::{
     primitives::{Address, U256, utils::parse_units},
@@ -12,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    acl::{self, Key, Member, StakeRole},
+    acl::{self, Key, Member, Snapshot, StakeRole},
     chain::{self, Client, DeployParams},
     config::{CONFIG_FILE, Config, Overrides},
     keys::{self, NODE_KEY_FILE, NodeKey, OPERATOR_KEYSTORE_FILE, SshKey},
@@ -377,6 +381,9 @@ enum RepoCmd {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Prints a push certificate this node stores for the repo, as the pusher's git
+    /// signed it: `cert` is its SHA-256 (or a unique prefix) from `repo refs`.
+    Cert { name: String, cert: String },
     /// Restores a kept tip (`refs/superseded/…`, listed by `repo refs`): fetches it
     /// into the git repository in the current directory and pushes it, signed, to
     /// the ref it was the tip of (or `--to`). Rewriting a ref needs the repo's owner.
@@ -422,12 +429,33 @@ pub fn parse_amount(s: &str) -> Result<U256, String> {
         .map_err(|e| format!("{s:?} is not an amount like 1ETH, 0.5, 100gwei: {e}"))
 }
 
-fn password() -> Result<String> {
+/// Longest password file read.
+const MAX_PASSWORD_FILE: u64 = 4096;
+
+fn password(config: &Config) -> Result<String> {
     if let Ok(p) = std::env::var("HANZO_PASSWORD") {
         return Ok(p);
     }
+    if let Some(path) = &config.password_file {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PASSWORD_FILE).read_to_string(&mut text))
+            .with_context(|| {
+                format!(
+                    "cannot read the keystore password file {} (--password-file / HANZO_PASSWORD_FILE)",
+                    path.display()
+                )
+            })?;
+        let line = text.lines().next().unwrap_or_default();
+        if line.is_empty() {
+            bail!("the keystore password file {} is empty", path.display());
+        }
+        return Ok(line.to_owned());
+    }
     if !std::io::stdin().is_terminal() {
-        bail!("no password: set HANZO_PASSWORD for the operator keystore");
+        bail!(
+            "no password: set HANZO_PASSWORD, or HANZO_PASSWORD_FILE / --password-file to a file holding it, for the operator keystore"
+        );
     }
     Ok(rpassword::prompt_password("operator keystore password: ")?)
 }
@@ -443,7 +471,7 @@ fn signer(config: &Config, args: &SignerArgs) -> Result<PrivateKeySigner> {
             path.display()
         );
     }
-    Ok(keys::load_operator(&path, &password()?)?)
+    Ok(keys::load_operator(&path, &password(config)?)?)
 }
 
 /// Connects a client, checking the chain id against the deployment file.
@@ -597,7 +625,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Repo(cmd) => repo(&config, cmd).await,
         Command::Acl(AclCmd::Show(read)) => {
             let store = local_store(&config)?;
-            let snap = store.latest_checkpoint()?.unwrap_or_default();
+            let snap: Snapshot = store.latest_checkpoint()?.unwrap_or_default();
             print(read.json, &acl::view::json(&snap), || {
                 acl::view::text(&snap)
             })
@@ -742,7 +770,7 @@ fn init(config: &Config, args: &InitArgs) -> Result<()> {
         (NodeKey::generate(), operator)
     };
     node.save(&key_path)?;
-    keys::save_operator(dir, OPERATOR_KEYSTORE_FILE, &operator, &password()?)?;
+    keys::save_operator(dir, OPERATOR_KEYSTORE_FILE, &operator, &password(config)?)?;
     let config_path = dir.join(CONFIG_FILE);
     if !config_path.exists() {
         std::fs::write(&config_path, config.dump())?;
@@ -933,7 +961,7 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
         RepoCmd::RemoveReader(a) => member(a, Member::Reader, false).await?,
         RepoCmd::Refs { name, read } => {
             let store = local_store(config)?;
-            let snap = store.latest_checkpoint()?.unwrap_or_default();
+            let snap: Snapshot = store.latest_checkpoint()?.unwrap_or_default();
             let (id, _) = snap.repo(&name)?;
             let refs = crate::git::ref_views(&store, id)?;
             print(read.json, &refs, || {
@@ -947,6 +975,35 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
                     .collect()
             })?;
         }
+        RepoCmd::Cert { name, cert } => {
+            let store = local_store(config)?;
+            let snap: Snapshot = store.latest_checkpoint()?.unwrap_or_default();
+            let (id, _) = snap.repo(&name)?;
+            let wanted = cert.to_ascii_lowercase();
+            let mut matches: Vec<String> = crate::git::ref_views(&store, id)?
+                .into_iter()
+                .map(|r| r.cert)
+                .filter(|c| c.starts_with(&wanted))
+                .collect();
+            matches.sort();
+            matches.dedup();
+            let hash = match matches.as_slice() {
+                [one] => one.clone(),
+                [] => bail!(
+                    "no certificate {cert} justifies a ref of repo {name} on this node; `hanzo-node repo refs {name}` lists them"
+                ),
+                _ => bail!(
+                    "{cert} is the prefix of several certificates of repo {name}: give more digits"
+                ),
+            };
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(&hash, &mut key)
+                .with_context(|| format!("certificate hash {hash} is not 64 hex digits"))?;
+            let text = store
+                .cert(&key)?
+                .with_context(|| format!("certificate {hash} is recorded but not stored"))?;
+            print!("{}", String::from_utf8_lossy(&text));
+        }
         RepoCmd::Restore {
             name,
             kept,
@@ -954,7 +1011,7 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
             url,
         } => {
             let store = local_store(config)?;
-            let snap = store.latest_checkpoint()?.unwrap_or_default();
+            let snap: Snapshot = store.latest_checkpoint()?.unwrap_or_default();
             let (id, _) = snap.repo(&name)?;
             let refs = crate::git::ref_views(&store, id)?;
             let Some(view) = refs.iter().find(|r| r.name == kept) else {

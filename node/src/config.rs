@@ -44,6 +44,11 @@ pub struct Config {
     /// finish before the node exits anyway. Default: `30s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A file whose first line is the operator keystore's password (a systemd
+    /// credential, say), read by the commands that sign; `HANZO_PASSWORD` wins over
+    /// it. Default: none (prompt on a terminal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Chain access.
     pub chain: ChainConfig,
     /// The HTTP listener (git smart HTTP, health, readiness, metrics).
@@ -303,24 +308,6 @@ pub enum ReplicateMode {
     Preferred,
 }
 
-impl Replicate {
-    /// Whether a node with key `node` following this policy replicates repo `repo`.
-    pub fn includes(
-        &self,
-        snapshot: &crate::acl::Snapshot,
-        node: &crate::keys::NodeId,
-        repo: &str,
-    ) -> bool {
-        match self {
-            Self::Mode(ReplicateMode::All) => true,
-            Self::Mode(ReplicateMode::Preferred) => snapshot
-                .replicators(repo)
-                .is_ok_and(|nodes| nodes.contains(node)),
-            Self::List(names) => names.iter().any(|n| n == repo),
-        }
-    }
-}
-
 impl Default for P2pConfig {
     fn default() -> Self {
         Self {
@@ -524,6 +511,7 @@ impl Default for Config {
         Self {
             data_dir: default_data_dir(),
             shutdown_grace: Duration::from_secs(30),
+            password_file: None,
             chain: ChainConfig::default(),
             http: HttpConfig::default(),
             git: GitConfig::default(),
@@ -582,6 +570,9 @@ pub struct Overrides {
     /// Config file [default: <data dir>/config.toml].
     #[arg(long, env = "HANZO_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// File holding the operator keystore's password (first line).
+    #[arg(long, env = "HANZO_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
     /// Chain JSON-RPC URL.
     #[arg(long = "chain.rpc-url", env = "HANZO_CHAIN_RPC_URL", global = true)]
     pub rpc_url: Option<String>,
@@ -663,6 +654,9 @@ impl Config {
         let o = overrides.clone();
         if let Some(v) = o.data_dir {
             config.data_dir = v;
+        }
+        if let Some(v) = o.password_file {
+            config.password_file = Some(v);
         }
         if let Some(v) = o.rpc_url {
             config.chain.rpc_url = v;

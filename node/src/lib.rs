@@ -13,12 +13,15 @@ pub mod dashboard;
 pub mod deploy;
 pub mod devnet;
 pub mod dns;
+pub mod eigen;
 #[cfg(test)]
 mod fuzz;
 pub mod git;
+pub mod health;
 pub mod http;
 pub mod inference;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod p2p;
 pub mod remote;

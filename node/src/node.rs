@@ -15,9 +15,11 @@ use crate::{
     deploy::Deployer,
     dns,
     git::Git,
+    health::{self, Health},
     http,
     inference::Inference,
     keys::{NODE_KEY_FILE, NodeKey},
+    metrics,
     p2p::P2p,
     rpc,
     store::{self, Store},
@@ -90,6 +92,7 @@ impl Node {
         let store = Arc::new(Store::open(&config.db_path())?);
         store.bind_deployment(&deployment.id())?;
 
+        let registry = metrics::Registry::default();
         let (acl, publisher) = Acl::new(Snapshot::default());
         let (syncer, status) = Syncer::new(
             provider,
@@ -97,6 +100,7 @@ impl Node {
             config.chain.clone(),
             store.clone(),
             publisher,
+            &registry,
         )?;
         let git = Git::new(
             config.repos_path(),
@@ -105,6 +109,7 @@ impl Node {
             &key,
             (config.git.clone(), &deployment.id()),
             config.p2p.replicate.clone(),
+            &registry,
         );
         // The syncer has published the stored checkpoint: make its repos exist and
         // agree with their push records before serving.
@@ -142,7 +147,7 @@ impl Node {
                 config.p2p.clone(),
                 acl.clone(),
                 git.clone(),
-                &tasks,
+                (&tasks, &registry),
             )?)
         } else {
             None
@@ -161,7 +166,7 @@ impl Node {
                 }),
                 chain_id: deployment.chain_id,
                 acl: acl.clone(),
-                p2p: p2p.clone(),
+                p2p: p2p.as_ref().map(P2p::listening),
             };
             let (publisher, task) = dns::Publisher::spawn(
                 dht.clone(),
@@ -211,19 +216,24 @@ impl Node {
                 Ok(())
             });
         }
-        let inference = Inference::start(&config.inference, store.clone())?;
+        let inference = Inference::start(&config.inference, store.clone(), &registry)?;
         let rpc_metrics = rpc_listener
             .as_ref()
-            .map(|_| Arc::new(rpc::Metrics::default()));
-        let telemetry = http::Telemetry {
-            acl: acl.clone(),
-            status: status.clone(),
-            git: git.clone(),
-            p2p: p2p.as_ref().map(P2p::metrics),
-            rpc: rpc_metrics.clone(),
-            inference: Some(inference.metrics()),
-            failure: tasks.failure(),
-        };
+            .map(|_| Arc::new(rpc::Metrics::new(&registry)));
+        let health = Health::new(
+            (status.clone(), tasks.failure()),
+            sync_done,
+            health::Parts {
+                node: key.public(),
+                acl: acl.clone(),
+                p2p: p2p.clone(),
+                rpc: rpc_listener.is_some(),
+                dns: dns.clone(),
+                deploy: deployer.is_some(),
+                models: config.inference.models.len(),
+            },
+            &registry,
+        );
         let resolver = dns::Resolver::new(dht);
         if let Some(d) = deployer.clone() {
             let (mut acl, node, cancel) = (acl.clone(), key.public(), cancel.child_token());
@@ -270,7 +280,8 @@ impl Node {
                 git: git.clone(),
                 p2p: p2p.clone(),
                 resolver: resolver.clone(),
-                telemetry: telemetry.clone(),
+                health: health.clone(),
+                registry: registry.clone(),
                 deploy: deployer.clone(),
                 keep_alive: config.deploy.keep_alive,
                 closing: cancel.child_token(),
@@ -290,11 +301,20 @@ impl Node {
             chain_id: deployment.chain_id,
             node: key.public().to_string(),
         });
-        let extra = Some(openai.map_or(dashboard.clone(), |o: axum::Router| o.merge(dashboard)));
+        let extra = match openai {
+            Some(openai) => openai.merge(dashboard),
+            None => dashboard,
+        };
+        let sources = http::Sources {
+            acl: acl.clone(),
+            health,
+            metrics: registry,
+            git: git.clone(),
+        };
         {
             let cancel = cancel.child_token();
             tasks.spawn_critical("http", async move {
-                http::serve(listener, telemetry, extra, cors, sync_done, cancel)
+                http::serve(listener, sources, extra, cors, cancel)
                     .await
                     .map_err(|e| format!("the HTTP listener failed: {e}"))
             });

@@ -3,7 +3,8 @@
 //!
 //! * `meta` — schema version, the deployment the data belongs to, and the last DNS
 //!   packet this node published (republished after a restart).
-//! * `acl` — ACL checkpoints: block number (big-endian) and hash → encoded [`Snapshot`]. The
+//! * `acl` — ACL checkpoints: block number (big-endian) and hash → a [`Checkpoint`]
+//!   (the ACL snapshot `chain` writes) as postcard. The
 //!   newest is where sync resumes; older ones (a bounded window) are the undo log a
 //!   deep reorg rolls back to.
 //! * `refs` — per repo and ref, the [`RefRecord`] of the accepted push that set its
@@ -23,7 +24,14 @@ use rocksdb::{
 
 use sha2::Digest;
 
-use crate::acl::{BlockRef, Snapshot};
+/// A state at a block, kept as an ACL checkpoint (`chain` stores the ACL snapshot).
+pub trait Checkpoint: serde::Serialize + serde::de::DeserializeOwned {
+    /// The block the state is at (number, hash), if any.
+    fn block(&self) -> Option<(u64, [u8; 32])>;
+}
+
+/// A stored checkpoint's block: number and hash.
+pub type Block = (u64, [u8; 32]);
 
 const CF_META: &str = "meta";
 const CF_ACL: &str = "acl";
@@ -207,7 +215,7 @@ impl Store {
     }
 
     /// The newest ACL checkpoint.
-    pub fn latest_checkpoint(&self) -> Result<Option<Snapshot>, Error> {
+    pub fn latest_checkpoint<C: Checkpoint>(&self) -> Result<Option<C>, Error> {
         let mut iter = self.db.iterator_cf(self.cf(CF_ACL), IteratorMode::End);
         iter.next()
             .transpose()?
@@ -217,7 +225,7 @@ impl Store {
 
     /// The blocks of the stored ACL checkpoints, newest first (read from the keys;
     /// no state is decoded).
-    pub fn checkpoint_blocks(&self) -> Result<Vec<BlockRef>, Error> {
+    pub fn checkpoint_blocks(&self) -> Result<Vec<Block>, Error> {
         self.db
             .iterator_cf(self.cf(CF_ACL), IteratorMode::End)
             .map(|r| block_of_key(&r?.0))
@@ -225,7 +233,7 @@ impl Store {
     }
 
     /// The ACL checkpoint at `block`.
-    pub fn checkpoint(&self, block: BlockRef) -> Result<Option<Snapshot>, Error> {
+    pub fn checkpoint<C: Checkpoint>(&self, block: Block) -> Result<Option<C>, Error> {
         self.db
             .get_cf(self.cf(CF_ACL), checkpoint_key(block))?
             .map(|v| decode(&v))
@@ -234,8 +242,8 @@ impl Store {
 
     /// Writes `snapshot` as the newest checkpoint, deletes checkpoints after it (a
     /// rollback) and keeps at most `keep` in all.
-    pub fn put_checkpoint(&self, snapshot: &Snapshot, keep: usize) -> Result<(), Error> {
-        let Some(block) = snapshot.block else {
+    pub fn put_checkpoint(&self, snapshot: &impl Checkpoint, keep: usize) -> Result<(), Error> {
+        let Some(block) = snapshot.block() else {
             return Err(Error::Corrupt {
                 what: "acl",
                 detail: "a checkpoint needs a block".into(),
@@ -252,7 +260,7 @@ impl Store {
         // the memtable until it is flushed, and every read rebuilds its fragment list
         // (the soak saw ~27 KB of heap per block). Checkpoints of later blocks (a
         // rollback), at most `keep` of them:
-        let later = (block.number + 1).to_be_bytes();
+        let later = (block.0 + 1).to_be_bytes();
         for item in self
             .db
             .iterator_cf(cf, IteratorMode::From(&later, Direction::Forward))
@@ -393,30 +401,27 @@ impl Store {
 }
 
 /// Checkpoint keys: block number (big-endian, so they sort by number), then block hash.
-fn checkpoint_key(block: BlockRef) -> [u8; 40] {
+fn checkpoint_key((number, hash): Block) -> [u8; 40] {
     let mut key = [0u8; 40];
-    key[..8].copy_from_slice(&block.number.to_be_bytes());
-    key[8..].copy_from_slice(block.hash.as_slice());
+    key[..8].copy_from_slice(&number.to_be_bytes());
+    key[8..].copy_from_slice(&hash);
     key
 }
 
 /// Past every checkpoint key.
 const KEY_END: [u8; 41] = [0xff; 41];
 
-fn block_of_key(key: &[u8]) -> Result<BlockRef, Error> {
+fn block_of_key(key: &[u8]) -> Result<Block, Error> {
     let corrupt = || Error::Corrupt {
         what: "acl",
         detail: format!("key of {} bytes", key.len()),
     };
     let (number, hash) = key.split_first_chunk::<8>().ok_or_else(corrupt)?;
     let hash: [u8; 32] = hash.try_into().map_err(|_| corrupt())?;
-    Ok(BlockRef {
-        number: u64::from_be_bytes(*number),
-        hash: hash.into(),
-    })
+    Ok((u64::from_be_bytes(*number), hash))
 }
 
-fn decode(bytes: &[u8]) -> Result<Snapshot, Error> {
+fn decode<C: Checkpoint>(bytes: &[u8]) -> Result<C, Error> {
     if bytes.len() > MAX_SNAPSHOT_BYTES {
         return Err(Error::Corrupt {
             what: "acl",
@@ -432,6 +437,7 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acl::{BlockRef, Snapshot};
 
     fn at(number: u64) -> Snapshot {
         Snapshot {
@@ -448,7 +454,7 @@ mod tests {
     fn checkpoints_keep_a_window_and_roll_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert!(store.latest_checkpoint().unwrap().is_none());
+        assert!(store.latest_checkpoint::<Snapshot>().unwrap().is_none());
         for n in 1..=10 {
             store.put_checkpoint(&at(n), 4).unwrap();
         }
@@ -456,18 +462,23 @@ mod tests {
             .checkpoint_blocks()
             .unwrap()
             .iter()
-            .map(|b| b.number)
+            .map(|b| b.0)
             .collect();
         assert_eq!(numbers, vec![10, 9, 8, 7]);
         // A rollback to 8 drops 9 and 10.
         store.put_checkpoint(&at(8), 4).unwrap();
         assert_eq!(
-            store.latest_checkpoint().unwrap().unwrap().events_applied,
+            store
+                .latest_checkpoint::<Snapshot>()
+                .unwrap()
+                .unwrap()
+                .events_applied,
             8
         );
         assert_eq!(store.checkpoint_blocks().unwrap().len(), 2);
         let seven = store.checkpoint_blocks().unwrap()[1];
-        assert_eq!(store.checkpoint(seven).unwrap().unwrap().events_applied, 7);
+        let seven: Snapshot = store.checkpoint(seven).unwrap().unwrap();
+        assert_eq!(seven.events_applied, 7);
         assert!(
             store.put_checkpoint(&Snapshot::default(), 4).is_err(),
             "no block, no checkpoint"
@@ -477,7 +488,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             store
-                .latest_checkpoint()
+                .latest_checkpoint::<Snapshot>()
                 .unwrap()
                 .unwrap()
                 .block
@@ -486,7 +497,7 @@ mod tests {
             8
         );
         store.clear_checkpoints().unwrap();
-        assert!(store.latest_checkpoint().unwrap().is_none());
+        assert!(store.latest_checkpoint::<Snapshot>().unwrap().is_none());
     }
 
     #[test]
@@ -497,7 +508,8 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("already running"), "{err}");
         let ro = Store::open_read_only(dir.path()).unwrap();
-        assert_eq!(ro.latest_checkpoint().unwrap().unwrap().events_applied, 3);
+        let at3: Snapshot = ro.latest_checkpoint().unwrap().unwrap();
+        assert_eq!(at3.events_applied, 3);
     }
 
     #[test]
@@ -577,6 +589,9 @@ mod tests {
 
     #[test]
     fn corrupt_record_is_an_error_not_a_panic() {
-        assert!(matches!(decode(&[0xff; 7]), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode::<Snapshot>(&[0xff; 7]),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

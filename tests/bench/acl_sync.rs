@@ -141,6 +141,7 @@ async fn build_acl(provider: &DynProvider, net: &Devnet, to: u64) -> anyhow::Res
         config,
         store,
         publisher,
+        &hanzo_node::metrics::Registry::default(),
     )?;
     loop {
         match syncer.step().await? {

@@ -92,6 +92,32 @@ async fn operator_workflow_through_the_binary() {
         &[data, ("HANZO_PASSWORD", "nope")],
     ));
     assert!(err.contains("wrong password"), "{err}");
+    // The password from a file, as a systemd credential hands it over: read, and
+    // refused with the fix when the file is missing.
+    let pw = home.path().join("password");
+    let pw_s = pw.to_str().unwrap();
+    std::fs::write(&pw, "nope\n").unwrap();
+    let err = fails(&net.cli(
+        &[
+            "operator",
+            "register",
+            "--stake",
+            "2",
+            "--password-file",
+            pw_s,
+        ],
+        &[data],
+    ));
+    assert!(err.contains("wrong password"), "{err}");
+    let err = fails(&net.cli(
+        &["operator", "register", "--stake", "2"],
+        &[data, ("HANZO_PASSWORD_FILE", "/nonexistent/password")],
+    ));
+    assert!(
+        err.contains("cannot read the keystore password file /nonexistent/password"),
+        "{err}"
+    );
+    std::fs::write(&pw, "correct horse\n").unwrap();
     ok(&net.cli(
         &[
             "operator",
@@ -101,7 +127,7 @@ async fn operator_workflow_through_the_binary() {
             "--endpoint",
             "127.0.0.1:7000",
         ],
-        &[data, PASSWORD],
+        &[data, ("HANZO_PASSWORD_FILE", pw_s)],
     ));
     ok(&net.cli(
         &["operator", "set-endpoint", "127.0.0.1:7001"],

@@ -238,6 +238,20 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     assert_eq!(refs[0]["handle"], "alice");
     assert_eq!(refs[0]["key"], alice.ssh.fingerprint().as_str());
     assert_eq!(refs[0]["cert"].as_str().unwrap().len(), 64);
+    // The certificate itself, by a prefix of its hash: what alice's git signed.
+    let prefix = &refs[0]["cert"].as_str().unwrap()[..12];
+    let cert = ok(&w.net.cli(&["repo", "cert", "demo", prefix], &[]));
+    assert!(cert.starts_with("certificate version 0.1\n"), "{cert}");
+    assert!(
+        cert.contains(&format!(" {first} refs/heads/main\n")),
+        "{cert}"
+    );
+    assert!(cert.contains("-----BEGIN SSH SIGNATURE-----"), "{cert}");
+    let err = fails(&w.net.cli(&["repo", "cert", "demo", "ffffffffffff"], &[]));
+    assert!(
+        err.contains("`hanzo-node repo refs demo` lists them"),
+        "{err}"
+    );
 
     // Bob, a committer, works on a clone.
     let bwork = bob.home.path().join("demo");
@@ -416,8 +430,9 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
         metrics.contains("hanzo_git_pushes_accepted_total 7\n"),
         "{metrics}"
     );
+    // Refusals are counted by reason: here all ten were the pushers' fault.
     assert!(
-        metrics.contains("hanzo_git_pushes_refused_total 10\n"),
+        metrics.contains("hanzo_git_pushes_refused_total{reason=\"denied\"} 10\n"),
         "{metrics}"
     );
     w.node.shutdown().await;

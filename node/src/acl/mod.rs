@@ -328,6 +328,11 @@ impl Publisher {
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
         self.0.send_replace(snapshot);
     }
+
+    /// A handle reading what this publisher publishes.
+    pub fn subscribe(&self) -> Acl {
+        Acl(self.0.subscribe())
+    }
 }
 
 #[cfg(test)]

@@ -20,15 +20,17 @@ use alloy::{
     rpc::types::Filter,
 };
 use futures_util::StreamExt;
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Deployment, Error, decode};
 use crate::{
-    acl::{BlockRef, Publisher, Snapshot},
+    acl::{Acl, BlockRef, Publisher, Snapshot},
     config::ChainConfig,
-    store::Store,
+    metrics::{self, Reading},
+    store::{self, Store},
 };
 
 const TARGET: &str = "hanzo::chain";
@@ -77,6 +79,46 @@ pub struct Syncer {
     range: u64,
     /// The checkpoint write in flight; the next step waits for it.
     writing: Option<JoinHandle<Result<(), crate::store::Error>>>,
+    rpc: RpcMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RpcCall {
+    method: &'static str,
+    client_version: String,
+}
+
+/// The EigenLayer spec's execution-client metrics: JSON-RPC calls to the chain.
+struct RpcMetrics {
+    total: Family<RpcCall, Counter>,
+    duration: Family<RpcCall, Histogram>,
+    /// The endpoint's `web3_clientVersion`, once it answered.
+    client_version: Option<String>,
+}
+
+impl RpcMetrics {
+    fn new(registry: &metrics::Registry) -> Self {
+        let m = Self {
+            total: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.001, 2.0, 14,
+                ))
+            }),
+            client_version: None,
+        };
+        registry.register(
+            "eigen_rpc_request",
+            "EigenLayer AVS node spec: JSON-RPC calls to the chain's execution client, by method",
+            m.total.clone(),
+        );
+        registry.register(
+            "eigen_rpc_request_duration_seconds",
+            "EigenLayer AVS node spec: duration of JSON-RPC calls to the execution client, by method",
+            m.duration.clone(),
+        );
+        m
+    }
 }
 
 /// What one step did.
@@ -95,6 +137,67 @@ pub enum Step {
     RolledBack(Option<u64>),
 }
 
+/// The ACL is checkpointed at the block it reflects.
+impl store::Checkpoint for Snapshot {
+    fn block(&self) -> Option<(u64, [u8; 32])> {
+        self.block.map(|b| (b.number, b.hash.0))
+    }
+}
+
+/// Chain sync and ACL gauges (`hanzo_chain_*`, `hanzo_acl_*`), read at scrape time.
+fn register_metrics(registry: &metrics::Registry, status: watch::Receiver<Status>, acl: Acl) {
+    #[allow(clippy::cast_precision_loss)] // gauges are floats; block numbers fit
+    let n = |v: u64| v as f64;
+    registry.gauges(move || {
+        let st = status.borrow().clone();
+        let snap = acl.snapshot();
+        let state = &snap.state;
+        vec![
+            Reading::new(
+                "hanzo_chain_head_block",
+                "Latest block number reported by the RPC",
+                n(st.head),
+            ),
+            Reading::new(
+                "hanzo_chain_synced_block",
+                "Latest block applied to the ACL",
+                n(st.synced.unwrap_or(0)),
+            ),
+            Reading::new(
+                "hanzo_chain_events_applied",
+                "Contract logs applied to the ACL since deployment",
+                n(snap.events_applied),
+            ),
+            Reading::new(
+                "hanzo_chain_reorgs",
+                "Reorgs deeper than the confirmations rolled back since start",
+                n(st.reorgs),
+            ),
+            Reading::new(
+                "hanzo_chain_sync_failing",
+                "1 while the last chain sync step failed (the RPC is unreachable or erring), else 0",
+                if st.last_error.is_some() { 1.0 } else { 0.0 },
+            ),
+            Reading::new(
+                "hanzo_acl_age_seconds",
+                "Seconds since the block the ACL reflects",
+                n(crate::unix_now().saturating_sub(snap.block_time)),
+            ),
+            Reading::new(
+                "hanzo_acl_operators",
+                "Registered operators",
+                n(state.operators.len() as u64),
+            ),
+            Reading::new(
+                "hanzo_acl_identities",
+                "Identities",
+                n(state.identities.len() as u64),
+            ),
+            Reading::new("hanzo_acl_repos", "Repositories", n(state.repos.len() as u64)),
+        ]
+    });
+}
+
 impl Syncer {
     /// A syncer resuming from the store's newest checkpoint. Returns the status
     /// receiver alongside.
@@ -104,8 +207,9 @@ impl Syncer {
         config: ChainConfig,
         store: Arc<Store>,
         acl: Publisher,
+        registry: &metrics::Registry,
     ) -> Result<(Self, watch::Receiver<Status>), Error> {
-        let current = Arc::new(store.latest_checkpoint()?.unwrap_or_default());
+        let current: Arc<Snapshot> = Arc::new(store.latest_checkpoint()?.unwrap_or_default());
         if let Some(b) = current.block {
             info!(target: TARGET, block = b.number, events = current.events_applied, "resuming from checkpoint");
         }
@@ -116,6 +220,7 @@ impl Syncer {
             ..Default::default()
         };
         let (tx, rx) = watch::channel(status);
+        register_metrics(registry, rx.clone(), acl.subscribe());
         let range = config.max_block_range;
         Ok((
             Self {
@@ -128,6 +233,7 @@ impl Syncer {
                 current,
                 range,
                 writing: None,
+                rpc: RpcMetrics::new(registry),
             },
             rx,
         ))
@@ -200,13 +306,30 @@ impl Syncer {
         }
     }
 
+    /// Awaits `call`, JSON-RPC `method`, counted and timed for `eigen_rpc_*`.
+    async fn timed<T>(&self, method: &'static str, call: impl IntoFuture<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = call.await;
+        let labels = RpcCall {
+            method,
+            client_version: self.rpc.client_version.clone().unwrap_or_default(),
+        };
+        self.rpc.total.get_or_create(&labels).inc();
+        let spent = started.elapsed().as_secs_f64();
+        self.rpc.duration.get_or_create(&labels).observe(spent);
+        out
+    }
+
     /// The next step: check the checkpoint is canonical, then apply one range of
     /// confirmed blocks.
     pub async fn step(&mut self) -> Result<Step, Error> {
         self.finish_write().await?;
+        if self.rpc.client_version.is_none() {
+            let version = self.timed("web3_clientVersion", self.provider.get_client_version());
+            self.rpc.client_version = version.await.ok();
+        }
         let head = self
-            .provider
-            .get_block_number()
+            .timed("eth_blockNumber", self.provider.get_block_number())
             .await
             .map_err(|e| Error::Unreachable {
                 url: self.config.rpc_url.clone(),
@@ -291,7 +414,7 @@ impl Syncer {
             self.config.checkpoints_kept,
         );
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            store.put_checkpoint(&snapshot, keep)
+            store.put_checkpoint(&*snapshot, keep)
         }));
         self.mark_success();
         Ok(Step::Advanced {
@@ -330,7 +453,10 @@ impl Syncer {
                 .address(self.deployment.addresses().to_vec())
                 .from_block(from)
                 .to_block(end);
-            match self.provider.get_logs(&filter).await {
+            match self
+                .timed("eth_getLogs", self.provider.get_logs(&filter))
+                .await
+            {
                 Ok(logs) => return Ok((logs, (end != to).then_some(end))),
                 Err(err) if end > from && err.as_error_resp().is_some() => {
                     let range = (end - from + 1).div_ceil(2);
@@ -349,9 +475,11 @@ impl Syncer {
 
     /// Hash and timestamp of block `number`, if the chain has it.
     async fn block(&self, number: u64) -> Result<Option<(B256, u64)>, Error> {
-        let block = self
+        let by_number = self
             .provider
-            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .get_block_by_number(BlockNumberOrTag::Number(number));
+        let block = self
+            .timed("eth_getBlockByNumber", by_number)
             .await
             .map_err(|e| Error::Rpc {
                 call: "eth_getBlockByNumber",
@@ -376,7 +504,7 @@ impl Syncer {
         let from = self.current.block.map(|b| b.number);
         let mut restored = Snapshot::default();
         for b in self.store.checkpoint_blocks()? {
-            if self.block_hash(b.number).await? == Some(b.hash) {
+            if self.block_hash(b.0).await? == Some(b.1.into()) {
                 restored = self.store.checkpoint(b)?.unwrap_or_default();
                 break;
             }

@@ -348,8 +348,8 @@ pub struct Sources {
     pub chain_id: u64,
     /// The ACL (for the operator address).
     pub acl: Acl,
-    /// The swarm (for its listen addresses), when p2p is on.
-    pub p2p: Option<crate::p2p::P2p>,
+    /// The swarm's listen addresses (without `/p2p/`), when p2p is on.
+    pub p2p: Option<tokio::sync::watch::Receiver<Vec<libp2p::Multiaddr>>>,
 }
 
 impl Sources {
@@ -357,9 +357,12 @@ impl Sources {
         let node = NodeId(self.keypair.public_key().to_bytes());
         let snapshot = self.acl.snapshot();
         let mut p2p = Vec::new();
-        if let Some(swarm) = &self.p2p {
-            let addrs = swarm.listen_addrs().await.into_iter();
-            p2p.extend(addrs.map(|a| crate::p2p::without_peer_id(a).to_string()));
+        if let Some(listening) = &self.p2p {
+            // Once the swarm listens somewhere: a packet without them would go out first.
+            let mut rx = listening.clone();
+            if let Ok(addrs) = rx.wait_for(|a| !a.is_empty()).await {
+                p2p.extend(addrs.iter().map(ToString::to_string));
+            }
         }
         Endpoints {
             git: self.git.clone(),

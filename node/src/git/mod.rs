@@ -23,12 +23,10 @@ pub mod token;
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufRead;
 use tracing::{debug, info, warn};
@@ -37,8 +35,9 @@ pub use serve::router;
 
 use crate::{
     acl::{self, Acl, RepoId, Snapshot},
-    config::{GitConfig, Replicate},
+    config::{GitConfig, Replicate, ReplicateMode},
     keys::{NodeId, NodeKey},
+    metrics,
     store::{RefRecord, Store},
     unix_now,
 };
@@ -90,7 +89,7 @@ struct Inner {
     network: String,
     config: GitConfig,
     push_locks: Mutex<HashMap<RepoId, Arc<tokio::sync::Mutex<()>>>>,
-    stats: Stats,
+    metrics: Metrics,
     /// Which repos this node holds.
     seeding: Replicate,
     node: NodeId,
@@ -102,15 +101,46 @@ struct Inner {
     pushed: Mutex<HashMap<RepoId, std::collections::VecDeque<replica::PushPack>>>,
 }
 
-/// Counters since start, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Pushes accepted.
-    pub pushes_accepted: AtomicU64,
-    /// Pushes refused (any reason).
-    pub pushes_refused: AtomicU64,
-    /// Fetch requests served (`git-upload-pack` POSTs).
-    pub fetches: AtomicU64,
+/// Git hosting's metrics (`hanzo_git_*`).
+#[derive(Debug)]
+struct Metrics {
+    pushes_accepted: Counter,
+    /// Refused pushes by reason: `denied` (the client's fault), `not_found` (no
+    /// such repo on chain), `internal` (the node's).
+    pushes_refused: Family<metrics::Reason, Counter>,
+    fetches: Counter,
+}
+
+impl Metrics {
+    fn new(registry: &metrics::Registry) -> Self {
+        let m = Self {
+            pushes_accepted: Counter::default(),
+            pushes_refused: Family::default(),
+            fetches: Counter::default(),
+        };
+        // Every reason from the start at zero, so rates and alerts see them.
+        for reason in ["denied", "not_found", "internal"] {
+            m.pushes_refused
+                .get_or_create(&metrics::Reason::new(reason))
+                .inc_by(0);
+        }
+        registry.register(
+            "hanzo_git_pushes_accepted",
+            "Pushes accepted since start",
+            m.pushes_accepted.clone(),
+        );
+        registry.register(
+            "hanzo_git_pushes_refused",
+            "Pushes refused since start, by reason (denied, not_found, internal)",
+            m.pushes_refused.clone(),
+        );
+        registry.register(
+            "hanzo_git_fetches",
+            "Fetch requests served since start",
+            m.fetches.clone(),
+        );
+        m
+    }
 }
 
 impl Git {
@@ -124,6 +154,7 @@ impl Git {
         node_key: &NodeKey,
         (config, deployment): (GitConfig, &str),
         seeding: Replicate,
+        registry: &metrics::Registry,
     ) -> Self {
         let mut h = Sha256::new();
         h.update(b"hanzo-node push-cert nonce key\0");
@@ -140,7 +171,7 @@ impl Git {
                 config,
                 push_locks: Mutex::default(),
                 maintaining: Mutex::default(),
-                stats: Stats::default(),
+                metrics: Metrics::new(registry),
                 seeding,
                 node: node_key.public(),
                 announce: tokio::sync::broadcast::channel(1024).0,
@@ -189,13 +220,18 @@ impl Git {
         .await
     }
 
-    /// Whether this node replicates (and serves) repo `id`.
+    /// Whether this node replicates (and serves) repo `id`, as `p2p.replicate` says.
     pub fn replicates(&self, snapshot: &Snapshot, id: RepoId) -> bool {
-        snapshot.state.repos.get(&id).is_some_and(|r| {
-            self.inner
-                .seeding
-                .includes(snapshot, &self.inner.node, &r.name)
-        })
+        let Some(repo) = snapshot.state.repos.get(&id) else {
+            return false;
+        };
+        match &self.inner.seeding {
+            Replicate::Mode(ReplicateMode::All) => true,
+            Replicate::Mode(ReplicateMode::Preferred) => snapshot
+                .replicators(&repo.name)
+                .is_ok_and(|nodes| nodes.contains(&self.inner.node)),
+            Replicate::List(names) => names.contains(&repo.name),
+        }
     }
 
     /// The current ACL.
@@ -218,9 +254,9 @@ impl Git {
         Ok(())
     }
 
-    /// Counters since start.
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+    /// Counts a fetch served.
+    pub(crate) fn count_fetch(&self) {
+        self.inner.metrics.fetches.inc();
     }
 
     /// Creates the repos this node replicates as their tokens appear, and removes
@@ -314,17 +350,20 @@ impl Git {
         let commands = &request.commands;
         match self.try_push((name, id, dir), request, body).await {
             Ok(report) => {
-                self.inner
-                    .stats
-                    .pushes_accepted
-                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.metrics.pushes_accepted.inc();
                 report
             }
             Err(err) => {
+                let kind = match &err {
+                    Error::Rejected(_) => "denied",
+                    Error::NotFound(_) => "not_found",
+                    Error::Internal(_) => "internal",
+                };
                 self.inner
-                    .stats
+                    .metrics
                     .pushes_refused
-                    .fetch_add(1, Ordering::Relaxed);
+                    .get_or_create(&metrics::Reason::new(kind))
+                    .inc();
                 let reason = match &err {
                     Error::Rejected(why) | Error::NotFound(why) => why.clone(),
                     Error::Internal(why) => {

@@ -335,9 +335,7 @@ async fn upload_pack(
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    git.stats()
-        .fetches
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    git.count_fetch();
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(HIDE_SUPERSEDED)
         .args(["upload-pack", "--stateless-rpc"])

@@ -11,12 +11,11 @@ use alloy::primitives::Address;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
-    registry::Registry,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Usage};
-use crate::store::Store;
+use crate::{metrics, store::Store};
 
 /// What one caller used of one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,22 +42,15 @@ struct ModelKind {
     kind: String,
 }
 
-/// Inference counters for `/metrics`.
+/// Inference counters (`hanzo_inference_*`).
 #[derive(Default)]
-pub struct Metrics {
+struct Metrics {
     requests: Family<ModelOutcome, Counter>,
     tokens: Family<ModelKind, Counter>,
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("inference::Metrics")
-    }
-}
-
 impl Metrics {
-    /// Adds the metrics to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
+    fn register(&self, registry: &metrics::Registry) {
         registry.register(
             "hanzo_inference_requests",
             "Inference calls by model and outcome (ok, error)",
@@ -76,12 +68,12 @@ impl Metrics {
 pub struct Meter {
     store: Arc<Store>,
     totals: Mutex<BTreeMap<(Address, String), Counts>>,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 }
 
 impl Meter {
-    /// Reads the stored totals.
-    pub fn open(store: Arc<Store>) -> Result<Self, Error> {
+    /// Reads the stored totals; registers the counters into `registry`.
+    pub fn open(store: Arc<Store>, registry: &metrics::Registry) -> Result<Self, Error> {
         let mut totals = BTreeMap::new();
         let records = store.usage().map_err(|e| Error::Invalid(e.to_string()))?;
         for (key, value) in records {
@@ -103,13 +95,34 @@ impl Meter {
         Ok(Self {
             store,
             totals: Mutex::new(totals),
-            metrics: Arc::default(),
+            metrics: {
+                let m = Metrics::default();
+                m.register(registry);
+                m
+            },
         })
     }
 
-    /// The counters.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
+    /// Starts `model`'s counters at zero, so they are exported before its first call.
+    pub fn init(&self, model: &str) {
+        for outcome in ["ok", "error"] {
+            self.metrics
+                .requests
+                .get_or_create(&ModelOutcome {
+                    model: model.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(0);
+        }
+        for kind in ["prompt", "completion"] {
+            self.metrics
+                .tokens
+                .get_or_create(&ModelKind {
+                    model: model.to_owned(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(0);
+        }
     }
 
     /// Adds one call of `caller` to `model`.

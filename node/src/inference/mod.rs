@@ -14,7 +14,7 @@ use std::{
 use alloy::primitives::Address;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-pub use meter::{Counts, Meter, Metrics};
+pub use meter::{Counts, Meter};
 pub use openai::OpenAi;
 
 use crate::{
@@ -155,8 +155,13 @@ impl std::fmt::Debug for Inference {
 }
 
 impl Inference {
-    /// Opens every configured model (local ones are loaded now).
-    pub fn start(config: &InferenceConfig, store: Arc<Store>) -> Result<Self, Error> {
+    /// Opens every configured model (local ones are loaded now); its metrics go into
+    /// `registry`.
+    pub fn start(
+        config: &InferenceConfig,
+        store: Arc<Store>,
+        registry: &crate::metrics::Registry,
+    ) -> Result<Self, Error> {
         let mut models: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
         for m in &config.models {
             let backend: Arc<dyn Backend> = match m.backend {
@@ -176,19 +181,18 @@ impl Inference {
                 )));
             }
         }
+        let meter = Meter::open(store, registry)?;
+        for name in models.keys() {
+            meter.init(name);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 models,
-                meter: Meter::open(store)?,
+                meter,
                 per_caller: config.max_concurrent_per_caller.max(1),
                 in_flight: Mutex::default(),
             }),
         })
-    }
-
-    /// The metrics to export.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.inner.meter.metrics()
     }
 
     /// Every model.

@@ -47,9 +47,8 @@ use libp2p::{
     swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
     tcp, yamux,
 };
-use prometheus_client::{
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
 };
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -63,8 +62,8 @@ use crate::{
     acl::{Acl, Snapshot},
     config::P2pConfig,
     git::{Git, Refusal, Update},
-    http::Reason,
     keys::NodeKey,
+    metrics::{self, Reason},
     tasks::Tasks,
 };
 use limits::Limits;
@@ -121,8 +120,8 @@ struct Path {
     via: String,
 }
 
-/// Replication metrics, registered into `/metrics`.
-pub struct Metrics {
+/// Replication metrics (`hanzo_p2p_*`).
+struct Metrics {
     updates: Family<Reason, Counter>,
     applied: Family<Path, Counter>,
     penalties: Family<Reason, Counter>,
@@ -137,8 +136,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn new() -> Self {
-        Self {
+    fn new(registry: &metrics::Registry) -> Self {
+        let m = Self {
             updates: Family::default(),
             applied: Family::default(),
             penalties: Family::default(),
@@ -152,11 +151,26 @@ impl Metrics {
             peers: Gauge::default(),
             denied: Counter::default(),
             score_min: Default::default(),
+        };
+        // The known outcomes, offenses and failures from the start at zero, so rates
+        // and alerts see them before the first one happens.
+        for (family, reasons) in [
+            (&m.updates, &["applied", "have", "invalid", "unusable"][..]),
+            (&m.penalties, &["invalid_update", "bad_pack", "stalled"]),
+            (
+                &m.fetch_failures,
+                &["deadline", "stream", "refused", "invalid_pack"],
+            ),
+        ] {
+            for r in reasons {
+                family.get_or_create(&Reason::new(r)).inc_by(0);
+            }
         }
+        m.register(registry);
+        m
     }
 
-    /// Adds the metrics to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
+    fn register(&self, registry: &metrics::Registry) {
         registry.register(
             "hanzo_p2p_updates",
             "Replicated ref updates by outcome (applied, have, invalid, unusable)",
@@ -215,11 +229,7 @@ impl Metrics {
     }
 
     fn count(&self, family: &Family<Reason, Counter>, reason: &str) {
-        family
-            .get_or_create(&Reason {
-                reason: reason.into(),
-            })
-            .inc();
+        family.get_or_create(&Reason::new(reason)).inc();
     }
 }
 
@@ -235,7 +245,6 @@ pub struct P2p {
     pub peer_id: PeerId,
     listen: watch::Receiver<Vec<Multiaddr>>,
     peers: watch::Receiver<Vec<PeerId>>,
-    metrics: Arc<Metrics>,
     commands: mpsc::Sender<Cmd>,
 }
 
@@ -247,7 +256,7 @@ impl P2p {
         config: P2pConfig,
         acl: Acl,
         git: Git,
-        tasks: &Tasks,
+        (tasks, registry): (&Tasks, &metrics::Registry),
     ) -> Result<Self, Error> {
         let parse = |setting, list: &[String]| {
             list.iter()
@@ -269,7 +278,7 @@ impl P2p {
         let max_message = config.max_message_bytes;
         let max_connections = config.max_connections;
         let swarm_err = |e: &dyn std::fmt::Display| Error::Swarm(e.to_string());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(registry));
         let denied = metrics.denied.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -388,7 +397,6 @@ impl P2p {
             peer_id,
             listen: listen_rx,
             peers: peers_rx,
-            metrics,
             commands: cmd_tx,
         })
     }
@@ -398,17 +406,22 @@ impl P2p {
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         let mut rx = self.listen.clone();
         let addrs = rx.wait_for(|a| !a.is_empty()).await.map(|a| a.clone());
-        addrs.unwrap_or_default()
+        let me = Protocol::P2p(self.peer_id);
+        addrs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.with(me.clone()))
+            .collect()
+    }
+
+    /// The addresses the swarm listens on as they change (without `/p2p/`).
+    pub fn listening(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.listen.clone()
     }
 
     /// The peers connected now.
     pub fn peers(&self) -> Vec<PeerId> {
         self.peers.borrow().clone()
-    }
-
-    /// Replication metrics.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     /// Publishes `data` as is on repo `repo`'s topic. For tools and tests that check
@@ -796,10 +809,8 @@ impl Driver {
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let me = *self.swarm.local_peer_id();
                 info!(target: TARGET, %address, "listening");
-                self.listen
-                    .send_modify(|a| a.push(address.with(Protocol::P2p(me))));
+                self.listen.send_modify(|a| a.push(address));
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,

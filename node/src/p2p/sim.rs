@@ -716,7 +716,7 @@ fn run(seed: u64, n: usize, degree: usize, pushes: usize, faults: Faults) -> Res
     // liar holds cannot be replicated by anyone.
     let honest = |rng: &mut Rng| loop {
         let i = u32::try_from(rng.below(u64::from(count))).unwrap_or(0);
-        if !(faults.liar && i == 2) && !(faults.staller && i == 1) {
+        if !(faults.liar && i == 2 || faults.staller && i == 1) {
             return i;
         }
     };
@@ -724,7 +724,10 @@ fn run(seed: u64, n: usize, degree: usize, pushes: usize, faults: Faults) -> Res
         let at = Duration::from_millis(sim.rng.below(minute));
         let node = honest(&mut sim.rng);
         let repo = sim.rng.below(2);
-        let name = format!("refs/heads/{}", ["main", "dev"][sim.rng.below(2) as usize]);
+        let name = format!(
+            "refs/heads/{}",
+            if sim.rng.below(2) == 0 { "main" } else { "dev" }
+        );
         sim.at(at, Event::Push { node, repo, name });
     }
     let mut quiet_from = Duration::from_millis(minute);

@@ -2,7 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{proto, services::Context, workloads::principal};
+use super::{
+    context::{Boxed, Context, async_stream, caller, principal},
+    proto,
+};
 use crate::inference::{self, Generation, Inference};
 
 impl From<inference::Error> for Status {
@@ -52,13 +55,13 @@ impl Context {
 
 #[tonic::async_trait]
 impl proto::inference_service_server::InferenceService for Context {
-    type GenerateStream = super::services::Boxed<proto::GenerateChunk>;
+    type GenerateStream = Boxed<proto::GenerateChunk>;
 
     async fn generate(
         &self,
         req: Request<proto::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let c = super::services::caller(&req)?;
+        let c = caller(&req)?;
         let left = self.auth.tokens_left(&c)?;
         let r = req.into_inner();
         // A session with a token budget generates no more than it has left.
@@ -85,51 +88,38 @@ impl proto::inference_service_server::InferenceService for Context {
         let auth = self.auth.clone();
         // Deltas flow as the upstream sends them; the task ends (and the upstream
         // request with it) when the caller goes.
-        Ok(Response::new(super::services::async_stream(
-            move |tx| async move {
-                let (delta_tx, mut delta_rx) = tokio::sync::mpsc::channel::<String>(64);
-                let run = inf.generate(c.address, g, delta_tx);
-                tokio::pin!(run, end);
-                let (mut done, mut stop) = (None, None);
-                loop {
-                    tokio::select! {
-                        status = &mut end => {
-                            stop = Some(Some(status));
-                            break;
-                        }
-                        () = tx.closed() => {
-                            stop = Some(None);
-                            break;
-                        }
-                        delta = delta_rx.recv() => match delta {
-                            Some(delta) => {
-                                let chunk = proto::GenerateChunk { delta, ..Default::default() };
-                                if tx.send(Ok(chunk)).await.is_err() {
-                                    stop = Some(None);
-                                    break;
-                                }
+        Ok(Response::new(async_stream(move |tx| async move {
+            let (delta_tx, mut delta_rx) = tokio::sync::mpsc::channel::<String>(64);
+            let run = inf.generate(c.address, g, delta_tx);
+            tokio::pin!(run, end);
+            let (mut done, mut stop) = (None, None);
+            loop {
+                tokio::select! {
+                    status = &mut end => {
+                        stop = Some(Some(status));
+                        break;
+                    }
+                    () = tx.closed() => {
+                        stop = Some(None);
+                        break;
+                    }
+                    delta = delta_rx.recv() => match delta {
+                        Some(delta) => {
+                            let chunk = proto::GenerateChunk { delta, ..Default::default() };
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                stop = Some(None);
+                                break;
                             }
-                            None => break,
-                        },
-                        result = &mut run, if done.is_none() => done = Some(result),
-                    }
+                        }
+                        None => break,
+                    },
+                    result = &mut run, if done.is_none() => done = Some(result),
                 }
-                if let Some(why) = stop {
-                    // Closing the delta channel makes the backend drop the upstream
-                    // request; what it streamed so far is still metered.
-                    drop(delta_rx);
-                    let result = match done {
-                        Some(r) => r,
-                        None => run.await,
-                    };
-                    if let Ok(f) = &result {
-                        auth.spend(&c, total(f.usage), crate::unix_now());
-                    }
-                    if let Some(status) = why {
-                        let _ = tx.send(Err(status)).await;
-                    }
-                    return;
-                }
+            }
+            if let Some(why) = stop {
+                // Closing the delta channel makes the backend drop the upstream
+                // request; what it streamed so far is still metered.
+                drop(delta_rx);
                 let result = match done {
                     Some(r) => r,
                     None => run.await,
@@ -137,21 +127,32 @@ impl proto::inference_service_server::InferenceService for Context {
                 if let Ok(f) = &result {
                     auth.spend(&c, total(f.usage), crate::unix_now());
                 }
-                let last = result.map_err(Status::from).map(|f| proto::GenerateChunk {
-                    delta: String::new(),
-                    finish_reason: f.reason,
-                    usage: Some(usage(f.usage)),
-                });
-                let _ = tx.send(last).await;
-            },
-        )))
+                if let Some(status) = why {
+                    let _ = tx.send(Err(status)).await;
+                }
+                return;
+            }
+            let result = match done {
+                Some(r) => r,
+                None => run.await,
+            };
+            if let Ok(f) = &result {
+                auth.spend(&c, total(f.usage), crate::unix_now());
+            }
+            let last = result.map_err(Status::from).map(|f| proto::GenerateChunk {
+                delta: String::new(),
+                finish_reason: f.reason,
+                usage: Some(usage(f.usage)),
+            });
+            let _ = tx.send(last).await;
+        })))
     }
 
     async fn embed(
         &self,
         req: Request<proto::EmbedRequest>,
     ) -> Result<Response<proto::EmbedResponse>, Status> {
-        let c = super::services::caller(&req)?;
+        let c = caller(&req)?;
         self.auth.tokens_left(&c)?;
         let r = req.into_inner();
         let (vectors, u) = self
@@ -175,7 +176,7 @@ impl proto::inference_service_server::InferenceService for Context {
         &self,
         req: Request<proto::RerankRequest>,
     ) -> Result<Response<proto::RerankResponse>, Status> {
-        let c = super::services::caller(&req)?;
+        let c = caller(&req)?;
         self.auth.tokens_left(&c)?;
         let r = req.into_inner();
         let (ranked, u) = self
@@ -216,7 +217,7 @@ impl proto::inference_service_server::InferenceService for Context {
         &self,
         req: Request<proto::GetUsageRequest>,
     ) -> Result<Response<proto::GetUsageResponse>, Status> {
-        let c = super::services::caller(&req)?;
+        let c = caller(&req)?;
         let who = principal(&c);
         let asked = req.get_ref().address.trim();
         let address = match asked {

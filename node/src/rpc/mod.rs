@@ -8,6 +8,7 @@
 //! through the gRPC-Web layer, so a browser reads them like any other status.
 
 pub mod auth;
+mod context;
 pub mod eip712;
 mod inference;
 mod layer;
@@ -22,16 +23,18 @@ use std::net::SocketAddr;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::Registry,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use auth::{Auth, Caller};
-pub use services::Context;
+pub use context::Context;
 
-use crate::{config::RpcConfig, http::Reason};
+use crate::{
+    config::RpcConfig,
+    metrics::{self, Reason},
+};
 
 const TARGET: &str = "hanzo::rpc";
 
@@ -69,16 +72,17 @@ struct MethodLabel {
     method: String,
 }
 
-/// gRPC metrics, registered into `/metrics`.
+/// gRPC metrics (`hanzo_rpc_*`).
 pub struct Metrics {
     requests: Family<MethodCode, Counter>,
     duration: Family<MethodLabel, Histogram>,
     auth_failures: Family<Reason, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
+impl Metrics {
+    /// The metrics, registered into `registry`.
+    pub fn new(registry: &metrics::Registry) -> Self {
+        let m = Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -86,28 +90,23 @@ impl Default for Metrics {
                 ))
             }),
             auth_failures: Family::default(),
-        }
-    }
-}
-
-impl Metrics {
-    /// Adds the metrics to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
+        };
         registry.register(
             "hanzo_rpc_requests",
             "gRPC calls by method and status code",
-            self.requests.clone(),
+            m.requests.clone(),
         );
         registry.register(
             "hanzo_rpc_request_duration_seconds",
             "gRPC calls: from the request to the response headers, by method",
-            self.duration.clone(),
+            m.duration.clone(),
         );
         registry.register(
             "hanzo_rpc_auth_failures",
             "gRPC calls refused by authentication, by reason",
-            self.auth_failures.clone(),
+            m.auth_failures.clone(),
         );
+        m
     }
 
     fn observe(&self, method: &str, code: &str, seconds: f64) {
@@ -125,11 +124,7 @@ impl Metrics {
     }
 
     fn auth_failure(&self, reason: &str) {
-        self.auth_failures
-            .get_or_create(&Reason {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.auth_failures.get_or_create(&Reason::new(reason)).inc();
     }
 }
 

@@ -17,7 +17,7 @@ use axum::{
 use serde_json::{Value, json};
 use tonic::Code;
 
-use super::{Caller, services::Context};
+use super::{Caller, context::Context};
 use crate::{
     inference::{Generation, narrow},
     unix_now,

@@ -1,68 +1,18 @@
 //! The gRPC services. Every call has passed the auth layer; handlers that need the
 //! caller read the [`Caller`] it attached.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::time::Duration;
 
-use futures_util::Stream;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Auth, Caller, Metrics, proto, workloads};
+use super::{
+    context::{Boxed, Context, async_stream, caller, principal, secs},
+    proto, workloads,
+};
 use crate::{
-    acl::{Acl, Role, Snapshot},
-    chain,
-    deploy::Deployer,
-    dns::Resolver,
-    git::Git,
-    http::Telemetry,
-    inference::Inference,
-    keys::NodeId,
-    p2p::P2p,
+    acl::{Role, Snapshot},
     unix_now,
 };
-
-pub(super) type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// What the services read: the node's parts.
-#[derive(Clone)]
-pub struct Context {
-    /// Sign-in and per-call checks.
-    pub auth: Auth,
-    /// gRPC metrics.
-    pub metrics: Arc<Metrics>,
-    /// The live ACL.
-    pub acl: Acl,
-    /// Chain sync progress.
-    pub status: watch::Receiver<chain::Status>,
-    /// This node's key.
-    pub node: NodeId,
-    /// The chain the node follows.
-    pub chain_id: u64,
-    /// Repos.
-    pub git: Git,
-    /// The swarm, when p2p is on.
-    pub p2p: Option<P2p>,
-    /// Node resolution over the DHT.
-    pub resolver: Resolver,
-    /// What `/metrics` shows.
-    pub telemetry: Telemetry,
-    /// Workloads, unless `deploy.enabled` is off.
-    pub deploy: Option<Deployer>,
-    /// Idle time after which a log stream sends a keep-alive.
-    pub keep_alive: Duration,
-    /// Cancelled when the node stops: open streams end.
-    pub closing: CancellationToken,
-    /// Models, unless none are configured.
-    pub inference: Option<Inference>,
-}
-
-pub(super) fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("sign in first"))
-}
 
 fn role(r: Role) -> proto::Role {
     match r {
@@ -71,10 +21,6 @@ fn role(r: Role) -> proto::Role {
         Role::OperatorPeer => proto::Role::OperatorPeer,
         Role::Admin => proto::Role::Admin,
     }
-}
-
-pub(super) fn secs(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
 }
 
 impl Context {
@@ -92,7 +38,7 @@ impl Context {
 
     fn health(&self) -> proto::GetHealthResponse {
         let chain = self.chain_sync();
-        let (serving, reason) = match self.telemetry.not_ready() {
+        let (serving, reason) = match self.health.not_ready() {
             Some(reason) => (proto::ServingStatus::NotServing, reason),
             None => (proto::ServingStatus::Serving, String::new()),
         };
@@ -163,7 +109,7 @@ impl proto::node_service_server::NodeService for Context {
             0 => 5,
             n => u64::from(n.clamp(1, 3600)),
         });
-        let (telemetry, end) = (self.telemetry.clone(), self.stream_end(&c));
+        let (registry, end) = (self.registry.clone(), self.stream_end(&c));
         let stream = async_stream(move |tx| async move {
             tokio::pin!(end);
             let mut tick = tokio::time::interval(every);
@@ -172,8 +118,8 @@ impl proto::node_service_server::NodeService for Context {
                     // A caller whose stake dropped loses the stream too.
                     status = &mut end => Err(status),
                     () = tx.closed() => return,
-                    _ = tick.tick() => telemetry
-                        .render()
+                    _ = tick.tick() => registry
+                        .encode()
                         .map(|text| proto::MetricsSnapshot {
                             prometheus_text: text,
                             at: secs(unix_now()),
@@ -208,7 +154,7 @@ impl proto::node_service_server::NodeService for Context {
         let c = caller(&req)?;
         let done = self
             .deployer()?
-            .stop(&workloads::principal(&c), &req.get_ref().deployment)
+            .stop(&principal(&c), &req.get_ref().deployment)
             .await?;
         Ok(Response::new(workloads::summary(done)))
     }
@@ -219,7 +165,7 @@ impl proto::node_service_server::NodeService for Context {
     ) -> Result<Response<proto::RemoveResponse>, Status> {
         let c = caller(&req)?;
         self.deployer()?
-            .remove(&workloads::principal(&c), &req.get_ref().deployment)
+            .remove(&principal(&c), &req.get_ref().deployment)
             .await?;
         Ok(Response::new(proto::RemoveResponse {}))
     }
@@ -278,12 +224,7 @@ impl proto::node_service_server::NodeService for Context {
         let r = req.get_ref();
         let done = self
             .deployer()?
-            .scale(
-                &workloads::principal(&c),
-                &r.deployment,
-                &r.service,
-                r.replicas,
-            )
+            .scale(&principal(&c), &r.deployment, &r.service, r.replicas)
             .await?;
         Ok(Response::new(workloads::summary(done)))
     }
@@ -294,10 +235,9 @@ impl proto::node_service_server::NodeService for Context {
     ) -> Result<Response<proto::ListContainersResponse>, Status> {
         let c = caller(&req)?;
         let d = &req.get_ref().deployment;
-        let all = self.deployer()?.list(
-            &workloads::principal(&c),
-            (!d.is_empty()).then_some(d.as_str()),
-        )?;
+        let all = self
+            .deployer()?
+            .list(&principal(&c), (!d.is_empty()).then_some(d.as_str()))?;
         Ok(Response::new(proto::ListContainersResponse {
             containers: all
                 .into_iter()
@@ -313,9 +253,9 @@ impl proto::node_service_server::NodeService for Context {
     ) -> Result<Response<proto::ContainerStatus>, Status> {
         let c = caller(&req)?;
         let r = req.get_ref();
-        let status =
-            self.deployer()?
-                .inspect(&workloads::principal(&c), &r.deployment, &r.container)?;
+        let status = self
+            .deployer()?
+            .inspect(&principal(&c), &r.deployment, &r.container)?;
         Ok(Response::new(workloads::container(status)))
     }
 
@@ -348,18 +288,6 @@ impl proto::node_service_server::NodeService for Context {
         let c = caller(&req)?;
         Ok(Response::new(self.exec(c, req.into_inner()).await?))
     }
-}
-
-/// A stream fed by a task through a bounded channel.
-pub(super) fn async_stream<T, F, Fut>(f: F) -> Boxed<T>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 #[tonic::async_trait]

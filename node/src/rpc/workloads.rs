@@ -6,11 +6,13 @@ use std::{collections::BTreeMap, time::Duration};
 use tokio::{io::AsyncWriteExt, sync::broadcast::error::RecvError};
 use tonic::{Status, Streaming};
 
-use super::{Caller, auth::Need, proto, services::Context};
-use crate::{
-    acl::Role,
-    deploy::{self, Chunk, Deployer, Principal},
+use super::{
+    Caller,
+    auth::Need,
+    context::{Boxed, Context, async_stream, caller, principal, secs},
+    proto,
 };
+use crate::deploy::{self, Chunk, Deployer};
 
 impl From<deploy::Error> for Status {
     fn from(e: deploy::Error) -> Self {
@@ -23,13 +25,6 @@ impl From<deploy::Error> for Status {
             E::Capacity(_) => Status::resource_exhausted(msg),
             E::Io { .. } | E::Store(_) => Status::internal(msg),
         }
-    }
-}
-
-pub(super) fn principal(c: &Caller) -> Principal {
-    Principal {
-        address: c.address,
-        admin: c.role == Role::Admin,
     }
 }
 
@@ -156,7 +151,7 @@ pub(super) fn container(s: deploy::Status) -> proto::ContainerStatus {
         healthy: s.healthy,
         restarts: s.restarts,
         exit_code: s.exit_code,
-        started_at: super::services::secs(s.started_at),
+        started_at: secs(s.started_at),
         pid: s.pid.unwrap_or(0),
     }
 }
@@ -229,7 +224,7 @@ impl Context {
         kind: deploy::Kind,
         name: &str,
     ) -> Result<tonic::Response<proto::Owned>, Status> {
-        let c = super::services::caller(req)?;
+        let c = caller(req)?;
         let made = self
             .deployer()?
             .create_owned(&principal(&c), kind, name)
@@ -242,7 +237,7 @@ impl Context {
         req: &tonic::Request<T>,
         kind: deploy::Kind,
     ) -> Result<tonic::Response<proto::ListOwnedResponse>, Status> {
-        let c = super::services::caller(req)?;
+        let c = caller(req)?;
         let items = self.deployer()?.list_owned(&principal(&c), kind).await?;
         Ok(tonic::Response::new(proto::ListOwnedResponse {
             items: items.into_iter().map(owned).collect(),
@@ -255,7 +250,7 @@ impl Context {
         kind: deploy::Kind,
         name: &str,
     ) -> Result<tonic::Response<proto::RemoveResponse>, Status> {
-        let c = super::services::caller(req)?;
+        let c = caller(req)?;
         self.deployer()?
             .remove_owned(&principal(&c), kind, name)
             .await?;
@@ -297,7 +292,7 @@ impl Context {
         &self,
         c: Caller,
         r: proto::GetLogsRequest,
-    ) -> Result<super::services::Boxed<proto::LogLine>, Status> {
+    ) -> Result<Boxed<proto::LogLine>, Status> {
         let only = (!r.container.is_empty()).then_some(r.container);
         let journal = self
             .deployer()?
@@ -305,7 +300,7 @@ impl Context {
         let (past, mut rx) = journal.logs(only.as_deref(), r.tail as usize);
         drop(journal);
         let (end, keep_alive) = (self.stream_end(&c), self.keep_alive);
-        Ok(super::services::async_stream(move |tx| async move {
+        Ok(async_stream(move |tx| async move {
             for l in &past {
                 if tx.send(Ok(log_line(l))).await.is_err() {
                     return;
@@ -349,7 +344,7 @@ impl Context {
         &self,
         c: Caller,
         r: proto::GetEventsRequest,
-    ) -> Result<super::services::Boxed<proto::Event>, Status> {
+    ) -> Result<Boxed<proto::Event>, Status> {
         let journal = self
             .deployer()?
             .journal(&principal(&c), &r.deployment, None)?;
@@ -357,7 +352,7 @@ impl Context {
         drop(journal);
         let end = self.stream_end(&c);
         let id = r.deployment;
-        Ok(super::services::async_stream(move |tx| async move {
+        Ok(async_stream(move |tx| async move {
             for e in &past {
                 if tx.send(Ok(event(&id, e))).await.is_err() {
                     return;
@@ -386,7 +381,7 @@ impl Context {
         &self,
         c: Caller,
         mut inbound: Streaming<proto::ExecInput>,
-    ) -> Result<super::services::Boxed<proto::ExecOutput>, Status> {
+    ) -> Result<Boxed<proto::ExecOutput>, Status> {
         use proto::{exec_input::Input, exec_output::Output};
         let Some(proto::ExecInput {
             input: Some(Input::Start(start)),
@@ -409,7 +404,7 @@ impl Context {
             )
             .await?;
         let end = self.stream_end(&c);
-        Ok(super::services::async_stream(move |tx| async move {
+        Ok(async_stream(move |tx| async move {
             tokio::pin!(end);
             let mut stdin = exec.stdin.take();
             let mut inbound_open = true;
