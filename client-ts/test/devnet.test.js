@@ -208,10 +208,21 @@ test("a deployment's logs and events stream over gRPC-Web", async () => {
     clearTimeout(timer);
   }
   assert.match(seen, /hello from ts/);
+  // The deployment's events so far come first: wait at most 30 s for one.
   const events = new AbortController();
-  for await (const ev of node.events(name, events.signal)) {
-    assert.equal(ev.deployment.length > 0, true);
-    break;
+  const eventsTimer = setTimeout(() => events.abort(), 30_000);
+  let first;
+  try {
+    for await (const ev of node.events(name, events.signal)) {
+      first = ev;
+      break;
+    }
+  } catch (e) {
+    if (!events.signal.aborted) throw e;
+  } finally {
+    clearTimeout(eventsTimer);
   }
+  assert.ok(first, "no deployment event within 30 s");
+  assert.equal(first.deployment, name);
   await node.node.remove({ deployment: name });
 });
