@@ -6,11 +6,11 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use hanzo_e2e::*;
+use hanzo_e2e::{bench, *};
 use hanzo_node::keys::SshKey;
 
 const PASSWORD: (&str, &str) = ("HANZO_PASSWORD", "correct horse");
@@ -28,22 +28,6 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
@@ -202,7 +186,7 @@ async fn operator_workflow_through_the_binary() {
     assert!(err.contains("cannot reach the chain RPC"), "{err}");
 
     // run: the node syncs; /readiness, /metrics and `acl show` reflect the chain.
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", bench::free_addr().port());
     let child = Command::new(node_bin())
         .args([
             "run",
@@ -220,7 +204,7 @@ async fn operator_workflow_through_the_binary() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _running = Running(child);
+    let _running = bench::Killed(child);
     net.mine(2).await;
     let head = net.head().await;
     let acl = eventually(Duration::from_secs(30), async || {

@@ -7,11 +7,11 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use hanzo_e2e::{rpc, *};
+use hanzo_e2e::{bench, rpc, *};
 use hanzo_node::rpc::proto::{GetStatusRequest, node_service_client::NodeServiceClient};
 use serde_json::Value;
 
@@ -38,15 +38,19 @@ fn json(body: &str) -> Value {
 async fn eigenlayer_node_api_reports_the_parts_as_the_spec_says() {
     let net = Devnet::start().await;
     let node = net.node().await;
-    let me = net.node_key().public();
-    let r = net
-        .client(1)
-        .await
-        .register_operator(me.to_b256(), "127.0.0.1:9000", ether(2))
-        .await
-        .unwrap();
-    net.mine(2).await;
-    node.synced_to(r.block_number.unwrap()).await;
+    // Dev account `account` registers node key `key` with 2 ETH; the node sees it.
+    let register = async |account: usize, key: hanzo_node::keys::NodeId| {
+        let endpoint = format!("127.0.0.1:{}", 9000 + account);
+        let r = net
+            .client(account)
+            .await
+            .register_operator(key.to_b256(), &endpoint, ether(2))
+            .await
+            .unwrap();
+        net.mine(2).await;
+        node.synced_to(r.block_number.unwrap()).await;
+    };
+    register(1, net.node_key().public()).await;
 
     let (code, body) = get(&node, "/eigen/node/spec-version").await;
     assert_eq!(
@@ -103,15 +107,7 @@ async fn eigenlayer_node_api_reports_the_parts_as_the_spec_says() {
     );
 
     // Another operator the node cannot reach: p2p is down, the node partially healthy.
-    let other = hanzo_node::keys::NodeKey::generate().public();
-    let r = net
-        .client(2)
-        .await
-        .register_operator(other.to_b256(), "127.0.0.1:9001", ether(2))
-        .await
-        .unwrap();
-    net.mine(2).await;
-    node.synced_to(r.block_number.unwrap()).await;
+    register(2, hanzo_node::keys::NodeKey::generate().public()).await;
     assert_eq!(get(&node, "/eigen/node/services/p2p/health").await.0, 503);
     assert_eq!(get(&node, "/eigen/node/health").await.0, 206);
     let (_, body) = get(&node, "/eigen/node/services").await;
@@ -129,22 +125,6 @@ async fn eigenlayer_node_api_reports_the_parts_as_the_spec_says() {
         "{metrics}"
     );
     node.shutdown().await;
-}
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn curl_json(url: &str) -> Option<Value> {
@@ -236,8 +216,8 @@ async fn prometheus_scrapes_the_node_with_the_shipped_rules_and_dashboard() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let _server = Running(
+    let port = bench::free_addr().port();
+    let _server = bench::Killed(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
