@@ -110,9 +110,9 @@ impl Bert {
                     .and_then(serde_json::Value::as_bool)
             })
             .unwrap_or(false);
-        let t = safetensors::parse(&read("model.safetensors")?)?;
+        let t = safetensors::parse(read("model.safetensors")?)?;
         // BertFor* exports put the encoder under `bert.`.
-        let prefix = if t.contains_key("bert.embeddings.word_embeddings.weight") {
+        let prefix = if t.contains("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
             ""
@@ -262,7 +262,7 @@ impl Bert {
 
 /// The tensors of a model file, taken out by name with their shapes checked.
 struct Weights {
-    t: std::collections::HashMap<String, safetensors::Tensor>,
+    t: safetensors::File,
     prefix: &'static str,
     h: usize,
 }
@@ -270,10 +270,7 @@ struct Weights {
 impl Weights {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
         let full = format!("{}{name}", self.prefix);
-        let tensor = self
-            .t
-            .remove(&full)
-            .ok_or_else(|| format!("model.safetensors has no {full}"))?;
+        let tensor = self.t.tensor(&full)?;
         // The word embeddings may have more rows than vocab.txt (padded exports).
         let fits = tensor.shape == shape
             || (name.ends_with("word_embeddings.weight")

@@ -1,6 +1,9 @@
 //! Reading tensors from a safetensors file: a little-endian u64 header length, a
 //! JSON header naming each tensor's dtype, shape and byte range, then the data. Every
-//! size is checked against the file before anything is allocated from it.
+//! entry's range and size are checked against the file when it is opened, before
+//! anything is allocated from them; a tensor is converted to f32 only when it is
+//! asked for, so tensors a model does not use (integer buffers such as
+//! `embeddings.position_ids`) may have any dtype.
 
 use std::collections::HashMap;
 
@@ -25,8 +28,26 @@ struct Entry {
     data_offsets: [usize; 2],
 }
 
-/// Every tensor in `bytes` (a whole safetensors file), converted to f32.
-pub fn parse(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
+/// An opened safetensors file: its checked header and its data.
+pub struct File {
+    entries: HashMap<String, Entry>,
+    data: Vec<u8>,
+}
+
+/// Bytes per value of the dtypes safetensors defines; `None` for one it does not.
+fn width(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Opens `bytes` (a whole safetensors file): checks every entry's byte range and,
+/// for the dtypes safetensors defines, that its size matches its shape.
+pub fn parse(mut bytes: Vec<u8>) -> Result<File, String> {
     let (len, rest) = bytes
         .split_first_chunk::<8>()
         .ok_or("shorter than its 8-byte header length")?;
@@ -37,43 +58,59 @@ pub fn parse(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
             bytes.len()
         ));
     }
-    let (header, data) = rest.split_at(usize::try_from(len).map_err(|e| e.to_string())?);
-    let entries: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
-    let mut out = HashMap::new();
-    for (name, value) in entries {
+    let header_end = 8 + usize::try_from(len).map_err(|e| e.to_string())?;
+    let raw: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..header_end]).map_err(|e| format!("header: {e}"))?;
+    let data_len = bytes.len() - header_end;
+    let mut entries = HashMap::new();
+    for (name, value) in raw {
         if name == "__metadata__" {
             continue;
         }
         let e: Entry = serde_json::from_value(value).map_err(|e| format!("{name}: {e}"))?;
         let [begin, end] = e.data_offsets;
-        let raw = data
-            .get(begin..end)
-            .filter(|_| begin <= end)
-            .ok_or_else(|| format!("{name}: bytes {begin}..{end} outside the data"))?;
+        if begin > end || end > data_len {
+            return Err(format!("{name}: bytes {begin}..{end} outside the data"));
+        }
         let count = e
             .shape
             .iter()
             .try_fold(1usize, |a, d| a.checked_mul(*d))
             .ok_or_else(|| format!("{name}: shape {:?} overflows", e.shape))?;
-        let width = match e.dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            other => {
-                return Err(format!(
-                    "{name}: dtype {other} (F32, F16 and BF16 are read)"
-                ));
-            }
-        };
-        if count.checked_mul(width) != Some(raw.len()) {
+        if let Some(w) = width(&e.dtype)
+            && count.checked_mul(w) != Some(end - begin)
+        {
             return Err(format!(
                 "{name}: {} bytes for shape {:?} of {}",
-                raw.len(),
+                end - begin,
                 e.shape,
                 e.dtype
             ));
         }
-        let values = match e.dtype.as_str() {
+        entries.insert(name, e);
+    }
+    bytes.drain(..header_end);
+    Ok(File {
+        entries,
+        data: bytes,
+    })
+}
+
+impl File {
+    /// Whether the file has tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Tensor `name` as f32; an error names it when it is missing or its dtype is
+    /// not a float one (F32, F16, BF16).
+    pub fn tensor(&self, name: &str) -> Result<Tensor, String> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| format!("model.safetensors has no {name}"))?;
+        let raw = &self.data[e.data_offsets[0]..e.data_offsets[1]];
+        let data = match e.dtype.as_str() {
             "F32" => raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -82,20 +119,21 @@ pub fn parse(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
                 .chunks_exact(2)
                 .map(|c| f16(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
-            _ => raw
+            "BF16" => raw
                 .chunks_exact(2)
                 .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
                 .collect(),
+            other => {
+                return Err(format!(
+                    "{name}: dtype {other}, where the encoder reads F32, F16 or BF16"
+                ));
+            }
         };
-        out.insert(
-            name,
-            Tensor {
-                shape: e.shape,
-                data: values,
-            },
-        );
+        Ok(Tensor {
+            shape: e.shape.clone(),
+            data,
+        })
     }
-    Ok(out)
 }
 
 /// IEEE half to single precision.
@@ -153,15 +191,14 @@ mod tests {
         #[test]
         fn any_file_parses_or_is_refused(data in proptest::collection::vec(any::<u8>(), 0..512),
                                           shape in proptest::collection::vec(0usize..70_000, 0..4),
-                                          dtype in prop::sample::select(vec!["F32", "F16", "BF16", "I8"]),
+                                          dtype in prop::sample::select(vec!["F32", "F16", "BF16", "I8", "I64", "Q4"]),
                                           begin in 0usize..600, len in 0usize..600) {
-            let _ = parse(&data);
+            let _ = parse(data.clone());
             let header = serde_json::json!({"t": {"dtype": dtype, "shape": shape, "data_offsets": [begin, begin + len]}}).to_string();
             let mut file = (header.len() as u64).to_le_bytes().to_vec();
             file.extend_from_slice(header.as_bytes());
             file.extend_from_slice(&data);
-            if let Ok(t) = parse(&file) {
-                let t = &t["t"];
+            if let Ok(f) = parse(file) && let Ok(t) = f.tensor("t") {
                 prop_assert_eq!(t.data.len(), t.shape.iter().product::<usize>());
             }
         }
@@ -170,18 +207,52 @@ mod tests {
     #[test]
     fn round_trip_and_bad_files() {
         let file = write(&[("a", &[2, 2], &[1.0, 2.0, 3.0, 4.0]), ("b", &[1], &[-0.5])]);
-        let t = parse(&file).unwrap();
-        assert_eq!(t["a"].shape, [2, 2]);
-        assert_eq!(t["a"].data, [1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(t["b"].data, [-0.5]);
-        assert!(parse(&file[..5]).unwrap_err().contains("8-byte"));
+        let t = parse(file.clone()).unwrap();
+        assert_eq!(t.tensor("a").unwrap().shape, [2, 2]);
+        assert_eq!(t.tensor("a").unwrap().data, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(t.tensor("b").unwrap().data, [-0.5]);
+        assert!(t.tensor("c").unwrap_err().contains("has no c"));
+        assert!(parse(file[..5].to_vec()).err().unwrap().contains("8-byte"));
         let mut huge = file.clone();
         huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(parse(&huge).unwrap_err().contains("does not fit"));
-        let cut = &file[..file.len() - 2];
-        assert!(parse(cut).unwrap_err().contains("outside the data"));
+        assert!(parse(huge).err().unwrap().contains("does not fit"));
+        let cut = file[..file.len() - 2].to_vec();
+        assert!(parse(cut).err().unwrap().contains("outside the data"));
         assert_eq!(f16(0x3c00), 1.0);
         assert_eq!(f16(0xc000), -2.0);
         assert_eq!(f16(0x0001), 2f32.powi(-24));
+    }
+
+    /// An integer buffer the encoder does not use (as sentence-transformers' exports
+    /// carry `embeddings.position_ids`) opens; asking for it names it and its dtype.
+    #[test]
+    fn integer_tensors_open_and_are_refused_only_when_asked_for() {
+        let ids: Vec<u8> = (0..4i64).flat_map(i64::to_le_bytes).collect();
+        let header = serde_json::json!({
+            "position_ids": {"dtype": "I64", "shape": [1, 4], "data_offsets": [0, 32]},
+            "w": {"dtype": "F32", "shape": [1], "data_offsets": [32, 36]},
+        })
+        .to_string();
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.extend_from_slice(&ids);
+        file.extend_from_slice(&1.5f32.to_le_bytes());
+        let f = parse(file.clone()).unwrap();
+        assert_eq!(f.tensor("w").unwrap().data, [1.5]);
+        let err = f.tensor("position_ids").unwrap_err();
+        assert!(err.contains("position_ids: dtype I64"), "{err}");
+        // A size that does not match its shape is refused at open, whatever the dtype.
+        let header = serde_json::json!({
+            "position_ids": {"dtype": "I64", "shape": [1, 5], "data_offsets": [0, 32]},
+        })
+        .to_string();
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.extend_from_slice(&ids);
+        let err = parse(file).err().unwrap();
+        assert!(
+            err.contains("position_ids: 32 bytes for shape [1, 5] of I64"),
+            "{err}"
+        );
     }
 }
