@@ -467,17 +467,46 @@ pub struct ModelConfig {
     /// openai: environment variable holding the upstream's API key.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// openai: longest wait for the upstream's answer, and for each next piece of it.
-    /// Default: `120s`.
+    /// openai: longest wait for the upstream's answer, and for each next piece of it;
+    /// local: longest a call may compute (then its work stops). Default: `120s`.
     #[serde(default = "default_model_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// openai: retries when the connection is refused (nothing else is retried).
     /// Default: 2.
     #[serde(default = "default_connect_retries")]
     pub connect_retries: u32,
-    /// local: the model directory (`config.json`, `vocab.txt`, `model.safetensors`).
+    /// local: the model directory (`config.json`, `model.safetensors`, and
+    /// `tokenizer.json` or `vocab.txt`).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// local: worker threads computing this model. Default: the machine's cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// local: most input tokens one call may carry. Default: 65536.
+    #[serde(default = "default_max_input_tokens")]
+    pub max_input_tokens: usize,
+}
+
+fn default_max_input_tokens() -> usize {
+    65536
+}
+
+impl ModelConfig {
+    /// A model named `name` on `backend`, everything else at its default.
+    pub fn new(name: &str, backend: ModelBackend) -> Self {
+        Self {
+            name: name.into(),
+            backend,
+            url: None,
+            upstream_model: None,
+            api_key_env: None,
+            timeout: default_model_timeout(),
+            connect_retries: default_connect_retries(),
+            path: None,
+            threads: None,
+            max_input_tokens: default_max_input_tokens(),
+        }
+    }
 }
 
 fn default_model_timeout() -> Duration {

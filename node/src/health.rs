@@ -10,6 +10,7 @@ use crate::{
     acl::Acl,
     chain::Status,
     dns,
+    inference::Inference,
     keys::NodeId,
     metrics::{self, Reading},
     p2p::P2p,
@@ -66,8 +67,8 @@ pub struct Parts {
     pub dns: Option<dns::Publisher>,
     /// Whether workloads are on.
     pub deploy: bool,
-    /// The models configured.
-    pub models: usize,
+    /// The models.
+    pub inference: Inference,
 }
 
 /// The node's readiness. Cheap to clone.
@@ -111,6 +112,16 @@ impl Health {
         let h = health.clone();
         registry.gauges(move || h.readings());
         health
+    }
+
+    /// Models configured but not served, one line each (the node is ready without
+    /// them).
+    pub fn unloaded_models(&self) -> Vec<String> {
+        self.parts
+            .inference
+            .failed()
+            .map(|(name, why)| format!("model {name} not loaded: {why}"))
+            .collect()
     }
 
     /// Why the node is not ready, if it is not: a critical task failed (it is
@@ -180,10 +191,21 @@ impl Health {
                 "workloads of staked callers",
             ));
         }
-        if p.models > 0 {
-            let what = format!("{} model(s) loaded", p.models);
+        let models = p.inference.models();
+        if !models.is_empty() {
+            let failed = self.unloaded_models();
+            let served = models.len() - failed.len();
             out.push(Service {
-                description: what,
+                status: if failed.is_empty() {
+                    State::Up
+                } else {
+                    State::Down
+                },
+                description: if failed.is_empty() {
+                    format!("{served} model(s) loaded")
+                } else {
+                    format!("{served} model(s) loaded; {}", failed.join("; "))
+                },
                 ..Self::service("inference", "inference", "")
             });
         }

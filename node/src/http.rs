@@ -81,14 +81,16 @@ async fn readiness(State(s): State<Sources>) -> impl IntoResponse {
         ),
         None => {
             let st = s.health.status.borrow().clone();
-            (
-                StatusCode::OK,
-                format!(
-                    "ready: ACL at block {} of head {}\n",
-                    st.synced.unwrap_or(0),
-                    st.head
-                ),
-            )
+            let mut body = format!(
+                "ready: ACL at block {} of head {}\n",
+                st.synced.unwrap_or(0),
+                st.head
+            );
+            for line in s.health.unloaded_models() {
+                body.push_str(&line);
+                body.push('\n');
+            }
+            (StatusCode::OK, body)
         }
     }
 }

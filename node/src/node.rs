@@ -230,7 +230,7 @@ impl Node {
                 rpc: rpc_listener.is_some(),
                 dns: dns.clone(),
                 deploy: deployer.is_some(),
-                models: config.inference.models.len(),
+                inference: inference.clone(),
             },
             &registry,
         );

@@ -128,24 +128,18 @@ async fn main() {
     config.rpc.base_rate = 1e9;
     config.rpc.max_rate = 1e9;
     let openai = |name: &str, url: String| ModelConfig {
-        name: name.into(),
-        backend: ModelBackend::Openai,
         url: Some(url),
         upstream_model: Some("chat".into()),
-        api_key_env: None,
         timeout: Duration::from_secs(30),
         connect_retries: 0,
-        path: None,
+        ..ModelConfig::new(name, ModelBackend::Openai)
     };
     config.inference.models = vec![
         openai("chat", paced.url()),
         openai("fast", unpaced.url()),
         ModelConfig {
-            name: "tiny".into(),
-            backend: ModelBackend::Local,
-            url: None,
             path: Some(dir.path().join("tiny")),
-            ..openai("tiny", String::new())
+            ..ModelConfig::new("tiny", ModelBackend::Local)
         },
     ];
     let (node, ch) = served(&net, config).await;

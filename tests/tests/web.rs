@@ -72,14 +72,8 @@ async fn node(net: &Devnet, models: &std::path::Path) -> (Node, tonic::transport
     let mut config = net.config();
     config.rpc.origins = vec!["https://app.example".into()];
     config.inference.models = vec![ModelConfig {
-        name: "mini".into(),
-        backend: ModelBackend::Local,
-        url: None,
-        upstream_model: None,
-        api_key_env: None,
-        timeout: std::time::Duration::from_secs(10),
-        connect_retries: 0,
         path: Some(models.join("mini")),
+        ..ModelConfig::new("mini", ModelBackend::Local)
     }];
     served(net, config).await
 }

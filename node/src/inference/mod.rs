@@ -54,6 +54,8 @@ pub enum Error {
     Cancelled { sent: u64 },
     #[error("cannot load the model in {path}: {detail}")]
     Load { path: String, detail: String },
+    #[error("model `{model}` is configured on this node but failed to load: {why}")]
+    NotLoaded { model: String, why: String },
 }
 
 /// Tokens a call consumed.
@@ -131,6 +133,8 @@ pub struct ModelInfo {
     pub backend: &'static str,
     /// What it can do.
     pub capabilities: Capabilities,
+    /// Why it is not served, when it failed to load.
+    pub error: Option<String>,
 }
 
 /// The node's models; cheap to clone.
@@ -141,6 +145,8 @@ pub struct Inference {
 
 struct Inner {
     models: BTreeMap<String, Arc<dyn Backend>>,
+    /// Models that failed to load, and why.
+    failed: BTreeMap<String, String>,
     meter: Meter,
     per_caller: usize,
     in_flight: Mutex<HashMap<Address, Arc<Semaphore>>>,
@@ -156,30 +162,47 @@ impl std::fmt::Debug for Inference {
 
 impl Inference {
     /// Opens every configured model (local ones are loaded now); its metrics go into
-    /// `registry`.
+    /// `registry`. A configuration error stops the node; a local model that fails to
+    /// load is reported (log, `ListModels`, readiness) and the others are served.
     pub fn start(
         config: &InferenceConfig,
         store: Arc<Store>,
         registry: &crate::metrics::Registry,
     ) -> Result<Self, Error> {
         let mut models: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+        let mut failed = BTreeMap::new();
         for m in &config.models {
+            if models.contains_key(&m.name) || failed.contains_key(&m.name) {
+                return Err(Error::Invalid(format!(
+                    "model {} is configured twice",
+                    m.name
+                )));
+            }
             let backend: Arc<dyn Backend> = match m.backend {
                 ModelBackend::Openai => Arc::new(OpenAi::new(m)?),
                 ModelBackend::Local => {
                     let path = m.path.as_ref().ok_or_else(|| {
                         Error::Invalid(format!("model {}: a local backend needs `path`", m.name))
                     })?;
-                    Arc::new(local::Local::load(path)?)
+                    let limits = local::Limits {
+                        threads: m.threads.unwrap_or_else(|| {
+                            std::thread::available_parallelism().map_or(1, |n| n.get())
+                        }),
+                        max_tokens: m.max_input_tokens,
+                        deadline: m.timeout,
+                    };
+                    match local::Local::load(path, limits) {
+                        Ok(l) => Arc::new(l),
+                        Err(e) => {
+                            tracing::error!(target: TARGET, model = %m.name, "not served: {e}");
+                            failed.insert(m.name.clone(), e.to_string());
+                            continue;
+                        }
+                    }
                 }
             };
             tracing::info!(target: TARGET, model = %m.name, backend = backend.kind(), "model ready");
-            if models.insert(m.name.clone(), backend).is_some() {
-                return Err(Error::Invalid(format!(
-                    "model {} is configured twice",
-                    m.name
-                )));
-            }
+            models.insert(m.name.clone(), backend);
         }
         let meter = Meter::open(store, registry)?;
         for name in models.keys() {
@@ -188,6 +211,7 @@ impl Inference {
         Ok(Self {
             inner: Arc::new(Inner {
                 models,
+                failed,
                 meter,
                 per_caller: config.max_concurrent_per_caller.max(1),
                 in_flight: Mutex::default(),
@@ -195,20 +219,40 @@ impl Inference {
         })
     }
 
-    /// Every model.
+    /// Every configured model, those that failed to load with why.
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.inner
-            .models
-            .iter()
-            .map(|(name, b)| ModelInfo {
-                name: name.clone(),
-                backend: b.kind(),
-                capabilities: b.capabilities(),
-            })
-            .collect()
+        let served = self.inner.models.iter().map(|(name, b)| ModelInfo {
+            name: name.clone(),
+            backend: b.kind(),
+            capabilities: b.capabilities(),
+            error: None,
+        });
+        let failed = self.inner.failed.iter().map(|(name, why)| ModelInfo {
+            name: name.clone(),
+            backend: "local",
+            capabilities: Capabilities {
+                generate: false,
+                embed: false,
+                rerank: false,
+                dimensions: 0,
+            },
+            error: Some(why.clone()),
+        });
+        served.chain(failed).collect()
+    }
+
+    /// Models that failed to load: (name, why).
+    pub fn failed(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.inner.failed.iter()
     }
 
     fn model(&self, name: &str) -> Result<&Arc<dyn Backend>, Error> {
+        if let Some(why) = self.inner.failed.get(name) {
+            return Err(Error::NotLoaded {
+                model: name.into(),
+                why: why.clone(),
+            });
+        }
         self.inner
             .models
             .get(name)

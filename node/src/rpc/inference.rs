@@ -24,7 +24,7 @@ impl From<inference::Error> for Status {
                 401 | 403 => Status::failed_precondition(msg),
                 _ => Status::unavailable(msg),
             },
-            E::Unreachable(_) | E::Protocol(_) => Status::unavailable(msg),
+            E::Unreachable(_) | E::Protocol(_) | E::NotLoaded { .. } => Status::unavailable(msg),
             E::Timeout(_) => Status::deadline_exceeded(msg),
             E::Busy { .. } => Status::resource_exhausted(msg),
             E::Cancelled { .. } => Status::cancelled(msg),
@@ -208,6 +208,7 @@ impl proto::inference_service_server::InferenceService for Context {
                     embed: m.capabilities.embed,
                     rerank: m.capabilities.rerank,
                     dimensions: m.capabilities.dimensions,
+                    error: m.error.unwrap_or_default(),
                 })
                 .collect(),
         }))

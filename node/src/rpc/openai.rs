@@ -80,6 +80,7 @@ async fn models(State(ctx): State<Context>, headers: HeaderMap) -> Response {
     let data: Vec<Value> = inf
         .models()
         .iter()
+        .filter(|m| m.error.is_none())
         .map(|m| json!({"id": m.name, "object": "model", "owned_by": "hanzo-node"}))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()

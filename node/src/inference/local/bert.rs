@@ -1,9 +1,16 @@
 //! A BERT-family sentence encoder on the CPU: the model directory of a Hugging Face /
-//! sentence-transformers export (`config.json`, `vocab.txt`, `model.safetensors`),
-//! run in plain Rust, pooled (mean, or `[CLS]`) and L2-normalised.
+//! sentence-transformers export, run in plain Rust on `ndarray`'s matrix multiply.
+//!
+//! A batch packs its sequences' tokens into one matrix with no padding: the dense
+//! layers (most of the work) run once over every token of the batch; attention runs
+//! per sequence and head.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Slice, linalg::general_mat_mul};
 use serde::Deserialize;
 
 use super::{safetensors, wordpiece::Tokenizer};
@@ -33,10 +40,70 @@ fn gelu() -> String {
     "gelu".into()
 }
 
+/// sentence-transformers' `sentence_bert_config.json`.
+#[derive(Debug, Default, Deserialize)]
+struct SentenceConfig {
+    max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
+}
+
+/// One entry of sentence-transformers' `modules.json`.
+#[derive(Debug, Deserialize)]
+struct Module {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// How token vectors become one sentence vector (`1_Pooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooling {
+    Mean,
+    Cls,
+    Max,
+    MeanSqrtLen,
+}
+
+impl Pooling {
+    fn read(bytes: &[u8]) -> Result<Self, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("pooling config: {e}"))?;
+        let on = |k: &str| v.get(k).and_then(serde_json::Value::as_bool) == Some(true);
+        let modes: Vec<Self> = [
+            ("pooling_mode_mean_tokens", Self::Mean),
+            ("pooling_mode_cls_token", Self::Cls),
+            ("pooling_mode_max_tokens", Self::Max),
+            ("pooling_mode_mean_sqrt_len_tokens", Self::MeanSqrtLen),
+        ]
+        .into_iter()
+        .filter(|(k, _)| on(k))
+        .map(|(_, m)| m)
+        .collect();
+        match modes[..] {
+            [] => Ok(Self::Mean),
+            [m] => Ok(m),
+            _ => Err(format!(
+                "pooling config: {} pooling modes at once (one is built in)",
+                modes.len()
+            )),
+        }
+    }
+}
+
 struct Linear {
-    w: Vec<f32>,
+    /// `[out, inputs]`, as stored.
+    w: Array2<f32>,
     b: Vec<f32>,
-    inputs: usize,
+}
+
+impl Linear {
+    /// `x W^T + b` for every row of `x`.
+    fn apply(&self, x: ArrayView2<'_, f32>) -> Array2<f32> {
+        let mut y = Array2::from_shape_fn((x.nrows(), self.b.len()), |(_, j)| self.b[j]);
+        general_mat_mul(1.0, &x, &self.w.t(), 1.0, &mut y);
+        y
+    }
 }
 
 struct Norm {
@@ -45,9 +112,8 @@ struct Norm {
 }
 
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Query, key and value in one `[3h, h]` product.
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: Norm,
     up: Linear,
@@ -59,12 +125,17 @@ struct Layer {
 pub struct Bert {
     config: Config,
     tokenizer: Tokenizer,
+    /// Longest input in tokens, `[CLS]` and `[SEP]` included.
+    max_len: usize,
+    /// sentence-transformers lower-cases the text before the tokenizer sees it.
+    lower_input: bool,
+    pooling: Pooling,
+    normalize: bool,
     words: Vec<f32>,
     positions: Vec<f32>,
     types: Vec<f32>,
     norm: Norm,
     layers: Vec<Layer>,
-    cls_pooling: bool,
 }
 
 impl std::fmt::Debug for Bert {
@@ -72,15 +143,28 @@ impl std::fmt::Debug for Bert {
         f.debug_struct("Bert")
             .field("hidden", &self.config.hidden_size)
             .field("layers", &self.config.num_hidden_layers)
+            .field("max_len", &self.max_len)
+            .field("pooling", &self.pooling)
             .finish_non_exhaustive()
     }
 }
 
 impl Bert {
-    /// Loads the model in `dir`.
+    /// Loads the model in `dir`: `config.json`, `model.safetensors`, and
+    /// `tokenizer.json` or `vocab.txt`; `tokenizer_config.json`,
+    /// `sentence_bert_config.json`, `modules.json` and the pooling config when present.
     pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = |name: &str| dir.join(name);
         let read = |name: &str| {
-            std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+            std::fs::read(path(name)).map_err(|e| format!("{}: {e}", path(name).display()))
+        };
+        let json = |name: &str| -> Result<Option<serde_json::Value>, String> {
+            if !path(name).exists() {
+                return Ok(None);
+            }
+            serde_json::from_slice(&read(name)?)
+                .map(Some)
+                .map_err(|e| format!("{name}: {e}"))
         };
         let config: Config = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| format!("config.json: {e}"))?;
@@ -95,21 +179,63 @@ impl Bert {
                 config.hidden_size, config.num_attention_heads
             ));
         }
-        let lower = read("tokenizer_config.json")
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
-            .unwrap_or(true);
-        let vocab = String::from_utf8(read("vocab.txt")?).map_err(|e| format!("vocab.txt: {e}"))?;
-        let tokenizer = Tokenizer::new(&vocab, lower)?;
-        let cls_pooling = read("1_Pooling/config.json")
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                v.get("pooling_mode_cls_token")
-                    .and_then(serde_json::Value::as_bool)
-            })
-            .unwrap_or(false);
+        if !matches!(
+            config.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh"
+        ) {
+            return Err(format!(
+                "config.json: hidden_act {} (gelu, gelu_new and gelu_pytorch_tanh are built in)",
+                config.hidden_act
+            ));
+        }
+        let tokenizer = if path("tokenizer.json").exists() {
+            Tokenizer::from_json(&read("tokenizer.json")?)?
+        } else {
+            let lower = json("tokenizer_config.json")?
+                .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
+                .unwrap_or(true);
+            let vocab =
+                String::from_utf8(read("vocab.txt")?).map_err(|e| format!("vocab.txt: {e}"))?;
+            Tokenizer::new(&vocab, lower)?
+        };
+        let sentence: SentenceConfig = match json("sentence_bert_config.json")? {
+            Some(v) => {
+                serde_json::from_value(v).map_err(|e| format!("sentence_bert_config.json: {e}"))?
+            }
+            None => SentenceConfig::default(),
+        };
+        let max_len = sentence
+            .max_seq_length
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        // modules.json names the pooling directory and whether vectors are normalised;
+        // without it: `1_Pooling`, normalised (what cosine scores need).
+        let (pooling_dir, normalize) = match json("modules.json")? {
+            Some(v) => {
+                let modules: Vec<Module> =
+                    serde_json::from_value(v).map_err(|e| format!("modules.json: {e}"))?;
+                let kind = |k: &str| modules.iter().find(|m| m.kind.ends_with(k));
+                if let Some(m) = modules.iter().find(|m| {
+                    !["models.Transformer", "models.Pooling", "models.Normalize"]
+                        .iter()
+                        .any(|k| m.kind.ends_with(k))
+                }) {
+                    return Err(format!(
+                        "modules.json: module {} (Transformer, Pooling and Normalize are built in)",
+                        m.kind
+                    ));
+                }
+                (
+                    kind("models.Pooling").map(|m| m.path.clone()),
+                    kind("models.Normalize").is_some(),
+                )
+            }
+            None => (Some("1_Pooling".to_owned()), true),
+        };
+        let pooling = match pooling_dir.map(|d| format!("{d}/config.json")) {
+            Some(p) if path(&p).exists() => Pooling::read(&read(&p)?)?,
+            _ => Pooling::Mean,
+        };
         let t = safetensors::parse(read("model.safetensors")?)?;
         // BertFor* exports put the encoder under `bert.`.
         let prefix = if t.contains("bert.embeddings.word_embeddings.weight") {
@@ -140,10 +266,17 @@ impl Bert {
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let inter = config.intermediate_size;
+            let (q, k, v) = (
+                w.linear(&format!("{p}.attention.self.query"), h, h)?,
+                w.linear(&format!("{p}.attention.self.key"), h, h)?,
+                w.linear(&format!("{p}.attention.self.value"), h, h)?,
+            );
             layers.push(Layer {
-                q: w.linear(&format!("{p}.attention.self.query"), h, h)?,
-                k: w.linear(&format!("{p}.attention.self.key"), h, h)?,
-                v: w.linear(&format!("{p}.attention.self.value"), h, h)?,
+                qkv: Linear {
+                    w: ndarray::concatenate(Axis(0), &[q.w.view(), k.w.view(), v.w.view()])
+                        .map_err(|e| format!("{p}: {e}"))?,
+                    b: [q.b, k.b, v.b].concat(),
+                },
                 attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"))?,
                 up: w.linear(&format!("{p}.intermediate.dense"), inter, h)?,
@@ -154,12 +287,15 @@ impl Bert {
         Ok(Self {
             config,
             tokenizer,
+            max_len,
+            lower_input: sentence.do_lower_case,
+            pooling,
+            normalize,
             words,
             positions,
             types,
             norm: emb_norm,
             layers,
-            cls_pooling,
         })
     }
 
@@ -168,90 +304,133 @@ impl Bert {
         self.config.hidden_size
     }
 
-    /// Token ids of `text` as the model sees it.
+    /// Token ids of `text` as the model sees it: `[CLS] … [SEP]`, cut at the model's
+    /// longest input.
     pub fn tokens(&self, text: &str) -> Vec<u32> {
-        self.tokenizer
-            .encode(text, self.config.max_position_embeddings)
+        if self.lower_input {
+            self.tokenizer.encode(&text.to_lowercase(), self.max_len)
+        } else {
+            self.tokenizer.encode(text, self.max_len)
+        }
     }
 
-    /// The normalised embedding of `ids`.
+    /// The embedding of `ids` (normalised when the model's modules say so).
     pub fn embed(&self, ids: &[u32]) -> Vec<f32> {
+        let never = AtomicBool::new(false);
+        self.embed_batch(&[ids], &never)
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+
+    /// The embeddings of a batch of token sequences, in order; `None` when `stop` was
+    /// set (it is checked before every layer).
+    pub fn embed_batch(&self, seqs: &[&[u32]], stop: &AtomicBool) -> Option<Vec<Vec<f32>>> {
         let h = self.config.hidden_size;
-        let n = ids.len();
-        let mut x = vec![0f32; n * h];
-        for (i, id) in ids.iter().enumerate() {
-            let w = &self.words[*id as usize * h..][..h];
-            let p = &self.positions[i * h..][..h];
-            let t = &self.types[..h];
-            for (j, v) in x[i * h..][..h].iter_mut().enumerate() {
-                *v = w[j] + p[j] + t[j];
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let total: usize = lens.iter().sum();
+        let mut x = Array2::<f32>::zeros((total, h));
+        let mut rows = x.rows_mut().into_iter();
+        for seq in seqs {
+            for (pos, id) in seq.iter().enumerate() {
+                let (Some(mut row), Some(w), Some(p)) = (
+                    rows.next(),
+                    self.words.get(*id as usize * h..(*id as usize + 1) * h),
+                    self.positions.get(pos * h..(pos + 1) * h),
+                ) else {
+                    continue;
+                };
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = w[j] + p[j] + self.types[j];
+                }
             }
         }
         self.layer_norm(&mut x, &self.norm);
         for layer in &self.layers {
-            x = self.layer(layer, x, n);
-        }
-        let mut pooled = if self.cls_pooling {
-            x[..h].to_vec()
-        } else {
-            let mut m = vec![0f32; h];
-            for row in x.chunks_exact(h) {
-                for (a, b) in m.iter_mut().zip(row) {
-                    *a += b;
-                }
+            if stop.load(Ordering::Relaxed) {
+                return None;
             }
-            m.iter_mut().for_each(|v| *v /= n as f32);
-            m
-        };
-        let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        pooled.iter_mut().for_each(|v| *v /= norm);
-        pooled
+            x = self.layer(layer, &x, &lens);
+        }
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for n in lens {
+            let t = x.slice_axis(Axis(0), Slice::from(at..at + n));
+            at += n;
+            let mut pooled: Vec<f32> = match self.pooling {
+                Pooling::Cls => t.row(0).to_vec(),
+                Pooling::Max => t
+                    .columns()
+                    .into_iter()
+                    .map(|c| c.fold(f32::NEG_INFINITY, |a, b| a.max(*b)))
+                    .collect(),
+                Pooling::Mean | Pooling::MeanSqrtLen => {
+                    let div = if self.pooling == Pooling::Mean {
+                        n as f32
+                    } else {
+                        (n as f32).sqrt()
+                    };
+                    t.sum_axis(Axis(0)).iter().map(|v| v / div).collect()
+                }
+            };
+            if self.normalize {
+                let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                pooled.iter_mut().for_each(|v| *v /= norm);
+            }
+            out.push(pooled);
+        }
+        Some(out)
     }
 
-    fn layer(&self, l: &Layer, x: Vec<f32>, n: usize) -> Vec<f32> {
+    fn layer(&self, l: &Layer, x: &Array2<f32>, lens: &[usize]) -> Array2<f32> {
         let h = self.config.hidden_size;
         let heads = self.config.num_attention_heads;
         let d = h / heads;
-        let (q, k, v) = (linear(&l.q, &x), linear(&l.k, &x), linear(&l.v, &x));
+        let qkv = l.qkv.apply(x.view());
         let scale = 1.0 / (d as f32).sqrt();
-        let mut ctx = vec![0f32; n * h];
-        let mut scores = vec![0f32; n];
-        for head in 0..heads {
-            let off = head * d;
-            for i in 0..n {
-                let qi = &q[i * h + off..][..d];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let kj = &k[j * h + off..][..d];
-                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                softmax(&mut scores);
-                let out = &mut ctx[i * h + off..][..d];
-                for (j, p) in scores.iter().enumerate() {
-                    let vj = &v[j * h + off..][..d];
-                    for (o, vv) in out.iter_mut().zip(vj) {
-                        *o += p * vv;
+        let mut ctx = Array2::<f32>::zeros(x.raw_dim());
+        let mut at = 0;
+        for &n in lens {
+            let seq = qkv.slice_axis(Axis(0), Slice::from(at..at + n));
+            let mut scores = Array2::<f32>::zeros((n, n));
+            for head in 0..heads {
+                let c = head * d;
+                let q = cols(seq, c, d);
+                let k = cols(seq, h + c, d);
+                let v = cols(seq, 2 * h + c, d);
+                general_mat_mul(scale, &q, &k.t(), 0.0, &mut scores);
+                for mut row in scores.rows_mut() {
+                    if let Some(r) = row.as_slice_mut() {
+                        softmax(r);
                     }
                 }
+                let mut out = block_mut(&mut ctx, at, n, c, d);
+                general_mat_mul(1.0, &scores, &v, 0.0, &mut out);
             }
+            at += n;
         }
-        let mut a = linear(&l.attn_out, &ctx);
-        a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
+        let mut a = l.attn_out.apply(ctx.view());
+        a += x;
         self.layer_norm(&mut a, &l.attn_norm);
-        let mut up = linear(&l.up, &a);
-        let tanh = self.config.hidden_act != "gelu";
-        up.iter_mut()
-            .for_each(|v| *v = if tanh { gelu_tanh(*v) } else { gelu_erf(*v) });
-        let mut out = linear(&l.down, &up);
-        out.iter_mut().zip(&a).for_each(|(o, a)| *o += a);
+        let mut up = l.up.apply(a.view());
+        if self.config.hidden_act == "gelu" {
+            up.mapv_inplace(gelu_erf);
+        } else {
+            up.mapv_inplace(gelu_tanh);
+        }
+        let mut out = l.down.apply(up.view());
+        out += &a;
         self.layer_norm(&mut out, &l.out_norm);
         out
     }
 
-    fn layer_norm(&self, x: &mut [f32], n: &Norm) {
-        let h = self.config.hidden_size;
-        for row in x.chunks_exact_mut(h) {
-            let mean = row.iter().sum::<f32>() / h as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+    fn layer_norm(&self, x: &mut Array2<f32>, n: &Norm) {
+        let h = self.config.hidden_size as f32;
+        for mut row in x.rows_mut() {
+            let Some(row) = row.as_slice_mut() else {
+                continue;
+            };
+            let mean = row.iter().sum::<f32>() / h;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
             let inv = 1.0 / (var + self.config.layer_norm_eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(&n.g).zip(&n.b) {
                 *v = (*v - mean) * inv * g + b;
@@ -271,7 +450,7 @@ impl Weights {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
         let full = format!("{}{name}", self.prefix);
         let tensor = self.t.tensor(&full)?;
-        // The word embeddings may have more rows than vocab.txt (padded exports).
+        // The word embeddings may have more rows than the vocabulary (padded exports).
         let fits = tensor.shape == shape
             || (name.ends_with("word_embeddings.weight")
                 && tensor.shape.len() == 2
@@ -294,25 +473,29 @@ impl Weights {
     }
 
     fn linear(&mut self, p: &str, out: usize, inputs: usize) -> Result<Linear, String> {
+        let w = self.take(&format!("{p}.weight"), &[out, inputs])?;
         Ok(Linear {
-            w: self.take(&format!("{p}.weight"), &[out, inputs])?,
+            w: Array2::from_shape_vec((out, inputs), w).map_err(|e| format!("{p}: {e}"))?,
             b: self.take(&format!("{p}.bias"), &[out])?,
-            inputs,
         })
     }
 }
 
-/// `x W^T + b` for every row of `x`.
-fn linear(l: &Linear, x: &[f32]) -> Vec<f32> {
-    let out = l.b.len();
-    let mut y = Vec::with_capacity(x.len() / l.inputs * out);
-    for row in x.chunks_exact(l.inputs) {
-        for (o, b) in l.b.iter().enumerate() {
-            let w = &l.w[o * l.inputs..][..l.inputs];
-            y.push(row.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + b);
-        }
-    }
-    y
+/// Columns `from..from + n` of `a`.
+fn cols(a: ArrayView2<'_, f32>, from: usize, n: usize) -> ArrayView2<'_, f32> {
+    a.slice_axis_move(Axis(1), Slice::from(from..from + n))
+}
+
+/// Rows `row..row + rows`, columns `col..col + n` of `a`.
+fn block_mut(
+    a: &mut Array2<f32>,
+    row: usize,
+    rows: usize,
+    col: usize,
+    n: usize,
+) -> ArrayViewMut2<'_, f32> {
+    a.slice_axis_mut(Axis(0), Slice::from(row..row + rows))
+        .slice_axis_move(Axis(1), Slice::from(col..col + n))
 }
 
 fn softmax(s: &mut [f32]) {

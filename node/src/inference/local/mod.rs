@@ -1,66 +1,268 @@
 //! The built-in CPU backend: a BERT-family sentence encoder loaded from a directory,
-//! for `Embed` and `Rerank` (cosine similarity of normalised embeddings) on a node
-//! with no upstream.
+//! for `Embed` and `Rerank` (cosine similarity of the embeddings) on a node with no
+//! upstream.
+//!
+//! Each model has its own pool of worker threads (not the async runtime's). A call
+//! is tokenised, checked against the model's token limit, sorted by length and cut
+//! into batches of at most [`BATCH_TOKENS`] tokens. The workers take batches from
+//! the calls in flight in turn, one batch of each call before a second of any, so a
+//! small call waits at most one batch per call ahead of it. A call whose caller went
+//! away (its future dropped: stream closed, connection gone) or whose deadline passed
+//! is stopped: its remaining batches are dropped and a running one stops at its next
+//! layer.
 
 mod bert;
 mod safetensors;
 mod wordpiece;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 pub use bert::{Bert, write_random};
+use tokio::sync::mpsc;
 
 use super::{Backend, Capabilities, Error, Usage};
 
-/// A loaded local model.
+/// Tokens per batch (more when one input alone is longer).
+pub const BATCH_TOKENS: usize = 1024;
+
+/// What one call may cost, and the threads a model computes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Worker threads.
+    pub threads: usize,
+    /// Most input tokens in one call.
+    pub max_tokens: usize,
+    /// Longest a call may compute; then its work stops.
+    pub deadline: Duration,
+}
+
+/// A loaded local model and its workers.
 #[derive(Debug, Clone)]
 pub struct Local {
     model: Arc<Bert>,
+    pool: Arc<Closer>,
+    limits: Limits,
+}
+
+/// A call's work, shared by the workers.
+struct Job {
+    batches: Mutex<VecDeque<Batch>>,
+    stop: AtomicBool,
+    out: mpsc::UnboundedSender<(Vec<usize>, Vec<Vec<f32>>)>,
+}
+
+/// Inputs (their indexes in the call, and token ids) embedded together.
+struct Batch {
+    index: Vec<usize>,
+    ids: Vec<Vec<u32>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Arc<Job>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Pool {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// Closes the pool (its workers exit) when the last handle on the model goes.
+#[derive(Debug)]
+struct Closer(Arc<Pool>);
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        crate::lock(&self.0.queue).closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
+/// Stops a call's work when the call is dropped or done.
+struct StopOnDrop(Arc<Job>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+        crate::lock(&self.0.batches).clear();
+    }
+}
+
+impl Pool {
+    /// The next batch to run: from the call at the front, which then goes to the
+    /// back if it has more. `None` once closed.
+    fn next(&self) -> Option<(Arc<Job>, Batch)> {
+        let mut q = crate::lock(&self.queue);
+        loop {
+            if q.closed {
+                return None;
+            }
+            while let Some(job) = q.jobs.pop_front() {
+                let (batch, more) = {
+                    let mut b = crate::lock(&job.batches);
+                    (b.pop_front(), !b.is_empty())
+                };
+                let Some(batch) = batch else { continue };
+                if job.stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if more {
+                    q.jobs.push_back(job.clone());
+                }
+                return Some((job, batch));
+            }
+            q = self
+                .ready
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn push(&self, job: Arc<Job>) {
+        crate::lock(&self.queue).jobs.push_back(job);
+        self.ready.notify_all();
+    }
+}
+
+fn work(pool: &Pool, model: &Bert) {
+    while let Some((job, batch)) = pool.next() {
+        let seqs: Vec<&[u32]> = batch.ids.iter().map(Vec::as_slice).collect();
+        if let Some(vectors) = model.embed_batch(&seqs, &job.stop) {
+            let _ = job.out.send((batch.index, vectors));
+        }
+    }
+}
+
+/// Inputs sorted by length (longest first) and cut into batches of at most
+/// [`BATCH_TOKENS`] tokens.
+fn batches(ids: Vec<Vec<u32>>) -> VecDeque<Batch> {
+    let mut order: Vec<(usize, Vec<u32>)> = ids.into_iter().enumerate().collect();
+    order.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
+    let mut out = VecDeque::new();
+    let mut cur = Batch {
+        index: Vec::new(),
+        ids: Vec::new(),
+    };
+    let mut tokens = 0;
+    for (i, ids) in order {
+        if !cur.ids.is_empty() && tokens + ids.len() > BATCH_TOKENS {
+            out.push_back(std::mem::replace(
+                &mut cur,
+                Batch {
+                    index: Vec::new(),
+                    ids: Vec::new(),
+                },
+            ));
+            tokens = 0;
+        }
+        tokens += ids.len();
+        cur.index.push(i);
+        cur.ids.push(ids);
+    }
+    if !cur.ids.is_empty() {
+        out.push_back(cur);
+    }
+    out
 }
 
 impl Local {
-    /// Loads the model directory `dir` (`config.json`, `vocab.txt`, `model.safetensors`).
-    pub fn load(dir: &Path) -> Result<Self, Error> {
-        let model = Bert::load(dir).map_err(|detail| Error::Load {
+    /// Loads the model directory `dir` and starts its `limits.threads` workers.
+    pub fn load(dir: &Path, limits: Limits) -> Result<Self, Error> {
+        let model = Arc::new(Bert::load(dir).map_err(|detail| Error::Load {
             path: dir.display().to_string(),
             detail,
-        })?;
+        })?);
+        let pool = Arc::new(Pool::default());
+        for i in 0..limits.threads.max(1) {
+            let (pool, model) = (pool.clone(), model.clone());
+            std::thread::Builder::new()
+                .name(format!("hanzo-embed-{i}"))
+                .spawn(move || work(&pool, &model))
+                .map_err(|e| Error::Load {
+                    path: dir.display().to_string(),
+                    detail: format!("cannot start a worker thread: {e}"),
+                })?;
+        }
         Ok(Self {
-            model: Arc::new(model),
+            model,
+            pool: Arc::new(Closer(pool)),
+            limits,
         })
     }
 
-    /// Embeds `texts` on blocking threads, spread over the cores.
+    /// Embeds `texts` on the model's workers; stops them when this future is dropped
+    /// or the deadline passes.
     async fn vectors(&self, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, Usage), Error> {
         let model = self.model.clone();
-        tokio::task::spawn_blocking(move || {
-            let ids: Vec<Vec<u32>> = texts.iter().map(|t| model.tokens(t)).collect();
-            let tokens = ids.iter().map(|i| i.len() as u64).sum();
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let per = ids.len().div_ceil(threads).max(1);
-            let vectors = std::thread::scope(|s| {
-                let handles: Vec<_> = ids
-                    .chunks(per)
-                    .map(|chunk| {
-                        let model = &model;
-                        s.spawn(move || chunk.iter().map(|i| model.embed(i)).collect::<Vec<_>>())
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect::<Vec<_>>()
-            });
-            (
-                vectors,
-                Usage {
-                    prompt_tokens: tokens,
-                    completion_tokens: 0,
-                },
-            )
+        let ids = tokio::task::spawn_blocking(move || {
+            texts.iter().map(|t| model.tokens(t)).collect::<Vec<_>>()
         })
         .await
-        .map_err(|e| Error::Protocol(format!("the local model failed: {e}")))
+        .map_err(|e| Error::Protocol(format!("the tokenizer failed: {e}")))?;
+        let tokens: usize = ids.iter().map(Vec::len).sum();
+        if tokens > self.limits.max_tokens {
+            return Err(Error::Invalid(format!(
+                "the inputs are {tokens} tokens; this model takes at most {} per call \
+                 (max_input_tokens in its [[inference.models]] entry): send fewer or shorter inputs",
+                self.limits.max_tokens
+            )));
+        }
+        let n = ids.len();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let job = Arc::new(Job {
+            batches: Mutex::new(batches(ids)),
+            stop: AtomicBool::new(false),
+            out: tx,
+        });
+        let _stop = StopOnDrop(job.clone());
+        self.pool.0.push(job);
+        let mut vectors = vec![Vec::new(); n];
+        let collect = async {
+            let mut got = 0;
+            while got < n {
+                let (index, vs) = rx
+                    .recv()
+                    .await
+                    .ok_or_else(|| Error::Protocol("the model's workers stopped".into()))?;
+                got += index.len();
+                for (i, v) in index.into_iter().zip(vs) {
+                    vectors[i] = v;
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        tokio::time::timeout(self.limits.deadline, collect)
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "the call ran longer than this model's deadline of {:?} (timeout in its \
+                     [[inference.models]] entry) and was stopped: send fewer or shorter inputs",
+                    self.limits.deadline
+                ))
+            })??;
+        Ok((
+            vectors,
+            Usage {
+                prompt_tokens: tokens as u64,
+                completion_tokens: 0,
+            },
+        ))
     }
 }
 
@@ -105,10 +307,33 @@ impl Backend for Local {
         let (q, docs) = vectors
             .split_first()
             .ok_or_else(|| Error::Protocol("no query vector".into()))?;
-        let scores = docs
-            .iter()
-            .map(|d| d.iter().zip(q).map(|(a, b)| a * b).sum())
-            .collect();
+        let scores = docs.iter().map(|d| cosine(q, d)).collect();
         Ok((scores, usage))
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b)).max(1e-12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_similar_lengths_within_the_token_budget_and_every_input_once() {
+        let lens = [3, 700, 5, 400, 1500, 2, 300, 300];
+        let ids: Vec<Vec<u32>> = lens.iter().map(|n| vec![1; *n]).collect();
+        let b = batches(ids);
+        let shape: Vec<Vec<usize>> = b.iter().map(|b| b.index.clone()).collect();
+        // Longest first; a 1500-token input is a batch of its own.
+        assert_eq!(shape, [vec![4], vec![1], vec![3, 6, 7, 2, 0, 5]]);
+        assert!(
+            b.iter()
+                .all(|b| b.ids.len() == 1
+                    || b.ids.iter().map(Vec::len).sum::<usize>() <= BATCH_TOKENS)
+        );
     }
 }

@@ -1,27 +1,102 @@
-//! BERT's tokenizer: basic splitting (whitespace, punctuation, CJK characters;
-//! lower-casing and accent stripping for uncased models), then WordPiece against
-//! the model's `vocab.txt`.
+//! BERT's tokenizer, as the model's own `tokenizer.json` describes it (Hugging Face
+//! `BertNormalizer`, `BertPreTokenizer`, `WordPiece`), or from `vocab.txt` and
+//! `tokenizer_config.json` when there is none:
+//!
+//! 1. normalise: drop NUL, U+FFFD and control and format characters (`Cc`, `Cf`,
+//!    `Co`, `Cs`, `Cn`; tab and newlines are whitespace), map whitespace to a space,
+//!    put spaces around CJK ideographs, strip accents (NFD, then drop every nonspacing
+//!    mark, `Mn`), lower-case, in that order;
+//! 2. split on whitespace, and make every punctuation character (ASCII punctuation and
+//!    the Unicode `P*` categories) a word of its own;
+//! 3. WordPiece: longest vocabulary match from the start of each word, then
+//!    `##`-prefixed continuations; a word with no match, or longer than the limit,
+//!    is `[UNK]`.
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
+use unicode_general_category::{GeneralCategory as Cat, get_general_category};
 use unicode_normalization::UnicodeNormalization;
 
-/// Longest word looked up; longer ones are `[UNK]`.
-const MAX_WORD_CHARS: usize = 100;
+/// How text is normalised before it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Normalizer {
+    clean_text: bool,
+    chinese: bool,
+    strip_accents: bool,
+    lowercase: bool,
+}
 
 /// A WordPiece vocabulary and its settings.
 #[derive(Debug)]
 pub struct Tokenizer {
     vocab: HashMap<String, u32>,
-    lower: bool,
+    normalizer: Normalizer,
+    prefix: String,
+    max_word_chars: usize,
     /// `[CLS]`, `[SEP]`, `[UNK]`.
     pub cls: u32,
     sep: u32,
     unk: u32,
 }
 
+/// The parts of `tokenizer.json` a BERT tokenizer has.
+#[derive(Deserialize)]
+struct Json {
+    normalizer: Option<JsonNormalizer>,
+    pre_tokenizer: Option<Typed>,
+    model: JsonModel,
+}
+
+#[derive(Deserialize)]
+struct Typed {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct JsonNormalizer {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes")]
+    clean_text: bool,
+    #[serde(default = "yes")]
+    handle_chinese_chars: bool,
+    #[serde(default)]
+    strip_accents: Option<bool>,
+    #[serde(default = "yes")]
+    lowercase: bool,
+}
+
+#[derive(Deserialize)]
+struct JsonModel {
+    #[serde(rename = "type")]
+    kind: String,
+    vocab: HashMap<String, u32>,
+    #[serde(default = "unk")]
+    unk_token: String,
+    #[serde(default = "hashes")]
+    continuing_subword_prefix: String,
+    #[serde(default = "hundred")]
+    max_input_chars_per_word: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn unk() -> String {
+    "[UNK]".into()
+}
+fn hashes() -> String {
+    "##".into()
+}
+fn hundred() -> usize {
+    100
+}
+
 impl Tokenizer {
-    /// From `vocab.txt` (one token per line, its line number is its id).
+    /// From `vocab.txt` (one token per line, its line number is its id): BERT's basic
+    /// tokenizer, lower-casing and stripping accents when `lower`.
     pub fn new(vocab_txt: &str, lower: bool) -> Result<Self, String> {
         let vocab: HashMap<String, u32> = vocab_txt
             .lines()
@@ -33,31 +108,97 @@ impl Tokenizer {
                 ))
             })
             .collect::<Result<_, String>>()?;
+        let normalizer = Normalizer {
+            clean_text: true,
+            chinese: true,
+            strip_accents: lower,
+            lowercase: lower,
+        };
+        Self::with(vocab, normalizer, "[UNK]", "##".into(), 100)
+    }
+
+    /// From a Hugging Face `tokenizer.json`; a normaliser, pre-tokenizer or model
+    /// other than BERT's is refused, naming it.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let j: Json = serde_json::from_slice(bytes).map_err(|e| format!("tokenizer.json: {e}"))?;
+        if j.model.kind != "WordPiece" {
+            return Err(format!(
+                "tokenizer.json: model type {} (only WordPiece, BERT's, is built in)",
+                j.model.kind
+            ));
+        }
+        if let Some(p) = j.pre_tokenizer.filter(|p| p.kind != "BertPreTokenizer") {
+            return Err(format!(
+                "tokenizer.json: pre_tokenizer {} (only BertPreTokenizer is built in)",
+                p.kind
+            ));
+        }
+        let normalizer = match j.normalizer {
+            Some(n) if n.kind == "BertNormalizer" => Normalizer {
+                clean_text: n.clean_text,
+                chinese: n.handle_chinese_chars,
+                // As in BERT: unset follows lower-casing.
+                strip_accents: n.strip_accents.unwrap_or(n.lowercase),
+                lowercase: n.lowercase,
+            },
+            Some(n) => {
+                return Err(format!(
+                    "tokenizer.json: normalizer {} (only BertNormalizer is built in)",
+                    n.kind
+                ));
+            }
+            None => Normalizer {
+                clean_text: false,
+                chinese: false,
+                strip_accents: false,
+                lowercase: false,
+            },
+        };
+        let m = j.model;
+        Self::with(
+            m.vocab,
+            normalizer,
+            &m.unk_token,
+            m.continuing_subword_prefix,
+            m.max_input_chars_per_word,
+        )
+    }
+
+    fn with(
+        vocab: HashMap<String, u32>,
+        normalizer: Normalizer,
+        unk: &str,
+        prefix: String,
+        max_word_chars: usize,
+    ) -> Result<Self, String> {
         let id = |t: &str| {
             vocab
                 .get(t)
                 .copied()
-                .ok_or_else(|| format!("vocab.txt has no {t}"))
+                .ok_or_else(|| format!("the vocabulary has no {t}"))
         };
         Ok(Self {
             cls: id("[CLS]")?,
             sep: id("[SEP]")?,
-            unk: id("[UNK]")?,
+            unk: id(unk)?,
             vocab,
-            lower,
+            normalizer,
+            prefix,
+            max_word_chars,
         })
     }
 
-    /// Token count of the vocabulary.
+    /// Rows the embedding matrix needs: one past the largest id.
     pub fn vocab_size(&self) -> usize {
-        self.vocab.len()
+        self.vocab.values().max().map_or(0, |m| *m as usize + 1)
     }
 
     /// `[CLS] text [SEP]` as ids, at most `max` of them.
     pub fn encode(&self, text: &str, max: usize) -> Vec<u32> {
         let mut ids = vec![self.cls];
-        for word in self.words(text) {
-            self.wordpiece(&word, &mut ids);
+        let normal = self.normalizer.apply(text);
+        for word in words(&normal) {
+            self.wordpiece(word, &mut ids);
             if ids.len() >= max.saturating_sub(1) {
                 break;
             }
@@ -67,86 +208,136 @@ impl Tokenizer {
         ids
     }
 
-    fn words(&self, text: &str) -> Vec<String> {
-        let text: String = if self.lower {
-            text.to_lowercase().nfd().filter(|c| !is_mark(*c)).collect()
-        } else {
-            text.to_owned()
-        };
-        let mut words = Vec::new();
-        let mut cur = String::new();
-        for c in text.chars() {
-            if c == '\0' || c == '\u{fffd}' || (c.is_control() && !c.is_whitespace()) {
-                continue;
-            }
-            if c.is_whitespace() {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            } else if is_punctuation(c) || is_cjk(c) {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-                words.push(c.to_string());
-            } else {
-                cur.push(c);
-            }
-        }
-        if !cur.is_empty() {
-            words.push(cur);
-        }
-        words
-    }
-
     fn wordpiece(&self, word: &str, out: &mut Vec<u32>) {
-        let chars: Vec<char> = word.chars().collect();
-        if chars.len() > MAX_WORD_CHARS {
+        if word.chars().count() > self.max_word_chars {
             out.push(self.unk);
             return;
         }
-        let mut pieces = Vec::new();
+        let at = out.len();
         let mut start = 0;
-        while start < chars.len() {
-            let mut end = chars.len();
+        let mut piece = String::new();
+        while start < word.len() {
+            let mut end = word.len();
             let mut found = None;
             while start < end {
-                let mut piece: String = chars[start..end].iter().collect();
+                piece.clear();
                 if start > 0 {
-                    piece.insert_str(0, "##");
+                    piece.push_str(&self.prefix);
                 }
+                piece.push_str(&word[start..end]);
                 if let Some(id) = self.vocab.get(&piece) {
                     found = Some(*id);
                     break;
                 }
-                end -= 1;
+                // The previous character boundary.
+                end = word[..end]
+                    .char_indices()
+                    .next_back()
+                    .map_or(start, |(i, _)| i);
             }
             let Some(id) = found else {
+                out.truncate(at);
                 out.push(self.unk);
                 return;
             };
-            pieces.push(id);
+            out.push(id);
             start = end;
         }
-        out.extend(pieces);
     }
 }
 
-/// Combining marks (what accent stripping removes after NFD).
-fn is_mark(c: char) -> bool {
-    matches!(c as u32, 0x0300..=0x036f | 0x1ab0..=0x1aff | 0x1dc0..=0x1dff | 0x20d0..=0x20ff | 0xfe20..=0xfe2f)
+impl Normalizer {
+    fn apply(&self, text: &str) -> String {
+        let mut s = String::with_capacity(text.len());
+        for c in text.chars() {
+            if self.clean_text {
+                if c == '\0' || c == '\u{fffd}' || is_control(c) {
+                    continue;
+                }
+                if is_whitespace(c) {
+                    s.push(' ');
+                    continue;
+                }
+            }
+            if self.chinese && is_cjk(c) {
+                s.push(' ');
+                s.push(c);
+                s.push(' ');
+            } else {
+                s.push(c);
+            }
+        }
+        if self.strip_accents {
+            s = s
+                .nfd()
+                .filter(|c| get_general_category(*c) != Cat::NonspacingMark)
+                .collect();
+        }
+        if self.lowercase {
+            // Character by character, as BERT does (no final-sigma rule).
+            s = s.chars().flat_map(char::to_lowercase).collect();
+        }
+        s
+    }
 }
 
-/// ASCII punctuation and the common Unicode punctuation blocks (BERT uses the
-/// Unicode `P*` categories, which std does not expose).
+/// BERT's pre-tokenizer: words split on whitespace, each punctuation character alone.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(char::is_whitespace).flat_map(|chunk| {
+        let mut out = Vec::new();
+        let mut from = 0;
+        for (i, c) in chunk.char_indices() {
+            if is_punctuation(c) {
+                if from < i {
+                    out.push(&chunk[from..i]);
+                }
+                out.push(&chunk[i..i + c.len_utf8()]);
+                from = i + c.len_utf8();
+            }
+        }
+        if from < chunk.len() {
+            out.push(&chunk[from..]);
+        }
+        out
+    })
+}
+
+fn is_whitespace(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || c.is_whitespace()
+}
+
+/// Control, format, private-use, surrogate and unassigned characters, but not the
+/// whitespace controls.
+fn is_control(c: char) -> bool {
+    !matches!(c, '\t' | '\n' | '\r')
+        && matches!(
+            get_general_category(c),
+            Cat::Control | Cat::Format | Cat::PrivateUse | Cat::Surrogate | Cat::Unassigned
+        )
+}
+
+/// ASCII punctuation (which includes symbols such as `$`, `+`, `^`) and every
+/// Unicode punctuation category.
 fn is_punctuation(c: char) -> bool {
     c.is_ascii_punctuation()
-        || matches!(c as u32, 0x00a1..=0x00bf | 0x2010..=0x2027 | 0x2030..=0x205e | 0x3000..=0x303f | 0xff01..=0xff0f | 0xff1a..=0xff20)
+        || matches!(
+            get_general_category(c),
+            Cat::ConnectorPunctuation
+                | Cat::DashPunctuation
+                | Cat::OpenPunctuation
+                | Cat::ClosePunctuation
+                | Cat::InitialPunctuation
+                | Cat::FinalPunctuation
+                | Cat::OtherPunctuation
+        )
 }
 
+/// The CJK Unified Ideographs blocks BERT treats as single-character words (its
+/// ranges, including the one that starts at U+2B920).
 fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x4e00..=0x9fff | 0x3400..=0x4dbf | 0x20000..=0x2a6df | 0x2a700..=0x2b73f
-        | 0x2b740..=0x2b81f | 0x2b820..=0x2ceaf | 0xf900..=0xfaff | 0x2f800..=0x2fa1f)
+        | 0x2b740..=0x2b81f | 0x2b920..=0x2ceaf | 0xf900..=0xfaff | 0x2f800..=0x2fa1f)
 }
 
 #[cfg(test)]
