@@ -5,7 +5,10 @@
 //!   upstream's SSE directly, alternating, in the same run; the upstream paces its
 //!   deltas `--delay-ms` apart (a fast GPU server), then once unpaced;
 //! * embeddings/s of the local backend on a randomly initialised model of
-//!   bert-tiny's shape (hidden 128, 2 layers, 2 heads), through `Embed`.
+//!   bert-tiny's shape (hidden 128, 2 layers, 2 heads), through `Embed`;
+//! * embeddings/s and tokens/s of the real all-MiniLM-L6-v2 through `Embed`, against
+//!   a numpy + OpenBLAS forward pass of the same model on the same texts
+//!   (`scripts/reference-encoder bench`, run with `--python`), in the same run.
 //!
 //! Ends with `key=value` lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use hanzo_e2e::{
     Devnet, arg,
     bench::percentile,
-    inference::Upstream,
+    inference::{Upstream, bench_texts, real_model},
     rpc::{bearer, served, session},
 };
 use hanzo_node::{
@@ -141,6 +144,12 @@ async fn main() {
             path: Some(dir.path().join("tiny")),
             ..ModelConfig::new("tiny", ModelBackend::Local)
         },
+        ModelConfig {
+            path: Some(real_model()),
+            max_input_tokens: 1 << 20,
+            timeout: Duration::from_secs(600),
+            ..ModelConfig::new("minilm", ModelBackend::Local)
+        },
     ];
     let (node, ch) = served(&net, config).await;
     let token = session(&ch, &net.dev_key(3)).await;
@@ -217,8 +226,46 @@ async fn main() {
     }
     let eps = embedded as f64 / start.elapsed().as_secs_f64();
 
+    // The real model: the same texts through the node and through numpy.
+    let texts = usize::try_from(arg("--texts", 256)).unwrap();
+    let python = std::env::var("HANZO_REFERENCE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let reference = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/reference-encoder"
+        ))
+        .arg("bench")
+        .arg(real_model())
+        .arg(texts.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        reference.status.success(),
+        "the numpy reference ({python}) failed: {}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
+    let r_secs = r["seconds"].as_f64().unwrap();
+    let r_tokens = r["tokens"].as_f64().unwrap();
+    let start = Instant::now();
+    let ours = api
+        .embed(bearer(
+            EmbedRequest {
+                model: "minilm".into(),
+                texts: bench_texts(texts),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let o_secs = start.elapsed().as_secs_f64();
+    let o_tokens = ours.usage.unwrap().prompt_tokens as f64;
+    assert_eq!(ours.embeddings.len(), texts);
+    let (o_eps, r_eps) = (texts as f64 / o_secs, texts as f64 / r_secs);
+
     println!(
-        "{rounds} generations of {tokens} deltas each way, upstream pacing {delay:?}, loopback, debug build"
+        "{rounds} generations of {tokens} deltas each way, upstream pacing {delay:?}, loopback"
     );
     println!("direct to the upstream: TTFT p50 {d_ttft:.2} ms, {d_rate:.0} tokens/s");
     println!(
@@ -237,6 +284,19 @@ async fn main() {
     println!("ttft_added_ms_p50={:.2}", n_ttft - d_ttft);
     println!("tokens_per_s_ratio={:.3}", n_rate / d_rate);
     println!("unpaced_tokens_per_s_ratio={:.3}", mean(&fnode) / mean(&fd));
+    println!(
+        "all-MiniLM-L6-v2, {texts} texts ({o_tokens} tokens), {} build: node {o_eps:.1} embeddings/s, {:.0} tokens/s; numpy + OpenBLAS {r_eps:.1} embeddings/s, {:.0} tokens/s",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        o_tokens / o_secs,
+        r_tokens / r_secs
+    );
     println!("embeddings_per_s={eps:.1}");
+    println!("embed_real_per_s={o_eps:.1}");
+    println!("embed_real_numpy_per_s={r_eps:.1}");
+    println!("embed_real_ratio={:.3}", o_eps / r_eps);
     node.shutdown().await;
 }

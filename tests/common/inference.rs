@@ -211,3 +211,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (n(a) * n(b))
 }
+
+/// `n` benchmark texts of 8 to 47 words; `scripts/reference-encoder bench` embeds
+/// the same ones.
+pub fn bench_texts(n: usize) -> Vec<String> {
+    let words: Vec<&str> = "the node replicates every repository to staked operators who verify each signed push before applying it"
+        .split(' ')
+        .collect();
+    (0..n)
+        .map(|i| {
+            (0..8 + (i * 13) % 40)
+                .map(|j| words[(i * 7 + j) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
