@@ -227,3 +227,25 @@ pub fn bench_texts(n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// CPU seconds this process's embedding workers (threads named `hanzo-embed-*`) have
+/// used so far.
+pub fn embed_cpu_seconds() -> f64 {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with("hanzo-embed") {
+            continue;
+        }
+        // After the name: state is field 3, utime and stime fields 14 and 15.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
+}

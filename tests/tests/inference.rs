@@ -465,3 +465,178 @@ fn the_real_model_tokenizes_and_embeds_as_its_reference() {
         }
     }
 }
+
+/// CPU the embedding workers use over `window`.
+async fn embed_cpu_over(window: Duration) -> f64 {
+    let before = hanzo_e2e::inference::embed_cpu_seconds();
+    tokio::time::sleep(window).await;
+    hanzo_e2e::inference::embed_cpu_seconds() - before
+}
+
+/// The real model served by a node: its vectors match the reference over gRPC; a
+/// model that fails to load is reported and the rest is served; the per-call token
+/// limit and deadline refuse naming their bound; a small call is answered while a
+/// huge one computes; and when the caller of the huge one goes away (gRPC call
+/// dropped, HTTP connection closed) the workers stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_serves_the_real_model_fairly_and_stops_work_nobody_waits_for() {
+    use hanzo_e2e::inference::{bench_texts, cosine, golden, real_model};
+    let net = Devnet::start().await;
+    net.stake_caller(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    write_random(&broken, &["a"], 8, 1, 2, 8, 1).unwrap();
+    std::fs::write(
+        broken.join("tokenizer.json"),
+        r#"{"model": {"type": "BPE", "vocab": {}}}"#,
+    )
+    .unwrap();
+    let mut config = net.config();
+    config.inference.models = vec![
+        ModelConfig {
+            path: Some(real_model()),
+            max_input_tokens: 1 << 20,
+            timeout: Duration::from_secs(600),
+            threads: Some(2),
+            ..model("minilm", ModelBackend::Local)
+        },
+        ModelConfig {
+            path: Some(real_model()),
+            max_input_tokens: 2000,
+            timeout: Duration::from_millis(100),
+            threads: Some(1),
+            ..model("strict", ModelBackend::Local)
+        },
+        ModelConfig {
+            path: Some(broken),
+            ..model("broken", ModelBackend::Local)
+        },
+    ];
+    let (node, ch) = served(&net, config).await;
+    let token = session(&ch, &net.dev_key(3)).await;
+    let mut api = InferenceServiceClient::new(ch.clone());
+
+    // The broken model is reported, the others are served.
+    let models = api
+        .list_models(bearer(ListModelsRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let find = |n: &str| models.iter().find(|m| m.name == n).unwrap();
+    assert_eq!(
+        (find("minilm").dimensions, find("minilm").error.as_str()),
+        (384, "")
+    );
+    assert!(
+        find("broken").error.contains("model type BPE"),
+        "{:?}",
+        find("broken")
+    );
+    let embed = |model: &str, texts: Vec<String>| {
+        bearer(
+            EmbedRequest {
+                model: model.into(),
+                texts,
+            },
+            &token,
+        )
+    };
+    let e = api
+        .embed(embed("broken", vec!["x".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("failed to load"), "{}", e.message());
+    let ready = http_get(node.http_addr, "/readiness").await;
+    assert!(ready.contains("200 OK"), "{ready}");
+    assert!(ready.contains("model broken not loaded: "), "{ready}");
+
+    // The vectors a caller gets are the reference's.
+    let golden = golden();
+    let got = api
+        .embed(embed(
+            "minilm",
+            golden.iter().map(|g| g.text.clone()).collect(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.usage.unwrap().prompt_tokens,
+        golden.iter().map(|g| g.ids.len() as u64).sum::<u64>()
+    );
+    for (g, v) in golden.iter().zip(&got.embeddings) {
+        assert!(cosine(&v.values, &g.vector) > 0.9999, "{:?}", g.text);
+    }
+
+    // Bounds: tokens per call, and the deadline.
+    let texts = bench_texts(100);
+    let e = api.embed(embed("strict", texts.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("at most 2000 per call (max_input_tokens"),
+        "{}",
+        e.message()
+    );
+    let e = api
+        .embed(embed("strict", texts[..40].to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    assert!(e.message().contains("deadline of 100ms"), "{}", e.message());
+
+    // A huge call (1024 texts of 256 tokens: minutes of work) computes; a small call
+    // is answered before it ends.
+    let huge: Vec<String> = bench_texts(1024).iter().map(|t| t.repeat(8)).collect();
+    let mut big_api = api.clone();
+    let big = tokio::spawn({
+        let req = embed("minilm", huge.clone());
+        async move { big_api.embed(req).await }
+    });
+    let busy = embed_cpu_over(Duration::from_secs(2)).await;
+    assert!(busy > 0.5, "the workers used {busy} s of CPU in 2 s");
+    let small = api
+        .embed(embed("minilm", vec!["a small question".into()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(small.embeddings.len(), 1);
+    assert!(
+        !big.is_finished(),
+        "the huge call ended before the small one"
+    );
+
+    // The caller goes away: the workers stop within a batch, and stay idle.
+    big.abort();
+    let idle = async || {
+        eventually(Duration::from_secs(15), async || {
+            (embed_cpu_over(Duration::from_millis(500)).await < 0.05).then_some(())
+        })
+        .await;
+        embed_cpu_over(Duration::from_secs(2)).await
+    };
+    let after = idle().await;
+    assert!(
+        after < 0.1,
+        "the workers used {after} s of CPU after the call went away"
+    );
+
+    // The same over the OpenAI-compatible API: the client times out and closes.
+    let client = reqwest::Client::new();
+    let sent = client
+        .post(format!("http://{}/v1/embeddings", node.http_addr))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"model": "minilm", "input": huge}))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(sent.unwrap_err().is_timeout());
+    let after = idle().await;
+    assert!(
+        after < 0.1,
+        "the workers used {after} s of CPU after the connection closed"
+    );
+    node.shutdown().await;
+}
