@@ -68,6 +68,11 @@ pub struct Args {
     /// (containers on the Docker Engine at `DOCKER_HOST`, else /var/run/docker.sock).
     #[arg(long, value_enum, default_value = "process")]
     pub runtime: crate::config::DeployRuntime,
+    /// A local embedding model directory every node serves, named after the directory
+    /// (`scripts/setup` fetches one: ~/.cache/hanzo-node/models/all-MiniLM-L6-v2).
+    /// Repeat for more.
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
 }
 
 /// Where node `i` listens.
@@ -193,12 +198,27 @@ async fn start(
             ..Overrides::default()
         })?;
         config.deploy.runtime = args.runtime;
-        let node = Node::start(config).await.with_context(|| {
-            format!(
-                "node {i} ({}); if a port is taken, choose others with --base-port",
-                node_dir(root, i).display()
-            )
-        })?;
+        for dir in &args.models {
+            config.inference.models.push(crate::config::ModelConfig {
+                path: Some(dir.clone()),
+                ..crate::config::ModelConfig::new(
+                    &dir.file_name().unwrap_or_default().to_string_lossy(),
+                    crate::config::ModelBackend::Local,
+                )
+            });
+        }
+        let node = match Node::start(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                let hint = if format!("{e:#}").contains("in use") {
+                    "; a port is taken: choose others with --base-port"
+                } else {
+                    ""
+                };
+                return Err(e.context(format!("node {i} ({}){hint}", node_dir(root, i).display())));
+            }
+        };
         parts.nodes.push(node);
     }
     let nodes = &parts.nodes;
@@ -666,6 +686,14 @@ impl Summary<'_> {
                 s,
                 "  HANZO_PRIVATE_KEY=0x{} hanzo-node compose --url {grpc} ps    # beside a docker-compose.yml: up, logs -f, exec -it, down",
                 hex::encode(a.to_bytes())
+            )?;
+        }
+        if let (Some(model), Some(_)) = (self.args.models.first(), &self.alice) {
+            writeln!(
+                s,
+                "  curl -s http://{}/v1/embeddings -H \"authorization: Bearer $TOKEN\" -d '{{\"model\":\"{}\",\"input\":[\"hello world\"]}}'",
+                self.nodes[0].http_addr,
+                model.file_name().unwrap_or_default().to_string_lossy()
             )?;
         }
         writeln!(

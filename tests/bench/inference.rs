@@ -8,7 +8,7 @@
 //!   bert-tiny's shape (hidden 128, 2 layers, 2 heads), through `Embed`;
 //! * embeddings/s and tokens/s of the real all-MiniLM-L6-v2 through `Embed`, against
 //!   a numpy + OpenBLAS forward pass of the same model on the same texts
-//!   (`scripts/reference-encoder bench`, run with `--python`), in the same run.
+//!   (`scripts/reference-encoder bench`), in the same run.
 //!
 //! Ends with `key=value` lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
@@ -228,8 +228,7 @@ async fn main() {
 
     // The real model: the same texts through the node and through numpy.
     let texts = usize::try_from(arg("--texts", 256)).unwrap();
-    let python = std::env::var("HANZO_REFERENCE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let reference = std::process::Command::new(&python)
+    let reference = std::process::Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../scripts/reference-encoder"
@@ -241,7 +240,7 @@ async fn main() {
         .unwrap();
     assert!(
         reference.status.success(),
-        "the numpy reference ({python}) failed: {}",
+        "the numpy reference failed (scripts/bench-inference installs numpy and tokenizers): {}",
         String::from_utf8_lossy(&reference.stderr)
     );
     let r: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();

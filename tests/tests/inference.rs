@@ -16,7 +16,7 @@ use hanzo_e2e::{
 };
 use hanzo_node::{
     config::{ModelBackend, ModelConfig},
-    inference::local::write_random,
+    inference::local::{write_random, write_random_cross_encoder},
     rpc::proto::{
         ChatMessage, EmbedRequest, GenerateRequest, GetUsageRequest, ListModelsRequest,
         RerankRequest, auth_service_client::AuthServiceClient,
@@ -466,6 +466,13 @@ fn the_real_model_tokenizes_and_embeds_as_its_reference() {
     }
 }
 
+/// The vocabulary of the cross-encoder the test writes (`tests/golden/cross-encoder.json`
+/// holds the reference's scores for it: `scripts/reference-encoder rerank`).
+const CROSS_WORDS: [&str; 20] = [
+    "what", "is", "a", "cat", "dog", "the", "sat", "on", "mat", "stock", "prices", "fell", "cats",
+    "and", "dogs", "are", "pets", "##s", "market", "today",
+];
+
 /// CPU the embedding workers use over `window`.
 async fn embed_cpu_over(window: Duration) -> f64 {
     let before = hanzo_e2e::inference::embed_cpu_seconds();
@@ -474,7 +481,8 @@ async fn embed_cpu_over(window: Duration) -> f64 {
 }
 
 /// The real model served by a node: its vectors match the reference over gRPC; a
-/// model that fails to load is reported and the rest is served; the per-call token
+/// cross-encoder's scores match the reference's; a model that fails to load is
+/// reported and the rest is served; the per-call token
 /// limit and deadline refuse naming their bound; a small call is answered while a
 /// huge one computes; and when the caller of the huge one goes away (gRPC call
 /// dropped, HTTP connection closed) the workers stop.
@@ -511,7 +519,20 @@ async fn a_node_serves_the_real_model_fairly_and_stops_work_nobody_waits_for() {
             path: Some(broken),
             ..model("broken", ModelBackend::Local)
         },
+        ModelConfig {
+            path: Some(dir.path().join("cross")),
+            ..model("cross", ModelBackend::Local)
+        },
     ];
+    let cross: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/golden/cross-encoder.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    write_random_cross_encoder(&dir.path().join("cross"), &CROSS_WORDS, 32, 2, 4, 64, 5).unwrap();
     let (node, ch) = served(&net, config).await;
     let token = session(&ch, &net.dev_key(3)).await;
     let mut api = InferenceServiceClient::new(ch.clone());
@@ -569,6 +590,58 @@ async fn a_node_serves_the_real_model_fairly_and_stops_work_nobody_waits_for() {
     for (g, v) in golden.iter().zip(&got.embeddings) {
         assert!(cosine(&v.values, &g.vector) > 0.9999, "{:?}", g.text);
     }
+
+    // A cross-encoder scores (query, document) pairs as the reference does, the long
+    // document cut to the model's 128 tokens; it does not embed.
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ranked = api
+        .rerank(bearer(
+            RerankRequest {
+                model: "cross".into(),
+                query: cross["query"].as_str().unwrap().into(),
+                documents: strs(&cross["documents"]),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let want: Vec<f64> = cross["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    let tokens: usize = cross["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_array().unwrap().len())
+        .sum();
+    assert_eq!(ranked.usage.unwrap().prompt_tokens, tokens as u64);
+    assert_eq!(ranked.results.len(), want.len());
+    for r in &ranked.results {
+        let w = want[r.index as usize];
+        assert!(
+            (f64::from(r.score) - w).abs() < 1e-4,
+            "document {}: {} against the reference's {w}",
+            r.index,
+            r.score
+        );
+    }
+    assert!(ranked.results.windows(2).all(|w| w[0].score >= w[1].score));
+    let e = api
+        .embed(embed("cross", vec!["x".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("cross-encoder"), "{}", e.message());
 
     // Bounds: tokens per call, and the deadline.
     let texts = bench_texts(100);

@@ -28,6 +28,8 @@ struct Config {
     layer_norm_eps: f32,
     #[serde(default = "gelu")]
     hidden_act: String,
+    #[serde(default)]
+    architectures: Vec<String>,
 }
 
 fn one() -> usize {
@@ -121,6 +123,13 @@ struct Layer {
     out_norm: Norm,
 }
 
+/// A cross-encoder's head: `[CLS]` through the pooler (dense, tanh), then the
+/// classifier's one logit.
+struct Head {
+    pooler: Linear,
+    classifier: Linear,
+}
+
 /// A loaded encoder.
 pub struct Bert {
     config: Config,
@@ -136,6 +145,8 @@ pub struct Bert {
     types: Vec<f32>,
     norm: Norm,
     layers: Vec<Layer>,
+    /// Set for a cross-encoder (`BertForSequenceClassification`): it scores pairs.
+    head: Option<Head>,
 }
 
 impl std::fmt::Debug for Bert {
@@ -145,6 +156,7 @@ impl std::fmt::Debug for Bert {
             .field("layers", &self.config.num_hidden_layers)
             .field("max_len", &self.max_len)
             .field("pooling", &self.pooling)
+            .field("cross_encoder", &self.head.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -284,6 +296,20 @@ impl Bert {
                 out_norm: w.norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
+        let head = if config
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"))
+        {
+            let pooler = w.linear("pooler.dense", h, h)?;
+            w.prefix = "";
+            let classifier = w.linear("classifier", 1, h).map_err(|e| {
+                format!("{e} (a cross-encoder with one score, num_labels 1, is built in)")
+            })?;
+            Some(Head { pooler, classifier })
+        } else {
+            None
+        };
         Ok(Self {
             config,
             tokenizer,
@@ -296,7 +322,14 @@ impl Bert {
             types,
             norm: emb_norm,
             layers,
+            head,
         })
+    }
+
+    /// Whether this is a cross-encoder, which scores (query, document) pairs and does
+    /// not embed.
+    pub fn is_cross_encoder(&self) -> bool {
+        self.head.is_some()
     }
 
     /// Embedding size.
@@ -307,10 +340,21 @@ impl Bert {
     /// Token ids of `text` as the model sees it: `[CLS] … [SEP]`, cut at the model's
     /// longest input.
     pub fn tokens(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(&self.input(text), self.max_len)
+    }
+
+    /// Token ids of a (query, document) pair, `[CLS] q [SEP] d [SEP]`, and how many
+    /// belong to the query's segment.
+    pub fn pair(&self, query: &str, document: &str) -> (Vec<u32>, usize) {
+        self.tokenizer
+            .encode_pair(&self.input(query), &self.input(document), self.max_len)
+    }
+
+    fn input<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
         if self.lower_input {
-            self.tokenizer.encode(&text.to_lowercase(), self.max_len)
+            text.to_lowercase().into()
         } else {
-            self.tokenizer.encode(text, self.max_len)
+            text.into()
         }
     }
 
@@ -325,35 +369,12 @@ impl Bert {
     /// The embeddings of a batch of token sequences, in order; `None` when `stop` was
     /// set (it is checked before every layer).
     pub fn embed_batch(&self, seqs: &[&[u32]], stop: &AtomicBool) -> Option<Vec<Vec<f32>>> {
-        let h = self.config.hidden_size;
-        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let total: usize = lens.iter().sum();
-        let mut x = Array2::<f32>::zeros((total, h));
-        let mut rows = x.rows_mut().into_iter();
-        for seq in seqs {
-            for (pos, id) in seq.iter().enumerate() {
-                let (Some(mut row), Some(w), Some(p)) = (
-                    rows.next(),
-                    self.words.get(*id as usize * h..(*id as usize + 1) * h),
-                    self.positions.get(pos * h..(pos + 1) * h),
-                ) else {
-                    continue;
-                };
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = w[j] + p[j] + self.types[j];
-                }
-            }
-        }
-        self.layer_norm(&mut x, &self.norm);
-        for layer in &self.layers {
-            if stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            x = self.layer(layer, &x, &lens);
-        }
+        let inputs: Vec<(&[u32], usize)> = seqs.iter().map(|s| (*s, s.len())).collect();
+        let x = self.encode(&inputs, stop)?;
         let mut out = Vec::with_capacity(seqs.len());
         let mut at = 0;
-        for n in lens {
+        for seq in seqs {
+            let n = seq.len();
             let t = x.slice_axis(Axis(0), Slice::from(at..at + n));
             at += n;
             let mut pooled: Vec<f32> = match self.pooling {
@@ -379,6 +400,58 @@ impl Bert {
             out.push(pooled);
         }
         Some(out)
+    }
+
+    /// A cross-encoder's score (its logit: higher is more relevant) of each pair
+    /// from [`Bert::pair`]; `None` when `stop` was set, or this is not a
+    /// cross-encoder.
+    pub fn score_batch(&self, pairs: &[(&[u32], usize)], stop: &AtomicBool) -> Option<Vec<f32>> {
+        let head = self.head.as_ref()?;
+        let x = self.encode(pairs, stop)?;
+        let mut at = 0;
+        let mut cls = Array2::<f32>::zeros((pairs.len(), self.config.hidden_size));
+        for ((ids, _), mut row) in pairs.iter().zip(cls.rows_mut()) {
+            row.assign(&x.row(at));
+            at += ids.len();
+        }
+        let mut pooled = head.pooler.apply(cls.view());
+        pooled.mapv_inplace(f32::tanh);
+        Some(head.classifier.apply(pooled.view()).column(0).to_vec())
+    }
+
+    /// The last hidden states of every token of `inputs` (ids, and how many of them
+    /// are in the first segment), packed one after another.
+    fn encode(&self, inputs: &[(&[u32], usize)], stop: &AtomicBool) -> Option<Array2<f32>> {
+        let h = self.config.hidden_size;
+        let lens: Vec<usize> = inputs.iter().map(|(s, _)| s.len()).collect();
+        let total: usize = lens.iter().sum();
+        let mut x = Array2::<f32>::zeros((total, h));
+        let mut rows = x.rows_mut().into_iter();
+        for (seq, first) in inputs {
+            for (pos, id) in seq.iter().enumerate() {
+                let segment =
+                    usize::from(pos >= *first).min(self.config.type_vocab_size.saturating_sub(1));
+                let (Some(mut row), Some(w), Some(p), Some(t)) = (
+                    rows.next(),
+                    self.words.get(*id as usize * h..(*id as usize + 1) * h),
+                    self.positions.get(pos * h..(pos + 1) * h),
+                    self.types.get(segment * h..(segment + 1) * h),
+                ) else {
+                    continue;
+                };
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = w[j] + p[j] + t[j];
+                }
+            }
+        }
+        self.layer_norm(&mut x, &self.norm);
+        for layer in &self.layers {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            x = self.layer(layer, &x, &lens);
+        }
+        Some(x)
     }
 
     fn layer(&self, l: &Layer, x: &Array2<f32>, lens: &[usize]) -> Array2<f32> {
@@ -539,6 +612,42 @@ pub fn write_random(
     intermediate: usize,
     seed: u64,
 ) -> std::io::Result<()> {
+    write(
+        dir,
+        words,
+        (hidden, layers, heads, intermediate),
+        seed,
+        false,
+    )
+}
+
+/// [`write_random`] with a cross-encoder's head (`BertForSequenceClassification`:
+/// pooler and a one-logit classifier), the layout of `cross-encoder/ms-marco-*`.
+pub fn write_random_cross_encoder(
+    dir: &Path,
+    words: &[&str],
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    intermediate: usize,
+    seed: u64,
+) -> std::io::Result<()> {
+    write(
+        dir,
+        words,
+        (hidden, layers, heads, intermediate),
+        seed,
+        true,
+    )
+}
+
+fn write(
+    dir: &Path,
+    words: &[&str],
+    (hidden, layers, heads, intermediate): (usize, usize, usize, usize),
+    seed: u64,
+    cross: bool,
+) -> std::io::Result<()> {
     let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     vocab.extend_from_slice(words);
     let max_pos = 128;
@@ -550,7 +659,8 @@ pub fn write_random(
             "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
             "intermediate_size": intermediate, "max_position_embeddings": max_pos,
             "type_vocab_size": 2, "vocab_size": vocab.len(), "hidden_act": "gelu",
-            "layer_norm_eps": 1e-12, "model_type": "bert"
+            "layer_norm_eps": 1e-12, "model_type": "bert",
+            "architectures": [if cross { "BertForSequenceClassification" } else { "BertModel" }]
         })
         .to_string(),
     )?;
@@ -618,6 +728,26 @@ pub fn write_random(
                 vec![1.0; hidden],
             ));
             tensors.push((format!("{p}.{norm}.bias"), vec![hidden], vec![0.0; hidden]));
+        }
+    }
+    if cross {
+        tensors.push((
+            "pooler.dense.weight".into(),
+            vec![hidden, hidden],
+            rand(hidden * hidden, s),
+        ));
+        tensors.push(("pooler.dense.bias".into(), vec![hidden], rand(hidden, 0.1)));
+        tensors.push((
+            "classifier.weight".into(),
+            vec![1, hidden],
+            rand(hidden, 1.0),
+        ));
+        tensors.push(("classifier.bias".into(), vec![1], vec![0.25]));
+        // As BertFor* exports name them: the encoder under `bert.`.
+        for t in &mut tensors {
+            if !t.0.starts_with("classifier") {
+                t.0.insert_str(0, "bert.");
+            }
         }
     }
     let refs: Vec<(&str, &[usize], &[f32])> = tensors

@@ -1,6 +1,7 @@
-//! The built-in CPU backend: a BERT-family sentence encoder loaded from a directory,
-//! for `Embed` and `Rerank` (cosine similarity of the embeddings) on a node with no
-//! upstream.
+//! The built-in CPU backend: a BERT-family model loaded from a directory, on a node
+//! with no upstream: a sentence encoder for `Embed` and `Rerank` (cosine similarity of
+//! the embeddings), or a cross-encoder for `Rerank` (a score per query–document
+//! pair).
 //!
 //! Each model has its own pool of worker threads (not the async runtime's). A call
 //! is tokenised, checked against the model's token limit, sorted by length and cut
@@ -25,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-pub use bert::{Bert, write_random};
+pub use bert::{Bert, write_random, write_random_cross_encoder};
 use tokio::sync::mpsc;
 
 use super::{Backend, Capabilities, Error, Usage};
@@ -59,10 +60,13 @@ struct Job {
     out: mpsc::UnboundedSender<(Vec<usize>, Vec<Vec<f32>>)>,
 }
 
-/// Inputs (their indexes in the call, and token ids) embedded together.
+/// A model input: token ids, the first so many of them in the first segment.
+type Input = (Vec<u32>, usize);
+
+/// Inputs (their indexes in the call, and the inputs) computed together.
 struct Batch {
     index: Vec<usize>,
-    ids: Vec<Vec<u32>>,
+    inputs: Vec<Input>,
 }
 
 #[derive(Default)]
@@ -140,42 +144,56 @@ impl Pool {
     }
 }
 
+/// Runs batches until the pool closes: embeddings, or a cross-encoder's scores (one
+/// per input).
 fn work(pool: &Pool, model: &Bert) {
     while let Some((job, batch)) = pool.next() {
-        let seqs: Vec<&[u32]> = batch.ids.iter().map(Vec::as_slice).collect();
-        if let Some(vectors) = model.embed_batch(&seqs, &job.stop) {
-            let _ = job.out.send((batch.index, vectors));
+        let out = if model.is_cross_encoder() {
+            let pairs: Vec<(&[u32], usize)> = batch
+                .inputs
+                .iter()
+                .map(|(ids, first)| (ids.as_slice(), *first))
+                .collect();
+            model
+                .score_batch(&pairs, &job.stop)
+                .map(|scores| scores.into_iter().map(|s| vec![s]).collect())
+        } else {
+            let seqs: Vec<&[u32]> = batch.inputs.iter().map(|(ids, _)| ids.as_slice()).collect();
+            model.embed_batch(&seqs, &job.stop)
+        };
+        if let Some(out) = out {
+            let _ = job.out.send((batch.index, out));
         }
     }
 }
 
 /// Inputs sorted by length (longest first) and cut into batches of at most
 /// [`BATCH_TOKENS`] tokens.
-fn batches(ids: Vec<Vec<u32>>) -> VecDeque<Batch> {
-    let mut order: Vec<(usize, Vec<u32>)> = ids.into_iter().enumerate().collect();
-    order.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
+fn batches(inputs: Vec<Input>) -> VecDeque<Batch> {
+    let mut order: Vec<(usize, Input)> = inputs.into_iter().enumerate().collect();
+    order.sort_by_key(|(_, (ids, _))| std::cmp::Reverse(ids.len()));
     let mut out = VecDeque::new();
     let mut cur = Batch {
         index: Vec::new(),
-        ids: Vec::new(),
+        inputs: Vec::new(),
     };
     let mut tokens = 0;
-    for (i, ids) in order {
-        if !cur.ids.is_empty() && tokens + ids.len() > BATCH_TOKENS {
+    for (i, input) in order {
+        if !cur.inputs.is_empty() && tokens + input.0.len() > BATCH_TOKENS {
             out.push_back(std::mem::replace(
                 &mut cur,
                 Batch {
                     index: Vec::new(),
-                    ids: Vec::new(),
+                    inputs: Vec::new(),
                 },
             ));
             tokens = 0;
         }
-        tokens += ids.len();
+        tokens += input.0.len();
         cur.index.push(i);
-        cur.ids.push(ids);
+        cur.inputs.push(input);
     }
-    if !cur.ids.is_empty() {
+    if !cur.inputs.is_empty() {
         out.push_back(cur);
     }
     out
@@ -206,16 +224,18 @@ impl Local {
         })
     }
 
-    /// Embeds `texts` on the model's workers; stops them when this future is dropped
-    /// or the deadline passes.
-    async fn vectors(&self, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, Usage), Error> {
+    /// Runs the inputs `tokenize` makes on the model's workers (one output per
+    /// input, in order); stops them when this future is dropped or the deadline
+    /// passes.
+    async fn run(
+        &self,
+        tokenize: impl FnOnce(&Bert) -> Vec<Input> + Send + 'static,
+    ) -> Result<(Vec<Vec<f32>>, Usage), Error> {
         let model = self.model.clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            texts.iter().map(|t| model.tokens(t)).collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Error::Protocol(format!("the tokenizer failed: {e}")))?;
-        let tokens: usize = ids.iter().map(Vec::len).sum();
+        let ids = tokio::task::spawn_blocking(move || tokenize(&model))
+            .await
+            .map_err(|e| Error::Protocol(format!("the tokenizer failed: {e}")))?;
+        let tokens: usize = ids.iter().map(|(ids, _)| ids.len()).sum();
         if tokens > self.limits.max_tokens {
             return Err(Error::Invalid(format!(
                 "the inputs are {tokens} tokens; this model takes at most {} per call \
@@ -273,11 +293,16 @@ impl Backend for Local {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let cross = self.model.is_cross_encoder();
         Capabilities {
             generate: false,
-            embed: true,
+            embed: !cross,
             rerank: true,
-            dimensions: u32::try_from(self.model.dimensions()).unwrap_or(0),
+            dimensions: if cross {
+                0
+            } else {
+                u32::try_from(self.model.dimensions()).unwrap_or(0)
+            },
         }
     }
 
@@ -293,17 +318,41 @@ impl Backend for Local {
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, Usage), Error> {
-        self.vectors(texts).await
+        if self.model.is_cross_encoder() {
+            return Err(Error::Unsupported(
+                "this model is a cross-encoder: it reranks (query, document) pairs and does not embed"
+                    .into(),
+            ));
+        }
+        self.run(move |m| {
+            texts
+                .iter()
+                .map(|t| {
+                    let ids = m.tokens(t);
+                    let n = ids.len();
+                    (ids, n)
+                })
+                .collect()
+        })
+        .await
     }
 
+    /// A cross-encoder scores each (query, document) pair; an embedding model, the
+    /// cosine similarity of their embeddings.
     async fn rerank(
         &self,
         query: String,
         documents: Vec<String>,
     ) -> Result<(Vec<f32>, Usage), Error> {
+        if self.model.is_cross_encoder() {
+            let (scores, usage) = self
+                .run(move |m| documents.iter().map(|d| m.pair(&query, d)).collect())
+                .await?;
+            return Ok((scores.into_iter().flatten().collect(), usage));
+        }
         let mut texts = vec![query];
         texts.extend(documents);
-        let (vectors, usage) = self.vectors(texts).await?;
+        let (vectors, usage) = self.embed(texts).await?;
         let (q, docs) = vectors
             .split_first()
             .ok_or_else(|| Error::Protocol("no query vector".into()))?;
@@ -325,15 +374,12 @@ mod tests {
     #[test]
     fn batches_hold_similar_lengths_within_the_token_budget_and_every_input_once() {
         let lens = [3, 700, 5, 400, 1500, 2, 300, 300];
-        let ids: Vec<Vec<u32>> = lens.iter().map(|n| vec![1; *n]).collect();
-        let b = batches(ids);
+        let inputs: Vec<Input> = lens.iter().map(|n| (vec![1; *n], *n)).collect();
+        let b = batches(inputs);
         let shape: Vec<Vec<usize>> = b.iter().map(|b| b.index.clone()).collect();
         // Longest first; a 1500-token input is a batch of its own.
         assert_eq!(shape, [vec![4], vec![1], vec![3, 6, 7, 2, 0, 5]]);
-        assert!(
-            b.iter()
-                .all(|b| b.ids.len() == 1
-                    || b.ids.iter().map(Vec::len).sum::<usize>() <= BATCH_TOKENS)
-        );
+        assert!(b.iter().all(|b| b.inputs.len() == 1
+            || b.inputs.iter().map(|(ids, _)| ids.len()).sum::<usize>() <= BATCH_TOKENS));
     }
 }

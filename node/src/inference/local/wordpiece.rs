@@ -196,15 +196,55 @@ impl Tokenizer {
     /// `[CLS] text [SEP]` as ids, at most `max` of them.
     pub fn encode(&self, text: &str, max: usize) -> Vec<u32> {
         let mut ids = vec![self.cls];
+        ids.extend(self.pieces(text, max.saturating_sub(2).max(1)));
+        ids.push(self.sep);
+        ids
+    }
+
+    /// `[CLS] a [SEP] b [SEP]` as ids, at most `max` of them, and how many belong to
+    /// the first segment (`[CLS] a [SEP]`). Too long a pair is cut as BERT's
+    /// tokenizers cut it (`longest_first`): only the longer side when that is enough,
+    /// else both to half.
+    pub fn encode_pair(&self, a: &str, b: &str, max: usize) -> (Vec<u32>, usize) {
+        let target = max.saturating_sub(3).max(2);
+        let (mut x, mut y) = (self.pieces(a, target), self.pieces(b, target));
+        if x.len() + y.len() > target {
+            let (short, long) = (x.len().min(y.len()), x.len().max(y.len()));
+            let (mut n_short, mut n_long) =
+                (short, long.min(target.saturating_sub(short).max(short)));
+            if n_short + n_long > target {
+                n_short = target / 2;
+                n_long = n_short + target % 2;
+            }
+            let (nx, ny) = if x.len() > y.len() {
+                (n_long, n_short)
+            } else {
+                (n_short, n_long)
+            };
+            x.truncate(nx);
+            y.truncate(ny);
+        }
+        let first = x.len() + 2;
+        let mut ids = Vec::with_capacity(first + y.len() + 1);
+        ids.push(self.cls);
+        ids.extend(x);
+        ids.push(self.sep);
+        ids.extend(y);
+        ids.push(self.sep);
+        (ids, first)
+    }
+
+    /// The word pieces of `text`, at most `limit` of them.
+    fn pieces(&self, text: &str, limit: usize) -> Vec<u32> {
+        let mut ids = Vec::new();
         let normal = self.normalizer.apply(text);
         for word in words(&normal) {
             self.wordpiece(word, &mut ids);
-            if ids.len() >= max.saturating_sub(1) {
+            if ids.len() >= limit {
                 break;
             }
         }
-        ids.truncate(max.saturating_sub(1).max(1));
-        ids.push(self.sep);
+        ids.truncate(limit);
         ids
     }
 
