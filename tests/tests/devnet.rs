@@ -55,6 +55,8 @@ impl Running {
             .arg(chain_port.to_string())
             .arg("--base-port")
             .arg(base_port.to_string())
+            .arg("--model")
+            .arg(hanzo_e2e::inference::real_model())
             .env_clear()
             .env("PATH", format!("{}:/usr/bin:/bin", tools.join(":")))
             .env("HOME", dir)
@@ -241,6 +243,11 @@ fn devnet_comes_up_its_printed_commands_work_and_it_resumes_after_a_stop_or_a_ki
     let node0 = keys[0].split_whitespace().last().unwrap();
     assert!(out.contains(&format!("\"nodeKey\": \"{node0}\"")), "{out}");
     assert!(out.contains("ready: ACL at block"), "{out}");
+    // The embeddings call: the real model, served by node 0.
+    assert!(
+        out.contains(r#""object":"embedding""#) && out.contains(r#""model":"all-MiniLM-L6-v2""#),
+        "{out}"
+    );
     // The push reached every node.
     converged(&run, &pushed);
     run.interrupt();
