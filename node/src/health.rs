@@ -164,13 +164,18 @@ impl Health {
 
     /// Every part this node runs, and how it is.
     pub fn services(&self) -> Vec<Service> {
+        self.services_given(self.other_operators())
+    }
+
+    /// [`Health::services`], with the count of other operators' nodes known.
+    fn services_given(&self, others: usize) -> Vec<Service> {
         let p = &self.parts;
         let mut out = vec![
             self.chain_sync(),
             Self::service("git", "git", "git hosting over HTTP"),
         ];
         if let Some(p2p) = &p.p2p {
-            out.push(self.p2p(p2p));
+            out.push(Self::p2p(p2p, others));
         }
         if p.rpc {
             out.push(Self::service("rpc", "gRPC", "gRPC and gRPC-Web API"));
@@ -258,8 +263,7 @@ impl Health {
 
     /// Up when connected to another active operator's node, or when there is none
     /// to connect to; Down when there are some and none is connected.
-    fn p2p(&self, p2p: &P2p) -> Service {
-        let others = self.other_operators();
+    fn p2p(p2p: &P2p, others: usize) -> Service {
         let peers = p2p.peers().len();
         let description = format!("{peers} of {others} other operators' nodes connected");
         Service {
@@ -283,7 +287,8 @@ impl Health {
     }
 
     fn readings(&self) -> Vec<Reading> {
-        let services = self.services();
+        let others = self.other_operators();
+        let services = self.services_given(others);
         let score = |s: &Service| match s.status {
             State::Up => 1.0,
             State::Initializing => 0.5,
@@ -314,11 +319,10 @@ impl Health {
         ];
         if self.parts.p2p.is_some() {
             #[allow(clippy::cast_precision_loss)] // a count of operators
-            let others = self.other_operators() as f64;
             out.push(Reading::new(
                 "hanzo_p2p_operators_other",
                 "Active operators' nodes other than this one (the peers it should be connected to)",
-                others,
+                others as f64,
             ));
         }
         let stake = self

@@ -180,6 +180,7 @@ pub struct Golden {
 
 /// The golden sentences for all-MiniLM-L6-v2 (`tests/golden/`, made by
 /// `scripts/reference-encoder golden`).
+#[allow(clippy::cast_possible_truncation)] // the reference's float64 vectors, as f32
 pub fn golden() -> Vec<Golden> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/all-MiniLM-L6-v2.json");
     let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();

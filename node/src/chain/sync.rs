@@ -92,7 +92,8 @@ struct RpcCall {
 struct RpcMetrics {
     total: Family<RpcCall, Counter>,
     duration: Family<RpcCall, Histogram>,
-    /// The endpoint's `web3_clientVersion`, once it answered.
+    /// The endpoint's `web3_clientVersion` once it answered (empty when it answered
+    /// with an error: it has none).
     client_version: Option<String>,
 }
 
@@ -326,7 +327,13 @@ impl Syncer {
         self.finish_write().await?;
         if self.rpc.client_version.is_none() {
             let version = self.timed("web3_clientVersion", self.provider.get_client_version());
-            self.rpc.client_version = version.await.ok();
+            self.rpc.client_version = match version.await {
+                Ok(v) => Some(v),
+                // The endpoint answered, without a version: ask no more.
+                Err(alloy::transports::RpcError::ErrorResp(_)) => Some(String::new()),
+                // Not reached: ask again next step.
+                Err(_) => None,
+            };
         }
         let head = self
             .timed("eth_blockNumber", self.provider.get_block_number())

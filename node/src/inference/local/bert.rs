@@ -343,11 +343,17 @@ impl Bert {
         self.tokenizer.encode(&self.input(text), self.max_len)
     }
 
-    /// Token ids of a (query, document) pair, `[CLS] q [SEP] d [SEP]`, and how many
-    /// belong to the query's segment.
-    pub fn pair(&self, query: &str, document: &str) -> (Vec<u32>, usize) {
-        self.tokenizer
-            .encode_pair(&self.input(query), &self.input(document), self.max_len)
+    /// Token ids of each (query, document) pair, `[CLS] q [SEP] d [SEP]`, and how
+    /// many belong to the query's segment.
+    pub fn pairs(&self, query: &str, documents: &[String]) -> Vec<(Vec<u32>, usize)> {
+        let q = self.tokenizer.pieces(&self.input(query), usize::MAX);
+        documents
+            .iter()
+            .map(|d| {
+                let d = self.tokenizer.pieces(&self.input(d), usize::MAX);
+                self.tokenizer.pair(&q, &d, self.max_len)
+            })
+            .collect()
     }
 
     fn input<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
@@ -403,7 +409,7 @@ impl Bert {
     }
 
     /// A cross-encoder's score (its logit: higher is more relevant) of each pair
-    /// from [`Bert::pair`]; `None` when `stop` was set, or this is not a
+    /// from [`Bert::pairs`]; `None` when `stop` was set, or this is not a
     /// cross-encoder.
     pub fn score_batch(&self, pairs: &[(&[u32], usize)], stop: &AtomicBool) -> Option<Vec<f32>> {
         let head = self.head.as_ref()?;

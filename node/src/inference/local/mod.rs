@@ -345,9 +345,7 @@ impl Backend for Local {
         documents: Vec<String>,
     ) -> Result<(Vec<f32>, Usage), Error> {
         if self.model.is_cross_encoder() {
-            let (scores, usage) = self
-                .run(move |m| documents.iter().map(|d| m.pair(&query, d)).collect())
-                .await?;
+            let (scores, usage) = self.run(move |m| m.pairs(&query, &documents)).await?;
             return Ok((scores.into_iter().flatten().collect(), usage));
         }
         let mut texts = vec![query];

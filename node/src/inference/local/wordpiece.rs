@@ -196,47 +196,48 @@ impl Tokenizer {
     /// `[CLS] text [SEP]` as ids, at most `max` of them.
     pub fn encode(&self, text: &str, max: usize) -> Vec<u32> {
         let mut ids = vec![self.cls];
-        ids.extend(self.pieces(text, max.saturating_sub(2).max(1)));
+        ids.extend(self.pieces(text, max.saturating_sub(2)));
         ids.push(self.sep);
         ids
     }
 
-    /// `[CLS] a [SEP] b [SEP]` as ids, at most `max` of them, and how many belong to
-    /// the first segment (`[CLS] a [SEP]`). Too long a pair is cut as BERT's
-    /// tokenizers cut it (`longest_first`): only the longer side when that is enough,
-    /// else both to half.
-    pub fn encode_pair(&self, a: &str, b: &str, max: usize) -> (Vec<u32>, usize) {
-        let target = max.saturating_sub(3).max(2);
-        let (mut x, mut y) = (self.pieces(a, target), self.pieces(b, target));
-        if x.len() + y.len() > target {
-            let (short, long) = (x.len().min(y.len()), x.len().max(y.len()));
+    /// `[CLS] a [SEP] b [SEP]` from the word pieces of `a` and `b`, at most `max`
+    /// ids, and how many belong to the first segment (`[CLS] a [SEP]`). Too long a
+    /// pair is cut as BERT's tokenizers cut it (`longest_first`): only the longer side
+    /// when that is enough, else both to half, the extra one to the longer.
+    pub fn pair(&self, a: &[u32], b: &[u32], max: usize) -> (Vec<u32>, usize) {
+        let target = max.saturating_sub(3);
+        let (mut na, mut nb) = (a.len(), b.len());
+        if na + nb > target {
+            let (short, long) = (na.min(nb), na.max(nb));
             let (mut n_short, mut n_long) =
                 (short, long.min(target.saturating_sub(short).max(short)));
             if n_short + n_long > target {
                 n_short = target / 2;
                 n_long = n_short + target % 2;
             }
-            let (nx, ny) = if x.len() > y.len() {
+            (na, nb) = if na > nb {
                 (n_long, n_short)
             } else {
                 (n_short, n_long)
             };
-            x.truncate(nx);
-            y.truncate(ny);
         }
-        let first = x.len() + 2;
-        let mut ids = Vec::with_capacity(first + y.len() + 1);
+        let mut ids = Vec::with_capacity(na + nb + 3);
         ids.push(self.cls);
-        ids.extend(x);
+        ids.extend_from_slice(&a[..na]);
         ids.push(self.sep);
-        ids.extend(y);
+        let first = ids.len();
+        ids.extend_from_slice(&b[..nb]);
         ids.push(self.sep);
         (ids, first)
     }
 
     /// The word pieces of `text`, at most `limit` of them.
-    fn pieces(&self, text: &str, limit: usize) -> Vec<u32> {
+    pub fn pieces(&self, text: &str, limit: usize) -> Vec<u32> {
         let mut ids = Vec::new();
+        if limit == 0 {
+            return ids;
+        }
         let normal = self.normalizer.apply(text);
         for word in words(&normal) {
             self.wordpiece(word, &mut ids);
@@ -408,5 +409,25 @@ mod tests {
         assert_eq!(t.encode("xyz", 64), [2, 1, 3]);
         assert_eq!(t.encode("hello hello hello hello", 4), [2, 4, 4, 3]);
         assert!(Tokenizer::new("a\nb", true).unwrap_err().contains("[CLS]"));
+    }
+
+    #[test]
+    fn pairs_get_segments_and_are_cut_longest_first() {
+        let t = Tokenizer::new("[PAD]\n[UNK]\n[CLS]\n[SEP]\na\nb", true).unwrap();
+        let p = |text: &str| t.pieces(text, usize::MAX);
+        let (a, b) = (p(&"a ".repeat(10)), p(&"b ".repeat(3)));
+        assert_eq!(t.pair(&p("a"), &p("b b"), 64), (vec![2, 4, 3, 5, 5, 3], 3));
+        // Room for 7: only the longer side is cut, to what the shorter leaves.
+        assert_eq!(t.pair(&a, &b, 10), (vec![2, 4, 4, 4, 4, 3, 5, 5, 5, 3], 6));
+        assert_eq!(t.pair(&b, &a, 10).1, 5);
+        // Both longer than half: 3 and 4, the extra one to the longer (the second
+        // on a tie).
+        let long_b = p(&"b ".repeat(12));
+        assert_eq!(
+            t.pair(&a, &long_b, 10),
+            (vec![2, 4, 4, 4, 3, 5, 5, 5, 5, 3], 5)
+        );
+        assert_eq!(t.pair(&a, &a[..8], 10).1, 6);
+        assert_eq!(t.pair(&a, &a, 10).1, 5);
     }
 }
