@@ -28,10 +28,12 @@ struct Entry {
     data_offsets: [usize; 2],
 }
 
-/// An opened safetensors file: its checked header and its data.
+/// An opened safetensors file: its checked header and the whole file.
 pub struct File {
     entries: HashMap<String, Entry>,
-    data: Vec<u8>,
+    bytes: Vec<u8>,
+    /// Where the data starts (after the header).
+    data_start: usize,
 }
 
 /// Bytes per value of the dtypes safetensors defines; `None` for one it does not.
@@ -47,7 +49,7 @@ fn width(dtype: &str) -> Option<usize> {
 
 /// Opens `bytes` (a whole safetensors file): checks every entry's byte range and,
 /// for the dtypes safetensors defines, that its size matches its shape.
-pub fn parse(mut bytes: Vec<u8>) -> Result<File, String> {
+pub fn parse(bytes: Vec<u8>) -> Result<File, String> {
     let (len, rest) = bytes
         .split_first_chunk::<8>()
         .ok_or("shorter than its 8-byte header length")?;
@@ -89,10 +91,10 @@ pub fn parse(mut bytes: Vec<u8>) -> Result<File, String> {
         }
         entries.insert(name, e);
     }
-    bytes.drain(..header_end);
     Ok(File {
         entries,
-        data: bytes,
+        bytes,
+        data_start: header_end,
     })
 }
 
@@ -109,7 +111,8 @@ impl File {
             .entries
             .get(name)
             .ok_or_else(|| format!("model.safetensors has no {name}"))?;
-        let raw = &self.data[e.data_offsets[0]..e.data_offsets[1]];
+        let [begin, end] = e.data_offsets.map(|o| self.data_start + o);
+        let raw = &self.bytes[begin..end];
         let data = match e.dtype.as_str() {
             "F32" => raw
                 .chunks_exact(4)

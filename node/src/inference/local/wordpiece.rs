@@ -114,7 +114,7 @@ impl Tokenizer {
             strip_accents: lower,
             lowercase: lower,
         };
-        Self::with(vocab, normalizer, "[UNK]", "##".into(), 100)
+        Self::with(vocab, normalizer, &unk(), hashes(), hundred())
     }
 
     /// From a Hugging Face `tokenizer.json`; a normaliser, pre-tokenizer or model
