@@ -17,6 +17,7 @@ interface Vm {
     function assertEq(address left, address right, string calldata err) external pure;
     function assertEq(string calldata left, string calldata right, string calldata err) external pure;
     function assertEq(bool left, bool right, string calldata err) external pure;
+    function toString(uint256 value) external pure returns (string memory);
 }
 
 abstract contract Base {

@@ -164,6 +164,9 @@ contract RepoTokenTest is Base {
     event ReplicatorAdded(uint256 indexed repoId, bytes32 indexed nodeKey);
     event ReplicatorRemoved(uint256 indexed repoId, bytes32 indexed nodeKey);
     event RepoBurned(uint256 indexed repoId, string name);
+    event DefaultBranchChanged(uint256 indexed repoId, string branch);
+    event RefRuleSet(uint256 indexed repoId, string pattern, uint256[] signers, uint8 threshold);
+    event RefRuleRemoved(uint256 indexed repoId, string pattern);
 
     function setUp() public {
         ids = new IdentityToken();
@@ -319,5 +322,116 @@ contract RepoTokenTest is Base {
         vm.prank(BOB);
         uint256 again = repos.create("demo", bob, false);
         vm.assertEq(again, id + 1, "fresh id");
+    }
+
+    function test_defaultBranch() public {
+        uint256 id = createDemo();
+        vm.assertEq(repos.defaultBranch(id), "", "none at first");
+        vm.expectEmit(true, false, false, true, address(repos));
+        emit DefaultBranchChanged(id, "unstable");
+        vm.prank(ALICE);
+        repos.setDefaultBranch(id, "unstable");
+        vm.assertEq(repos.defaultBranch(id), "unstable", "set");
+        vm.prank(ALICE);
+        repos.setDefaultBranch(id, "release/2.x");
+        vm.assertEq(repos.defaultBranch(id), "release/2.x", "nested");
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.NotHolder.selector, id, BOB));
+        vm.prank(BOB);
+        repos.setDefaultBranch(id, "main");
+        string[9] memory bad = ["a b", "a..b", "-x", ".x", "x/", "x.lock", "a//b", "x*", "a/.b"];
+        for (uint256 i = 0; i < bad.length; i++) {
+            vm.expectRevert(abi.encodeWithSelector(RepoToken.InvalidRefName.selector, bad[i]));
+            vm.prank(ALICE);
+            repos.setDefaultBranch(id, bad[i]);
+        }
+        vm.prank(ALICE);
+        repos.setDefaultBranch(id, "");
+        vm.assertEq(repos.defaultBranch(id), "", "cleared");
+    }
+
+    function signers(uint256 a, uint256 b) internal pure returns (uint256[] memory s) {
+        s = new uint256[](2);
+        s[0] = a;
+        s[1] = b;
+    }
+
+    function test_refRules() public {
+        uint256 id = createDemo();
+        uint256[] memory both = signers(alice, bob);
+        vm.expectEmit(true, false, false, true, address(repos));
+        emit RefRuleSet(id, "refs/heads/main", both, 2);
+        vm.prank(ALICE);
+        repos.setRefRule(id, "refs/heads/main", both, 2);
+        (uint256[] memory got, uint8 k) = repos.refRule(id, "refs/heads/main");
+        vm.assertEq(k, 2, "threshold");
+        vm.assertEq(got.length, 2, "signers");
+        vm.assertEq(got[1], bob, "second signer");
+
+        // Replacing a rule keeps one entry for the pattern.
+        vm.prank(ALICE);
+        repos.setRefRule(id, "refs/heads/main", both, 1);
+        vm.prank(ALICE);
+        repos.setRefRule(id, "refs/tags/v*", both, 2);
+        vm.assertEq(repos.refRulePatterns(id).length, 2, "two patterns");
+        (, k) = repos.refRule(id, "refs/heads/main");
+        vm.assertEq(k, 1, "replaced");
+
+        vm.expectEmit(true, false, false, true, address(repos));
+        emit RefRuleRemoved(id, "refs/heads/main");
+        vm.prank(ALICE);
+        repos.removeRefRule(id, "refs/heads/main");
+        string[] memory left = repos.refRulePatterns(id);
+        vm.assertEq(left.length, 1, "one left");
+        vm.assertEq(left[0], "refs/tags/v*", "the tag rule is left");
+        (got, k) = repos.refRule(id, "refs/heads/main");
+        vm.assertEq(k, 0, "no rule");
+        vm.assertEq(got.length, 0, "no signers");
+    }
+
+    function test_refRules_revert() public {
+        uint256 id = createDemo();
+        uint256[] memory both = signers(alice, bob);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.NotHolder.selector, id, BOB));
+        vm.prank(BOB);
+        repos.setRefRule(id, "refs/heads/main", both, 1);
+        vm.startPrank(ALICE);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.InvalidRefName.selector, "heads/main"));
+        repos.setRefRule(id, "heads/main", both, 1);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.InvalidRefName.selector, "refs/"));
+        repos.setRefRule(id, "refs/", both, 1);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.InvalidRefName.selector, "refs/heads/a b"));
+        repos.setRefRule(id, "refs/heads/a b", both, 1);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.InvalidThreshold.selector, 0, 2));
+        repos.setRefRule(id, "refs/heads/main", both, 0);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.InvalidThreshold.selector, 3, 2));
+        repos.setRefRule(id, "refs/heads/main", both, 3);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.DuplicateSigner.selector, alice));
+        repos.setRefRule(id, "refs/heads/main", signers(alice, alice), 1);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.UnknownIdentity.selector, 77));
+        repos.setRefRule(id, "refs/heads/main", signers(alice, 77), 1);
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.NoRefRule.selector, id, "refs/heads/main"));
+        repos.removeRefRule(id, "refs/heads/main");
+        for (uint256 i = 0; i < repos.MAX_RULES(); i++) {
+            repos.setRefRule(id, string.concat("refs/heads/b", vm.toString(i)), both, 1);
+        }
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.TooManyRules.selector, id));
+        repos.setRefRule(id, "refs/heads/one-more", both, 1);
+        vm.stopPrank();
+        vm.expectRevert(abi.encodeWithSelector(RepoToken.NotHolder.selector, id, BOB));
+        vm.prank(BOB);
+        repos.removeRefRule(id, "refs/heads/b0");
+    }
+
+    function test_burnClearsSettings() public {
+        uint256 id = createDemo();
+        vm.startPrank(ALICE);
+        repos.setDefaultBranch(id, "unstable");
+        repos.setRefRule(id, "refs/heads/main", signers(alice, bob), 2);
+        repos.burn(id);
+        vm.stopPrank();
+        vm.assertEq(repos.defaultBranch(id), "", "default branch cleared");
+        vm.assertEq(repos.refRulePatterns(id).length, 0, "patterns cleared");
+        (, uint8 k) = repos.refRule(id, "refs/heads/main");
+        vm.assertEq(k, 0, "rule cleared");
     }
 }

@@ -361,6 +361,32 @@ enum RepoCmd {
     AddReader(MemberArgs),
     /// Stop an identity reading.
     RemoveReader(MemberArgs),
+    /// Set the branch clones check out (`HEAD` on every node); `""` clears it.
+    DefaultBranch {
+        name: String,
+        /// Branch name without `refs/heads/`, e.g. `unstable`.
+        branch: String,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
+    /// Set (or with --remove drop) a ref rule: refs matching the pattern (e.g.
+    /// `refs/heads/main`, `refs/tags/v*`; `*` is any characters but `/`) move only with
+    /// the signatures of --threshold of the --signers identities. Every node enforces it.
+    Rule {
+        name: String,
+        pattern: String,
+        /// Identity handles that may sign, comma-separated.
+        #[arg(long, value_delimiter = ',', required_unless_present = "remove")]
+        signers: Vec<String>,
+        /// Signatures each update needs.
+        #[arg(long, default_value_t = 1)]
+        threshold: u8,
+        /// Remove the rule for this pattern.
+        #[arg(long, conflicts_with_all = ["signers"])]
+        remove: bool,
+        #[command(flatten)]
+        signer: SignerArgs,
+    },
     /// Burn the repository's token: every node deletes the repo and its history.
     Burn {
         name: String,
@@ -955,6 +981,43 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
             c.burn_repo(&name).await?;
             println!("burned repo {name}: every node removes it");
         }
+        RepoCmd::DefaultBranch {
+            name,
+            branch,
+            signer: s,
+        } => {
+            let (c, _) = signed(config, &s).await?;
+            c.set_default_branch(&name, &branch).await?;
+            if branch.is_empty() {
+                println!(
+                    "repo {name} has no default branch set: nodes keep HEAD at an existing branch"
+                );
+            } else {
+                println!(
+                    "repo {name} defaults to {branch}: every node points HEAD at refs/heads/{branch}"
+                );
+            }
+        }
+        RepoCmd::Rule {
+            name,
+            pattern,
+            signers,
+            threshold,
+            remove,
+            signer: s,
+        } => {
+            let (c, _) = signed(config, &s).await?;
+            if remove {
+                c.remove_ref_rule(&name, &pattern).await?;
+                println!("removed ref rule {pattern} of repo {name}");
+            } else {
+                c.set_ref_rule(&name, &pattern, &signers, threshold).await?;
+                println!(
+                    "{pattern} of repo {name} now moves with the signatures of {threshold} of {}",
+                    signers.join(", ")
+                );
+            }
+        }
         RepoCmd::AddCommitter(a) => member(a, Member::Committer, true).await?,
         RepoCmd::RemoveCommitter(a) => member(a, Member::Committer, false).await?,
         RepoCmd::AddReader(a) => member(a, Member::Reader, true).await?,
@@ -1064,7 +1127,7 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
         RepoCmd::Show { name, read } => {
             let v = client(config, None).await?.repo(&name).await?;
             print(read.json, &v, || {
-                format!(
+                let mut out = format!(
                     "repo {} (#{}){} owned by {}, held by {}\n  committers: {}\n  readers: {}\n",
                     v.name,
                     v.id,
@@ -1073,7 +1136,19 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
                     v.holder,
                     v.committers.join(", "),
                     v.readers.join(", ")
-                )
+                );
+                if let Some(b) = &v.default_branch {
+                    out.push_str(&format!("  default branch: {b}\n"));
+                }
+                for r in &v.rules {
+                    out.push_str(&format!(
+                        "  rule {}: {} of {}\n",
+                        r.pattern,
+                        r.threshold,
+                        r.signers.join(", ")
+                    ));
+                }
+                out
             })?;
         }
     }

@@ -43,6 +43,11 @@ const COLUMN_FAMILIES: [&str; 6] = [CF_META, CF_ACL, CF_REFS, CF_CERTS, CF_DEPLO
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
+/// The encoding of the ACL snapshots in `acl`. Checkpoints are a cache of the chain:
+/// a node that finds another format drops them and syncs again from the deployment
+/// block, keeping everything else. 2: repos carry a default branch and ref rules.
+const ACL_FORMAT: &[u8] = b"2";
+const KEY_ACL_FORMAT: &[u8] = b"acl-format";
 const KEY_DEPLOYMENT: &[u8] = b"deployment";
 const KEY_DNS_PACKET: &[u8] = b"dns-packet";
 /// Largest encoded snapshot accepted when reading back (a guard against a corrupt record).
@@ -112,6 +117,9 @@ pub enum Error {
 /// The node's database handle; cheap to share behind an `Arc`.
 pub struct Store {
     db: DB,
+    /// Whether the ACL checkpoints are in [`ACL_FORMAT`] (a read-only open of an
+    /// older node's database finds them not to be).
+    acl_current: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,11 +147,24 @@ impl Store {
                 Error::Db(source)
             }
         })?;
-        let store = Self { db };
+        let store = Self {
+            db,
+            acl_current: true,
+        };
         if !store.has_schema(path)? {
             store
                 .db
                 .put_cf(store.cf(CF_META), KEY_SCHEMA, SCHEMA_VERSION)?;
+        }
+        if !store.acl_format_is_current()? {
+            let had = store.checkpoint_blocks()?.len();
+            store.clear_checkpoints()?;
+            store
+                .db
+                .put_cf(store.cf(CF_META), KEY_ACL_FORMAT, ACL_FORMAT)?;
+            if had > 0 {
+                tracing::info!(target: "hanzo::store", checkpoints = had, "dropped ACL checkpoints an older node wrote; the ACL is rebuilt from the chain");
+            }
         }
         Ok(store)
     }
@@ -175,9 +196,30 @@ impl Store {
     /// Opens the database read-only, beside a node that may be running on it.
     pub fn open_read_only(path: &Path) -> Result<Self, Error> {
         let db = DB::open_cf_for_read_only(&Options::default(), path, COLUMN_FAMILIES, false)?;
-        let store = Self { db };
+        let mut store = Self {
+            db,
+            acl_current: true,
+        };
         store.has_schema(path)?;
+        store.acl_current = store.acl_format_is_current()?;
         Ok(store)
+    }
+
+    fn acl_format_is_current(&self) -> Result<bool, Error> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META), KEY_ACL_FORMAT)?
+            .is_some_and(|v| v == ACL_FORMAT))
+    }
+
+    fn check_acl_format(&self) -> Result<(), Error> {
+        if self.acl_current {
+            return Ok(());
+        }
+        Err(Error::Corrupt {
+            what: "acl",
+            detail: "the ACL checkpoints were written by an older node; start this node once to rebuild them from the chain".into(),
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -216,6 +258,7 @@ impl Store {
 
     /// The newest ACL checkpoint.
     pub fn latest_checkpoint<C: Checkpoint>(&self) -> Result<Option<C>, Error> {
+        self.check_acl_format()?;
         let mut iter = self.db.iterator_cf(self.cf(CF_ACL), IteratorMode::End);
         iter.next()
             .transpose()?
@@ -234,6 +277,7 @@ impl Store {
 
     /// The ACL checkpoint at `block`.
     pub fn checkpoint<C: Checkpoint>(&self, block: Block) -> Result<Option<C>, Error> {
+        self.check_acl_format()?;
         self.db
             .get_cf(self.cf(CF_ACL), checkpoint_key(block))?
             .map(|v| decode(&v))
@@ -498,6 +542,35 @@ mod tests {
         );
         store.clear_checkpoints().unwrap();
         assert!(store.latest_checkpoint::<Snapshot>().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_older_nodes_checkpoints_are_dropped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_checkpoint(&at(3), 4).unwrap();
+        store.put_usage(b"caller", b"usage").unwrap();
+        // As a node before ACL format 2 left it: no format recorded.
+        store
+            .db
+            .delete_cf(store.cf(CF_META), KEY_ACL_FORMAT)
+            .unwrap();
+        drop(store);
+        let ro = Store::open_read_only(dir.path()).unwrap();
+        let err = ro.latest_checkpoint::<Snapshot>().unwrap_err();
+        assert!(err.to_string().contains("start this node once"), "{err}");
+        drop(ro);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.latest_checkpoint::<Snapshot>().unwrap().is_none());
+        assert_eq!(store.usage().unwrap().len(), 1, "other records are kept");
+        store.put_checkpoint(&at(4), 4).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.checkpoint_blocks().unwrap().len(),
+            1,
+            "format 2 stays"
+        );
     }
 
     #[test]

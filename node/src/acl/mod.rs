@@ -15,8 +15,8 @@ use alloy::primitives::{Address, B256, U256, utils::format_ether};
 use tokio::sync::watch;
 
 pub use state::{
-    Balance, Change, Identity, IdentityId, Key, Member, Operator, Params, Repo, RepoId, StakeRole,
-    State,
+    Balance, Change, Identity, IdentityId, Key, Member, Operator, Params, RefRule, Repo, RepoId,
+    StakeRole, State, pattern_matches,
 };
 
 use crate::keys::{NodeId, SshKey};
@@ -71,12 +71,41 @@ pub enum Denied {
         repo: String,
         reference: String,
     },
+    #[error(
+        "key {key} belongs to identity {handle}, who may not move {} of repo {}: its ref rule {} on chain allows only {}",
+        .ruled.reference, .ruled.repo, .ruled.pattern, .ruled.signers
+    )]
+    NotSigner {
+        key: String,
+        handle: String,
+        ruled: Box<Ruled>,
+    },
+    #[error(
+        "{} of repo {} needs the signatures of {} of {} (ref rule {} on chain), and this node takes one signature per update; the repo's holder can lower the rule's threshold with `hanzo-node repo rule {} {} --signers … --threshold 1`",
+        .0.reference, .0.repo, .0.threshold, .0.signers, .0.pattern, .0.repo, .0.pattern
+    )]
+    NeedsSignatures(Box<Ruled>),
     #[error("stake {stake} is below the minimum {minimum}; deposit at least {missing} more")]
     StakeBelowMinimum {
         stake: String,
         minimum: String,
         missing: String,
     },
+}
+
+/// A ref and the rule that governs it, as a refusal names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruled {
+    /// The repo's name.
+    pub repo: String,
+    /// The ref.
+    pub reference: String,
+    /// The rule's pattern.
+    pub pattern: String,
+    /// Signatures an update needs.
+    pub threshold: u8,
+    /// The signers' handles, comma-separated.
+    pub signers: String,
 }
 
 /// What a permitted push may do.
@@ -198,8 +227,23 @@ impl Snapshot {
         Some((id, self.state.identities.get(&id)?))
     }
 
+    /// The handles of `ids`, comma-separated (an id without an identity as `#id`).
+    fn handles<'a>(&self, ids: impl IntoIterator<Item = &'a IdentityId>) -> String {
+        ids.into_iter()
+            .map(|id| {
+                self.state
+                    .identities
+                    .get(id)
+                    .map_or_else(|| format!("#{id}"), |i| i.handle.clone())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether the holder of `key` may move `reference` of repo `repo`; `rewrite` is a
-    /// non-fast-forward update or a deletion.
+    /// non-fast-forward update or a deletion. A ref that a rule of the repo governs
+    /// ([`Repo::rule_for`]) may be moved by the rule's signers only (committers or
+    /// not); other refs by committers and the owner. Rewrites need the owner either way.
     pub fn may_push(
         &self,
         key: &SshKey,
@@ -212,7 +256,27 @@ impl Snapshot {
             .identity_of(&Key::Ssh(*key))
             .ok_or_else(|| Denied::UnknownKey(key.fingerprint()))?;
         let is_owner = r.owner_identity == identity;
-        if !is_owner && !r.committers.contains(&identity) {
+        if let Some((pattern, rule)) = r.rule_for(reference) {
+            let ruled = || {
+                Box::new(Ruled {
+                    repo: repo.to_owned(),
+                    reference: reference.to_owned(),
+                    pattern: pattern.to_owned(),
+                    threshold: rule.threshold,
+                    signers: self.handles(&rule.signers),
+                })
+            };
+            if !rule.signers.contains(&identity) {
+                return Err(Denied::NotSigner {
+                    key: key.fingerprint(),
+                    handle: who.handle.clone(),
+                    ruled: ruled(),
+                });
+            }
+            if rule.threshold > 1 {
+                return Err(Denied::NeedsSignatures(ruled()));
+            }
+        } else if !is_owner && !r.committers.contains(&identity) {
             return Err(Denied::NotCommitter {
                 key: key.fingerprint(),
                 handle: who.handle.clone(),

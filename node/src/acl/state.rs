@@ -120,6 +120,48 @@ pub struct Repo {
     pub readers: BTreeSet<IdentityId>,
     /// Preferred replicator nodes.
     pub replicators: BTreeSet<NodeId>,
+    /// The branch clones check out (a name without `refs/heads/`), when set on chain.
+    pub default_branch: Option<String>,
+    /// Ref rules by pattern: who may move the refs a pattern names.
+    pub rules: BTreeMap<String, RefRule>,
+}
+
+/// A ref rule: the identities that may move the refs its pattern names, and how many
+/// distinct ones must sign each update.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefRule {
+    /// Who may sign.
+    pub signers: BTreeSet<IdentityId>,
+    /// Signatures each update needs (at least 1, at most the number of signers).
+    pub threshold: u8,
+}
+
+/// Whether ref `name` matches rule `pattern`: the same bytes, where `*` in the
+/// pattern stands for any run of bytes without `/`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    // Greedy matching with one backtrack point: the last `*` seen.
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == n[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star
+            && n[sj] != b'/'
+        {
+            // Let the `*` take one more byte (never a `/`), then try again.
+            star = Some((si, sj + 1));
+            i = si + 1;
+            j = sj + 1;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|b| *b == b'*')
 }
 
 /// One state change, decoded from one contract log.
@@ -200,6 +242,16 @@ pub enum Change {
     ReplicatorRemoved { repo: RepoId, node: NodeId },
     /// A repo was burned.
     RepoBurned { id: RepoId },
+    /// A repo's default branch was set (`None`: cleared).
+    DefaultBranch { id: RepoId, branch: Option<String> },
+    /// A ref rule was set, replacing any for the same pattern.
+    RefRuleSet {
+        repo: RepoId,
+        pattern: String,
+        rule: RefRule,
+    },
+    /// A ref rule was removed.
+    RefRuleRemoved { repo: RepoId, pattern: String },
 }
 
 /// Everything the contracts say that the node needs.
@@ -359,6 +411,8 @@ impl State {
                         committers: BTreeSet::new(),
                         readers: BTreeSet::new(),
                         replicators: BTreeSet::new(),
+                        default_branch: None,
+                        rules: BTreeMap::new(),
                     },
                 );
             }
@@ -410,11 +464,51 @@ impl State {
                     self.repo_names.remove(&r.name);
                 }
             }
+            Change::DefaultBranch { id, branch } => {
+                if let Some(r) = self.repos.get_mut(&id) {
+                    r.default_branch = branch;
+                }
+            }
+            Change::RefRuleSet {
+                repo,
+                pattern,
+                rule,
+            } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.rules.insert(pattern, rule);
+                }
+            }
+            Change::RefRuleRemoved { repo, pattern } => {
+                if let Some(r) = self.repos.get_mut(&repo) {
+                    r.rules.remove(&pattern);
+                }
+            }
         }
     }
 }
 
 impl Repo {
+    /// The rule that governs ref `name`: the rule of that exact name, else the
+    /// matching pattern with the most bytes besides `*` (of equals, the first in byte
+    /// order), so that every node picks the same one.
+    pub fn rule_for(&self, name: &str) -> Option<(&str, &RefRule)> {
+        if let Some((p, r)) = self.rules.get_key_value(name) {
+            return Some((p, r));
+        }
+        let literal = |p: &str| p.bytes().filter(|b| *b != b'*').count();
+        self.rules
+            .iter()
+            .filter(|(p, _)| pattern_matches(p, name))
+            .fold(
+                None,
+                |best: Option<(&String, &RefRule)>, (p, r)| match best {
+                    Some((b, _)) if literal(b) >= literal(p) => best,
+                    _ => Some((p, r)),
+                },
+            )
+            .map(|(p, r)| (p.as_str(), r))
+    }
+
     fn members(&mut self, role: Member) -> &mut BTreeSet<IdentityId> {
         match role {
             Member::Committer => &mut self.committers,

@@ -253,3 +253,119 @@ fn eth_formats_without_trailing_zeros() {
     assert_eq!(eth(wei(1000)), "1 ETH");
     assert_eq!(eth(U256::ZERO), "0 ETH");
 }
+
+#[test]
+fn patterns_match_within_a_path_segment() {
+    for (pattern, name, want) in [
+        ("refs/heads/main", "refs/heads/main", true),
+        ("refs/heads/main", "refs/heads/mainline", false),
+        ("refs/tags/v*", "refs/tags/v1.2", true),
+        ("refs/tags/v*", "refs/tags/v", true),
+        ("refs/tags/v*", "refs/tags/x1", false),
+        ("refs/tags/v*", "refs/tags/v1/evil", false),
+        ("refs/heads/*", "refs/heads/feature/x", false),
+        ("refs/heads/*/x", "refs/heads/feature/x", true),
+        ("refs/heads/re*se-*", "refs/heads/release-2", true),
+        ("refs/heads/re*se-*", "refs/heads/rel/se-2", false),
+        ("refs/*/main", "refs/heads/main", true),
+        ("refs/*", "refs/heads/main", false),
+    ] {
+        assert_eq!(pattern_matches(pattern, name), want, "{pattern} ~ {name}");
+    }
+}
+
+fn rule(signers: &[IdentityId], threshold: u8) -> RefRule {
+    RefRule {
+        signers: signers.iter().copied().collect(),
+        threshold,
+    }
+}
+
+#[test]
+fn a_ref_rule_decides_who_moves_its_refs() {
+    let mut snap = snapshot();
+    let (alice, bob) = (SshKey([0xa1; 32]), SshKey([0xb2; 32]));
+    // Bob is no committer, but the tag rule names him; main's rule names only bob, so
+    // even the owner may not move main.
+    for (pattern, rule) in [
+        ("refs/tags/v*", rule(&[2], 1)),
+        ("refs/heads/main", rule(&[2], 1)),
+        ("refs/heads/release-*", rule(&[1, 2], 2)),
+    ] {
+        snap.state.apply(Change::RefRuleSet {
+            repo: 7,
+            pattern: pattern.into(),
+            rule,
+        });
+    }
+    let pusher = snap.may_push(&bob, "demo", "refs/tags/v1", false).unwrap();
+    assert_eq!(pusher.handle, "bob");
+    let err = snap
+        .may_push(&alice, "demo", "refs/heads/main", false)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "key {} belongs to identity alice, who may not move refs/heads/main of repo demo: its ref rule refs/heads/main on chain allows only bob",
+            alice.fingerprint()
+        )
+    );
+    // A rewrite of a ruled ref still needs the owner.
+    assert!(matches!(
+        snap.may_push(&bob, "demo", "refs/heads/main", true),
+        Err(Denied::NotOwner { .. })
+    ));
+    // Refs no rule matches: committers and the owner, as before.
+    assert!(
+        snap.may_push(&alice, "demo", "refs/heads/dev", false)
+            .is_ok()
+    );
+    assert!(matches!(
+        snap.may_push(&bob, "demo", "refs/heads/dev", false),
+        Err(Denied::NotCommitter { .. })
+    ));
+    // Two signatures are needed: one signer's push alone is refused, naming them.
+    let err = snap
+        .may_push(&alice, "demo", "refs/heads/release-1", false)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("refs/heads/release-1 of repo demo needs the signatures of 2 of alice, bob (ref rule refs/heads/release-* on chain)"),
+        "{err}"
+    );
+    // Removing the rule gives main back to committers and the owner.
+    snap.state.apply(Change::RefRuleRemoved {
+        repo: 7,
+        pattern: "refs/heads/main".into(),
+    });
+    assert!(
+        snap.may_push(&alice, "demo", "refs/heads/main", false)
+            .is_ok()
+    );
+}
+
+#[test]
+fn the_most_specific_rule_governs() {
+    let mut snap = snapshot();
+    for (pattern, signers) in [
+        ("refs/tags/*", &[1][..]),
+        ("refs/tags/v*", &[2][..]),
+        ("refs/tags/v1.*", &[1][..]),
+        ("refs/tag*/v2", &[1][..]),
+    ] {
+        snap.state.apply(Change::RefRuleSet {
+            repo: 7,
+            pattern: pattern.into(),
+            rule: rule(signers, 1),
+        });
+    }
+    let (_, repo) = snap.repo("demo").unwrap();
+    let governs = |name: &str| repo.rule_for(name).map(|(p, _)| p.to_owned());
+    assert_eq!(governs("refs/tags/x").as_deref(), Some("refs/tags/*"));
+    assert_eq!(governs("refs/tags/v3").as_deref(), Some("refs/tags/v*"));
+    assert_eq!(governs("refs/tags/v1.0").as_deref(), Some("refs/tags/v1.*"));
+    // Equal literal lengths ("refs/tags/v*" and "refs/tag*/v2" both have 11): the
+    // first in byte order.
+    assert_eq!(governs("refs/tags/v2").as_deref(), Some("refs/tag*/v2"));
+    assert_eq!(governs("refs/heads/main"), None);
+}

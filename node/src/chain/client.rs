@@ -89,6 +89,21 @@ pub struct RepoView {
     pub readers: Vec<String>,
     /// Preferred replicator node keys.
     pub replicators: Vec<String>,
+    /// The branch clones check out, when set on chain.
+    pub default_branch: Option<String>,
+    /// Ref rules.
+    pub rules: Vec<RuleView>,
+}
+
+/// A ref rule as `hanzo-node repo show` prints it.
+#[derive(Debug, serde::Serialize)]
+pub struct RuleView {
+    /// Ref pattern.
+    pub pattern: String,
+    /// Signer handles.
+    pub signers: Vec<String>,
+    /// Signatures an update needs.
+    pub threshold: u8,
 }
 
 fn role_u8(role: StakeRole) -> u8 {
@@ -372,6 +387,56 @@ impl Client {
         }
     }
 
+    /// Points repo `name`'s default branch at `branch` (empty: none set).
+    pub async fn set_default_branch(
+        &self,
+        name: &str,
+        branch: &str,
+    ) -> Result<TransactionReceipt, Error> {
+        let id = self.repo_id(name).await?;
+        self.send(
+            "set default branch",
+            self.repos.setDefaultBranch(id, branch.to_owned()),
+        )
+        .await
+    }
+
+    /// Sets repo `name`'s rule for `pattern`: `threshold` of identities `signers`
+    /// (handles) must sign each update of a matching ref.
+    pub async fn set_ref_rule(
+        &self,
+        name: &str,
+        pattern: &str,
+        signers: &[String],
+        threshold: u8,
+    ) -> Result<TransactionReceipt, Error> {
+        let id = self.repo_id(name).await?;
+        let mut ids = Vec::with_capacity(signers.len());
+        for handle in signers {
+            ids.push(self.identity_id(handle).await?);
+        }
+        self.send(
+            "set ref rule",
+            self.repos
+                .setRefRule(id, pattern.to_owned(), ids, threshold),
+        )
+        .await
+    }
+
+    /// Removes repo `name`'s rule for `pattern`.
+    pub async fn remove_ref_rule(
+        &self,
+        name: &str,
+        pattern: &str,
+    ) -> Result<TransactionReceipt, Error> {
+        let id = self.repo_id(name).await?;
+        self.send(
+            "remove ref rule",
+            self.repos.removeRefRule(id, pattern.to_owned()),
+        )
+        .await
+    }
+
     /// The whole ACL at the chain's head, replayed from the deployment's logs: for
     /// tools that have no node store (`hanzo-node resolve`, `git-remote-hanzo`).
     pub async fn snapshot(&self) -> Result<crate::acl::Snapshot, Error> {
@@ -449,6 +514,18 @@ impl Client {
         for i in &repo.readers {
             readers.push(self.handle_of(*i).await?);
         }
+        let mut rules = Vec::new();
+        for (pattern, rule) in &repo.rules {
+            let mut signers = Vec::new();
+            for i in &rule.signers {
+                signers.push(self.handle_of(*i).await?);
+            }
+            rules.push(RuleView {
+                pattern: pattern.clone(),
+                signers,
+                threshold: rule.threshold,
+            });
+        }
         Ok(RepoView {
             id: to_u64(id),
             name: repo.name.clone(),
@@ -458,6 +535,8 @@ impl Client {
             committers,
             readers,
             replicators: repo.replicators.iter().map(|n| n.to_string()).collect(),
+            default_branch: repo.default_branch.clone(),
+            rules,
         })
     }
 }

@@ -15,7 +15,7 @@ use super::{
     },
 };
 use crate::{
-    acl::{Change, Key, Member, Params, StakeRole},
+    acl::{Change, Key, Member, Params, RefRule, StakeRole},
     keys::{NodeId, SshKey},
 };
 
@@ -236,6 +236,22 @@ fn repo_token(ev: Rp) -> Result<Vec<Change>, String> {
             }]
         }
         Rp::RepoBurned(e) => vec![Change::RepoBurned { id: id(e.repoId)? }],
+        Rp::DefaultBranchChanged(e) => vec![Change::DefaultBranch {
+            id: id(e.repoId)?,
+            branch: (!e.branch.is_empty()).then_some(e.branch),
+        }],
+        Rp::RefRuleSet(e) => vec![Change::RefRuleSet {
+            repo: id(e.repoId)?,
+            pattern: e.pattern,
+            rule: RefRule {
+                signers: e.signers.into_iter().map(id).collect::<Result<_, _>>()?,
+                threshold: e.threshold,
+            },
+        }],
+        Rp::RefRuleRemoved(e) => vec![Change::RefRuleRemoved {
+            repo: id(e.repoId)?,
+            pattern: e.pattern,
+        }],
         _ => Vec::new(),
     })
 }

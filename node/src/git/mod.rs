@@ -185,12 +185,13 @@ impl Git {
     /// repos whose token was burned while the node was down.
     pub async fn sync_repos(&self, snapshot: &Snapshot) -> Result<(), Error> {
         let this = self.clone();
-        let ids: Vec<RepoId> = snapshot
+        let ids: Vec<(RepoId, Option<String>)> = snapshot
             .state
             .repos
             .keys()
             .copied()
             .filter(|id| self.replicates(snapshot, *id))
+            .map(|id| (id, default_branch(snapshot, id)))
             .collect();
         let burned: Vec<RepoId> = if snapshot.block.is_some() {
             repos::on_disk(&self.inner.root)
@@ -204,7 +205,7 @@ impl Git {
             for id in burned {
                 this.remove_repo(id)?;
             }
-            for id in ids {
+            for (id, default) in ids {
                 let existed = repos::path(&this.inner.root, id).exists();
                 let dir = repos::ensure(&this.inner.root, id)?;
                 if existed {
@@ -214,6 +215,7 @@ impl Git {
                         warn!(target: TARGET, repo = id, fixed, "restored refs to their push records");
                     }
                 }
+                repos::point_head(&dir, &repos::open(&dir)?, default.as_deref())?;
             }
             Ok(())
         })
@@ -259,46 +261,61 @@ impl Git {
         self.inner.metrics.fetches.inc();
     }
 
-    /// Creates the repos this node replicates as their tokens appear, and removes
-    /// repos whose token is burned, until the ACL's publisher goes away.
+    /// Creates the repos this node replicates as their tokens appear, removes repos
+    /// whose token is burned, and points `HEAD` at a repo's default branch when it
+    /// changes on chain, until the ACL's publisher goes away.
     pub async fn follow_acl(self) {
         let mut acl = self.inner.acl.clone();
-        let mut known: HashSet<RepoId> = HashSet::new();
+        // Repos held, with the default branch their `HEAD` follows.
+        let mut known: HashMap<RepoId, Option<String>> = HashMap::new();
         while let Ok(snapshot) = acl.changed().await {
-            let new: Vec<RepoId> = snapshot
+            let changed: Vec<(RepoId, Option<String>)> = snapshot
                 .state
                 .repos
                 .keys()
-                .filter(|id| !known.contains(*id) && self.replicates(&snapshot, **id))
-                .copied()
+                .filter(|id| self.replicates(&snapshot, **id))
+                .map(|id| (*id, default_branch(&snapshot, *id)))
+                .filter(|(id, default)| known.get(id) != Some(default))
                 .collect();
             let burned: Vec<RepoId> = known
-                .iter()
+                .keys()
                 .filter(|id| !snapshot.state.repos.contains_key(id))
                 .copied()
                 .collect();
-            if new.is_empty() && burned.is_empty() {
+            if changed.is_empty() && burned.is_empty() {
                 continue;
             }
             let this = self.clone();
-            let (created, removed) = (new.clone(), burned.clone());
-            let done = blocking(move || {
+            let removed = burned.clone();
+            let mut done = blocking(move || {
                 for &id in &removed {
                     this.remove_repo(id)?;
-                }
-                for &id in &created {
-                    repos::ensure(&this.inner.root, id)?;
                 }
                 Ok(())
             })
             .await;
+            for (id, default) in &changed {
+                if done.is_err() {
+                    break;
+                }
+                // Under the push lock, so that a push's own HEAD update (with the
+                // default it read before) cannot come after this one.
+                let lock = self.push_lock(*id);
+                let _guard = lock.lock().await;
+                let (root, id, default) = (self.inner.root.clone(), *id, default.clone());
+                done = blocking(move || {
+                    let dir = repos::ensure(&root, id)?;
+                    repos::point_head(&dir, &repos::open(&dir)?, default.as_deref())
+                })
+                .await;
+            }
             match done {
                 Ok(()) => {
-                    known.extend(new);
-                    known.retain(|id| !burned.contains(id));
+                    known.extend(changed);
+                    known.retain(|id, _| !burned.contains(id));
                 }
                 Err(err) => {
-                    warn!(target: TARGET, %err, "cannot create or remove repos; retrying at the next block")
+                    warn!(target: TARGET, %err, "cannot create, remove or update repos; retrying at the next block")
                 }
             }
         }
@@ -555,7 +572,8 @@ impl Git {
             .iter()
             .map(repos::Edit::from_command)
             .collect();
-        blocking(move || repos::apply(&apply_dir, incoming, &edits)).await?;
+        let default = default_branch(&snapshot, id);
+        blocking(move || repos::apply(&apply_dir, incoming, &edits, default.as_deref())).await?;
         if let Some(pushed) = pushed {
             let mut all = crate::lock(&self.inner.pushed);
             let recent = all.entry(id).or_default();
@@ -711,6 +729,11 @@ impl Git {
             crate::lock(&this.inner.maintaining).remove(&id);
         });
     }
+}
+
+/// Repo `id`'s default branch on chain, if it names one.
+fn default_branch(snapshot: &Snapshot, id: RepoId) -> Option<String> {
+    snapshot.state.repos.get(&id)?.default_branch.clone()
 }
 
 async fn blocking<T: Send + 'static>(

@@ -422,6 +422,7 @@ impl Git {
         };
         let claims = plan.claims;
         let (apply_dir, hash) = (dir.clone(), plan.hash);
+        let default = super::default_branch(&snapshot, plan.repo);
         let updates = blocking(move || {
             repos::admit(&apply_dir, incoming)?;
             let repo = repos::open(&apply_dir)?;
@@ -493,7 +494,7 @@ impl Git {
             }
             // Deleting an absent ref is no change to git, only to the records.
             edits.retain(|e| e.expected.is_some() || e.new.is_some());
-            repos::set_refs(&apply_dir, &repo, &edits)?;
+            repos::set_refs(&apply_dir, &repo, &edits, default.as_deref())?;
             Ok(updates)
         })
         .await

@@ -392,7 +392,13 @@ pub fn current(repo: &Repository, name: &str) -> Result<Option<ObjectId>, Error>
 /// quarantined pack into the repo, and updates all refs in one transaction whose old
 /// values are compared and swapped. The caller holds the repo's push lock and
 /// records the push once this returns.
-pub fn apply(repo_dir: &Path, incoming: Incoming, edits: &[Edit]) -> Result<(), Error> {
+/// `default` is the repo's default branch on chain, for `HEAD` ([`point_head`]).
+pub fn apply(
+    repo_dir: &Path,
+    incoming: Incoming,
+    edits: &[Edit],
+    default: Option<&str>,
+) -> Result<(), Error> {
     let repo = open(repo_dir)?;
     for edit in edits {
         let now = current(&repo, &edit.name)?;
@@ -408,7 +414,7 @@ pub fn apply(repo_dir: &Path, incoming: Incoming, edits: &[Edit]) -> Result<(), 
         }
     }
     admit(repo_dir, incoming)?;
-    set_refs(repo_dir, &repo, edits)
+    set_refs(repo_dir, &repo, edits, default)
 }
 
 /// Moves a checked quarantine's pack into the repo: its objects become part of it.
@@ -426,8 +432,14 @@ pub fn admit(repo_dir: &Path, incoming: Incoming) -> Result<(), Error> {
     Ok(())
 }
 
-/// Moves the refs of `edits` in one compare-and-swap transaction.
-pub fn set_refs(repo_dir: &Path, repo: &Repository, edits: &[Edit]) -> Result<(), Error> {
+/// Moves the refs of `edits` in one compare-and-swap transaction, then keeps `HEAD`
+/// where [`point_head`] says with the repo's default branch `default`.
+pub fn set_refs(
+    repo_dir: &Path,
+    repo: &Repository,
+    edits: &[Edit],
+    default: Option<&str>,
+) -> Result<(), Error> {
     let edits = edits.iter().map(|edit| {
         let expected = match edit.expected {
             None => PreviousValue::MustNotExist,
@@ -457,7 +469,7 @@ pub fn set_refs(repo_dir: &Path, repo: &Repository, edits: &[Edit]) -> Result<()
             "fetch first: a ref moved while your push was applied ({e}); run git fetch and push again"
         ))
     })?;
-    point_head_at_a_branch(repo_dir, repo)
+    point_head(repo_dir, repo, default)
 }
 
 /// Whether `commit` is `tip` or one of its ancestors (false when either is missing).
@@ -492,27 +504,39 @@ pub fn remove(repo_dir: &Path) -> Result<(), Error> {
         .map_err(|e| internal("remove repo", e))
 }
 
-/// Keeps `HEAD` useful to cloners: when it names a branch that does not exist and
-/// another branch does, it moves to `main`, `master` or the first branch.
-fn point_head_at_a_branch(repo_dir: &Path, repo: &Repository) -> Result<(), Error> {
+/// Points `HEAD` where clones should start: at `refs/heads/<default>` when the repo
+/// names a default branch on chain (whether or not it exists yet); else, when it
+/// names a branch that does not exist and another branch does, at `main`, `master`
+/// or the first branch. A default that is no valid branch name is ignored.
+pub fn point_head(repo_dir: &Path, repo: &Repository, default: Option<&str>) -> Result<(), Error> {
     let head = std::fs::read_to_string(repo_dir.join("HEAD")).unwrap_or_default();
     let current = head.trim().strip_prefix("ref: ").unwrap_or_default();
-    // The usual case, answered without listing every ref.
-    if repo.try_find_reference(current).is_ok_and(|r| r.is_some()) {
-        return Ok(());
-    }
-    let branches: Vec<String> = list_refs(repo)?
-        .into_iter()
-        .map(|(name, _)| name)
-        .filter(|n| n.starts_with("refs/heads/"))
-        .collect();
-    if branches.is_empty() || branches.iter().any(|b| b == current) {
-        return Ok(());
-    }
-    let pick = ["refs/heads/main", "refs/heads/master"]
-        .into_iter()
-        .find(|p| branches.iter().any(|b| b == p))
-        .unwrap_or(&branches[0]);
+    let chosen = default
+        .map(|b| format!("refs/heads/{b}"))
+        .filter(|name| gix::refs::FullName::try_from(name.as_str()).is_ok());
+    let pick = match chosen {
+        Some(name) if name == current => return Ok(()),
+        Some(name) => name,
+        None => {
+            // The usual case, answered without listing every ref.
+            if repo.try_find_reference(current).is_ok_and(|r| r.is_some()) {
+                return Ok(());
+            }
+            let branches: Vec<String> = list_refs(repo)?
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|n| n.starts_with("refs/heads/"))
+                .collect();
+            if branches.is_empty() || branches.iter().any(|b| b == current) {
+                return Ok(());
+            }
+            ["refs/heads/main", "refs/heads/master"]
+                .into_iter()
+                .find(|p| branches.iter().any(|b| b == p))
+                .unwrap_or(&branches[0])
+                .to_owned()
+        }
+    };
     let tmp = repo_dir.join("HEAD.hanzo-tmp");
     std::fs::write(&tmp, format!("ref: {pick}\n"))
         .and_then(|()| std::fs::rename(&tmp, repo_dir.join("HEAD")))
@@ -672,19 +696,19 @@ mod tests {
         assert_eq!(incoming.check(&repo, &[cmd(zero, a)]).unwrap(), vec![false]);
         // Before apply, nothing of the push is visible.
         assert!(!open(&repo).unwrap().has_object(a));
-        apply(&repo, incoming, &[Edit::from_command(&cmd(zero, a))]).unwrap();
+        apply(&repo, incoming, &[Edit::from_command(&cmd(zero, a))], None).unwrap();
         let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
         assert_eq!(incoming.check(&repo, &[cmd(a, b)]).unwrap(), vec![false]);
         // Deletion and a move back to A are rewrites.
         assert_eq!(incoming.check(&repo, &[cmd(b, zero)]).unwrap(), vec![true]);
         // A stale old value moves nothing.
-        let err = apply(&repo, incoming, &[Edit::from_command(&cmd(b, a))])
+        let err = apply(&repo, incoming, &[Edit::from_command(&cmd(b, a))], None)
             .err()
             .unwrap();
         assert!(err.to_string().contains("fetch first"), "{err}");
         assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), a)]);
         let incoming = receive(&repo, &mut &partial[..], LIMITS).unwrap();
-        apply(&repo, incoming, &[Edit::from_command(&cmd(a, b))]).unwrap();
+        apply(&repo, incoming, &[Edit::from_command(&cmd(a, b))], None).unwrap();
         assert_eq!(refs(&repo).unwrap(), vec![("refs/heads/main".into(), b)]);
         git(&repo, &["fsck", "--strict", "--no-dangling"]);
 
@@ -754,5 +778,39 @@ mod tests {
             })
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn head_follows_the_default_branch_on_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo_dir = ensure(tmp.path(), 1).unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        let a = commit(&work, "a");
+        let r = open(&repo_dir).unwrap();
+        let head = || std::fs::read_to_string(repo_dir.join("HEAD")).unwrap();
+        for name in ["refs/heads/a-2011-release", "refs/heads/unstable"] {
+            git(
+                &repo_dir,
+                &[
+                    "fetch",
+                    "-q",
+                    work.to_str().unwrap(),
+                    &format!("{a}:{name}"),
+                ],
+            );
+        }
+        // No default on chain and no main: the first branch, as before.
+        point_head(&repo_dir, &r, None).unwrap();
+        assert_eq!(head(), "ref: refs/heads/a-2011-release\n");
+        point_head(&repo_dir, &r, Some("unstable")).unwrap();
+        assert_eq!(head(), "ref: refs/heads/unstable\n");
+        // A default that does not exist yet is still where clones will start.
+        point_head(&repo_dir, &r, Some("next")).unwrap();
+        assert_eq!(head(), "ref: refs/heads/next\n");
+        // A name git refuses is ignored.
+        point_head(&repo_dir, &r, Some("a..b")).unwrap();
+        assert_eq!(head(), "ref: refs/heads/a-2011-release\n");
     }
 }
