@@ -524,6 +524,61 @@ async fn private_repo_clones_need_a_reader_key() {
     w.assert_repo_clean(w.secret);
 }
 
+/// `git archive --remote=<url>` as stock git's HTTP server serves it: anyone for a
+/// public repo, readers only for a private one; refs only, as stock git.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn git_archive_remote_is_served_within_read_rights() {
+    let w = World::start(|_| {}).await;
+    let helper = format!("!{} git-credential --key", node_bin().display());
+    for user in [&w.alice, &w.carol, &w.dave] {
+        user.config(
+            "credential.helper",
+            &format!("{helper} {}", user.key.display()),
+        );
+        user.config("credential.useHttpPath", "true");
+    }
+    let work = w.alice.init("both");
+    w.alice.commit(&work, "plans", "secret plans");
+    w.alice.commit(&work, "notes", "more");
+    for repo in ["demo", "secret"] {
+        w.alice
+            .git_ok(&work, &["push", "--signed", &w.url(repo), "main"]);
+    }
+    let listing = |user: &GitUser, args: &[&str]| {
+        let out = user
+            .command(
+                user.home.path(),
+                &[&["archive", "--format=tar"][..], args].concat(),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", git::output_text(&out));
+        let tar = git::piped(Command::new("tar").arg("t"), &out.stdout);
+        let mut names: Vec<String> = String::from_utf8(tar)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+    // Public: dave, with a key of no identity, archives it; the files match the commit.
+    let remote = format!("--remote={}", w.url("demo"));
+    assert_eq!(listing(&w.dave, &[&remote, "HEAD"]), ["notes", "plans"]);
+    // Refs only, not any revision (git's uploadArchive.allowUnreachable is off).
+    let out = w
+        .dave
+        .git_err(w.dave.home.path(), &["archive", &remote, "main~1"]);
+    assert!(out.contains("no such ref: main~1"), "{out}");
+    // Private: carol, a reader, may; dave may not, and is told why.
+    let remote = format!("--remote={}", w.url("secret"));
+    assert_eq!(listing(&w.carol, &[&remote, "main", "plans"]), ["plans"]);
+    let out = w
+        .dave
+        .git_err(w.dave.home.path(), &["archive", &remote, "HEAD"]);
+    assert!(out.contains(&no_identity(&w.dave)), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_and_malformed_requests_get_reasons() {
     let w = World::start(|c| {

@@ -1,6 +1,7 @@
 //! Replication among real nodes on loopback: pushes reach every node, an offline
 //! node catches up, divergent pushes settle on one tip and keep the other, only
-//! staked operators' nodes take part, and forged updates change nothing.
+//! staked operators' nodes take part, forged updates change nothing, and ref rules
+//! and the default branch on chain hold on every node.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::{process::Command, time::Duration};
@@ -776,5 +777,182 @@ async fn a_cut_link_heals_and_both_sides_pushes_survive() {
     }
     for (dir, _, _) in &nodes {
         fsck(&dir.path().join(format!("repos/{demo}.git")));
+    }
+}
+
+/// Ref rules and the default branch on chain hold on every node: main's rule names
+/// only bob, so the owner cannot push it, and the owner's certificate for main,
+/// relayed by a staked node, moves it nowhere; bob's push moves it everywhere. A tag
+/// rule lets carol, no committer, push release tags and nothing else; a rule asking
+/// two signatures refuses one, naming the signers. Clones from any node check out
+/// the default branch the chain names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ref_rules_and_the_default_branch_hold_on_every_node() {
+    let net = Devnet::start().await;
+    let (alice, bob, carol, demo) = people(&net).await;
+    let nodes = net.cluster(3, 5).await;
+    let work = alice.init("work");
+    let base = alice.commit(&work, "README", "base");
+    alice.git_ok(&work, &["branch", "unstable"]);
+    alice.git_ok(&work, &["branch", "a-2011-release"]);
+    alice.git_ok(
+        &work,
+        &[
+            "push",
+            "--signed",
+            &nodes[0].url("demo"),
+            "main",
+            "unstable",
+            "a-2011-release",
+        ],
+    );
+    converged(&alice, &all_of(&nodes)).await;
+
+    let a = net.client(1).await;
+    a.set_ref_rule("demo", "refs/heads/main", &["bob".into()], 1)
+        .await
+        .unwrap();
+    a.set_ref_rule("demo", "refs/tags/v*", &["carol".into()], 1)
+        .await
+        .unwrap();
+    a.set_ref_rule(
+        "demo",
+        "refs/heads/release-*",
+        &["alice".into(), "bob".into()],
+        2,
+    )
+    .await
+    .unwrap();
+    a.set_default_branch("demo", "unstable").await.unwrap();
+    let block = net.confirm().await;
+    for m in &nodes {
+        m.node().synced_to(block).await;
+    }
+
+    // The owner may not move main any more, on any node.
+    let owners = alice.commit(&work, "README", "owner's change");
+    for m in &nodes {
+        let out = alice.git_err(&work, &["push", "--signed", &m.url("demo"), "main"]);
+        assert!(
+            out.contains("alice, who may not move refs/heads/main of repo demo: its ref rule refs/heads/main on chain allows only bob"),
+            "{out}"
+        );
+    }
+    // Nor through a staked node relaying her certificate: A and C refuse it (their
+    // ACL might lag B's, so it is no proof against B) and main stays, though every
+    // node holds the commit (pushed to a branch no rule governs).
+    alice.git_ok(
+        &work,
+        &[
+            "push",
+            "--signed",
+            &nodes[0].url("demo"),
+            "HEAD:refs/heads/side",
+        ],
+    );
+    let before = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&before, "refs/heads/side"), Some(owners.clone()));
+    assert_eq!(tip(&before, "refs/heads/main"), Some(base.clone()));
+    let unusable = async || {
+        [
+            nodes[0].metric("hanzo_p2p_updates_total", "unusable").await,
+            nodes[2].metric("hanzo_p2p_updates_total", "unusable").await,
+        ]
+    };
+    let unusable_before = unusable().await;
+    let cmd = format!("{base} {owners} refs/heads/main\n");
+    let update = RefUpdate {
+        repo: demo,
+        refs: vec![("refs/heads/main".into(), oid(&base), oid(&owners))],
+        cert: certificate_for(&alice, &nodes[1], unix_now(), &cmd),
+        announced_ms: 0,
+    };
+    nodes[1]
+        .node()
+        .p2p
+        .clone()
+        .unwrap()
+        .publish_raw(demo, update.encode())
+        .await;
+    eventually(SETTLE, async || {
+        let now = unusable().await;
+        (0..2)
+            .all(|n| now[n] >= unusable_before[n] + 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(converged(&alice, &all_of(&nodes)).await, before);
+
+    // Two signatures asked: one is refused, naming whose are needed.
+    alice.git_ok(&work, &["branch", "release-1", &base]);
+    let out = alice.git_err(
+        &work,
+        &["push", "--signed", &nodes[0].url("demo"), "release-1"],
+    );
+    assert!(
+        out.contains("refs/heads/release-1 of repo demo needs the signatures of 2 of alice, bob (ref rule refs/heads/release-* on chain)"),
+        "{out}"
+    );
+
+    // Bob, whom the rule names, moves main on every node.
+    let bobs = bob.init("bobs");
+    bob.git_ok(&bobs, &["pull", "-q", &nodes[1].url("demo"), "main"]);
+    let bobs_tip = bob.commit(&bobs, "README", "bob's change");
+    bob.git_ok(
+        &bobs,
+        &[
+            "push",
+            "--signed",
+            &nodes[1].url("demo"),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    let after = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&after, "refs/heads/main"), Some(bobs_tip.clone()));
+
+    // Carol, no committer, pushes a release tag but not a branch, and not another tag.
+    let carols = carol.init("carols");
+    carol.git_ok(&carols, &["pull", "-q", &nodes[2].url("demo"), "main"]);
+    carol.git_ok(&carols, &["tag", "v1.0"]);
+    carol.git_ok(&carols, &["tag", "nightly"]);
+    carol.git_ok(
+        &carols,
+        &["push", "--signed", &nodes[2].url("demo"), "v1.0"],
+    );
+    let out = carol.git_err(
+        &carols,
+        &["push", "--signed", &nodes[2].url("demo"), "nightly"],
+    );
+    assert!(
+        out.contains("carol, who is not a committer of repo demo"),
+        "{out}"
+    );
+    let after = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&after, "refs/tags/v1.0"), Some(bobs_tip.clone()));
+    assert_eq!(tip(&after, "refs/tags/nightly"), None);
+
+    // Every node points HEAD at the default branch: a clone checks out unstable,
+    // not main and not the first branch by name.
+    for (i, m) in nodes.iter().enumerate() {
+        let out = alice.git_ok(
+            alice.home.path(),
+            &["ls-remote", "--symref", &m.url("demo"), "HEAD"],
+        );
+        assert!(
+            out.starts_with("ref: refs/heads/unstable\tHEAD"),
+            "node {i}: {out}"
+        );
+        let clone = alice.home.path().join(format!("clone-{i}"));
+        alice.git_ok(
+            alice.home.path(),
+            &["clone", "-q", &m.url("demo"), clone.to_str().unwrap()],
+        );
+        assert_eq!(
+            alice
+                .git_ok(&clone, &["rev-parse", "--abbrev-ref", "HEAD"])
+                .trim(),
+            "unstable",
+            "node {i}"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Smart HTTP: `GET /<repo>.git/info/refs?service=…`, `POST /<repo>.git/git-upload-pack`
-//! and `POST /<repo>.git/git-receive-pack`. Errors are `text/plain`, which git shows
+//! Smart HTTP: `GET /<repo>.git/info/refs?service=…`, `POST /<repo>.git/git-upload-pack`,
+//! `POST /<repo>.git/git-upload-archive` (`git archive --remote`) and
+//! `POST /<repo>.git/git-receive-pack`. Errors are `text/plain`, which git shows
 //! on `remote:` lines.
 
 use std::{
@@ -47,6 +48,7 @@ pub fn router(git: Git) -> Router {
     Router::new()
         .route("/{repo}/info/refs", get(info_refs))
         .route("/{repo}/git-upload-pack", post(upload_pack))
+        .route("/{repo}/git-upload-archive", post(upload_archive))
         .route("/{repo}/git-receive-pack", post(receive_pack))
         .with_state(git)
 }
@@ -320,13 +322,44 @@ async fn upload_pack(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (_, _, dir) = match readable_repo(&git, &segment, &headers).await {
+    serve_read(&git, &segment, &headers, body, ReadService::Pack).await
+}
+
+/// `git archive --remote=<url>`: stock git's `upload-archive`, within the repo's read
+/// rights, as `git http-backend` serves it with `http.uploadarchive` on. Only refs
+/// and what they reach can be archived (git's `uploadArchive.allowUnreachable` is off).
+async fn upload_archive(
+    State(git): State<Git>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve_read(&git, &segment, &headers, body, ReadService::Archive).await
+}
+
+/// The read services stock git answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadService {
+    Pack,
+    Archive,
+}
+
+/// Runs stock git's `service` on a readable repo with the request body as its input,
+/// streaming its output as the response.
+async fn serve_read(
+    git: &Git,
+    segment: &str,
+    headers: &HeaderMap,
+    body: Body,
+    service: ReadService,
+) -> Response {
+    let (_, _, dir) = match readable_repo(git, segment, headers).await {
         Ok(r) => r,
         Err(res) => return res,
     };
     let request = match read_small_body(
         body,
-        &headers,
+        headers,
         git.inner.config.max_request_bytes,
         git.idle(),
     )
@@ -337,14 +370,23 @@ async fn upload_pack(
     };
     git.count_fetch();
     let mut cmd = tokio::process::Command::new("git");
-    cmd.args(HIDE_SUPERSEDED)
-        .args(["upload-pack", "--stateless-rpc"])
-        .arg(&dir)
+    let (name, content_type) = match service {
+        ReadService::Pack => {
+            cmd.args(HIDE_SUPERSEDED)
+                .args(["upload-pack", "--stateless-rpc"]);
+            ("upload-pack", "application/x-git-upload-pack-result")
+        }
+        ReadService::Archive => {
+            cmd.arg("upload-archive");
+            ("upload-archive", "application/x-git-upload-archive-result")
+        }
+    };
+    cmd.arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    if let Some(p) = git_protocol(&headers) {
+    if let Some(p) = git_protocol(headers) {
         cmd.env("GIT_PROTOCOL", p);
     }
     let mut child = match cmd.spawn() {
@@ -352,7 +394,7 @@ async fn upload_pack(
         Err(e) => return error_response(&Error::Internal(format!("cannot run git: {e}"))),
     };
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return error_response(&Error::Internal("git upload-pack has no pipes".into()));
+        return error_response(&Error::Internal(format!("git {name} has no pipes")));
     };
     // The response streams from git's stdout. A client that stops reading stops the
     // stream being polled; when nothing was taken for `idle_timeout`, git is stopped
@@ -374,7 +416,7 @@ async fn upload_pack(
                 .elapsed()
                 .saturating_sub(Duration::from_millis(taken.load(Ordering::Relaxed)));
             if since > idle {
-                warn!(target: TARGET, "fetch client stopped reading for {}; stopping git upload-pack (git.idle_timeout)", humantime::format_duration(idle));
+                warn!(target: TARGET, "client stopped reading for {}; stopping git {name} (git.idle_timeout)", humantime::format_duration(idle));
                 let _ = child.kill().await;
                 return;
             }
@@ -385,10 +427,7 @@ async fn upload_pack(
         last_taken.store(millis, Ordering::Relaxed);
         chunk
     });
-    git_response(
-        "application/x-git-upload-pack-result",
-        Body::from_stream(stream),
-    )
+    git_response(content_type, Body::from_stream(stream))
 }
 
 async fn receive_pack(
