@@ -142,6 +142,55 @@ async fn operator_workflow_through_the_binary() {
         serde_json::from_str(&ok(&net.cli(&["repo", "show", "demo", "--json"], &[data]))).unwrap();
     assert_eq!(repo["committers"], serde_json::json!(["carol"]));
     assert_eq!(repo["owner"], "carol");
+    // The repo's settings on chain: a default branch and a ref rule, then none.
+    ok(&net.cli(
+        &["repo", "default-branch", "demo", "unstable"],
+        &[data, PASSWORD],
+    ));
+    ok(&net.cli(
+        &[
+            "repo",
+            "rule",
+            "demo",
+            "refs/tags/v*",
+            "--signers",
+            "carol",
+            "--threshold",
+            "1",
+        ],
+        &[data, PASSWORD],
+    ));
+    let repo: serde_json::Value =
+        serde_json::from_str(&ok(&net.cli(&["repo", "show", "demo", "--json"], &[data]))).unwrap();
+    assert_eq!(repo["default_branch"], "unstable");
+    assert_eq!(
+        repo["rules"],
+        serde_json::json!([{"pattern": "refs/tags/v*", "signers": ["carol"], "threshold": 1}])
+    );
+    let err = fails(&net.cli(
+        &[
+            "repo",
+            "rule",
+            "demo",
+            "refs/heads/main",
+            "--signers",
+            "carol",
+            "--threshold",
+            "2",
+        ],
+        &[data, PASSWORD],
+    ));
+    assert!(err.contains("InvalidThreshold"), "{err}");
+    ok(&net.cli(
+        &["repo", "rule", "demo", "refs/tags/v*", "--remove"],
+        &[data, PASSWORD],
+    ));
+    ok(&net.cli(&["repo", "default-branch", "demo", ""], &[data, PASSWORD]));
+    let shown = ok(&net.cli(&["repo", "show", "demo"], &[data]));
+    assert!(
+        !shown.contains("rule") && !shown.contains("default branch"),
+        "{shown}"
+    );
 
     // Bad input, each with its reason.
     let err = fails(&net.cli(
