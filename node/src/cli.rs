@@ -1030,10 +1030,14 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
             print(read.json, &refs, || {
                 refs.iter()
                     .map(|r| {
-                        format!(
-                            "{} {}  by {} ({}), cert {}\n",
+                        let mut line = format!(
+                            "{} {}  by {} ({}), cert {}",
                             r.target, r.name, r.handle, r.key, r.cert
-                        )
+                        );
+                        if !r.cosigned.is_empty() {
+                            line.push_str(&format!(", with certs {}", r.cosigned.join(", ")));
+                        }
+                        line + "\n"
                     })
                     .collect()
             })?;
@@ -1045,7 +1049,7 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
             let wanted = cert.to_ascii_lowercase();
             let mut matches: Vec<String> = crate::git::ref_views(&store, id)?
                 .into_iter()
-                .map(|r| r.cert)
+                .flat_map(|r| std::iter::once(r.cert).chain(r.cosigned))
                 .filter(|c| c.starts_with(&wanted))
                 .collect();
             matches.sort();

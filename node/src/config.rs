@@ -124,6 +124,10 @@ pub struct GitConfig {
     /// Longest lifetime accepted for a private-repo read token. Default: `1h`.
     #[serde(with = "humantime_serde")]
     pub max_token_lifetime: Duration,
+    /// How long an update that a ref rule asks several signatures for waits for the
+    /// rest after its first signature; then it is dropped. Default: `7d`.
+    #[serde(with = "humantime_serde")]
+    pub pending_expiry: Duration,
 }
 
 impl Default for GitConfig {
@@ -136,6 +140,7 @@ impl Default for GitConfig {
             idle_timeout: Duration::from_secs(60),
             nonce_window: Duration::from_secs(300),
             max_token_lifetime: Duration::from_secs(3600),
+            pending_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

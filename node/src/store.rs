@@ -10,6 +10,10 @@
 //! * `refs` — per repo and ref, the [`RefRecord`] of the accepted push that set its
 //!   tip: key repo id (big-endian) then ref name.
 //! * `certs` — push certificates by SHA-256 of their text.
+//! * `cosigned` — for an update several identities signed (a ref rule asked it): the
+//!   certificate that completed it → the SHA-256 of each other certificate.
+//! * `pending` — updates waiting for more signatures: key repo id (big-endian) then
+//!   the update's 32-byte key, as the `git` module encodes them.
 //! * `deploy` — deployments by id, as the `deploy` module encodes them (secrets sealed).
 //! * `usage` — inference usage: key caller address then model name.
 //!
@@ -39,7 +43,18 @@ const CF_REFS: &str = "refs";
 const CF_CERTS: &str = "certs";
 const CF_DEPLOY: &str = "deploy";
 const CF_USAGE: &str = "usage";
-const COLUMN_FAMILIES: [&str; 6] = [CF_META, CF_ACL, CF_REFS, CF_CERTS, CF_DEPLOY, CF_USAGE];
+const CF_COSIGNED: &str = "cosigned";
+const CF_PENDING: &str = "pending";
+const COLUMN_FAMILIES: [&str; 8] = [
+    CF_META,
+    CF_ACL,
+    CF_REFS,
+    CF_CERTS,
+    CF_DEPLOY,
+    CF_USAGE,
+    CF_COSIGNED,
+    CF_PENDING,
+];
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
 const KEY_SCHEMA: &[u8] = b"schema";
@@ -55,6 +70,8 @@ const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 
 /// Raw key–value records of a column family.
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+/// Pending updates of a repo: each one's key and record.
+pub type PendingRecords = Vec<([u8; 32], Vec<u8>)>;
 
 /// Why a ref has its tip: the accepted push that set it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -346,17 +363,29 @@ impl Store {
         Ok(out)
     }
 
-    /// Records an accepted push to `repo` in one synced write: its certificate, and
-    /// the new record of each ref it moved (a tombstone for a deleted ref).
+    /// Records an accepted push to `repo` in one synced write: its certificate, the
+    /// certificates of the other signers of the same update (`cosigned`), the new
+    /// record of each ref it moved (a tombstone for a deleted ref), and the end of the
+    /// pending update it completed, if any.
     pub fn record_push(
         &self,
         repo: u64,
-        cert: &[u8],
+        (cert, cosigned): (&[u8], &[Vec<u8>]),
         updates: &[(String, RefRecord)],
+        completed: Option<&[u8; 32]>,
     ) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
         batch.put_cf(self.cf(CF_CERTS), hash, cert);
+        if !cosigned.is_empty() {
+            let mut others = Vec::with_capacity(32 * cosigned.len());
+            for text in cosigned {
+                let h: [u8; 32] = sha2::Sha256::digest(text).into();
+                batch.put_cf(self.cf(CF_CERTS), h, text);
+                others.extend_from_slice(&h);
+            }
+            batch.put_cf(self.cf(CF_COSIGNED), hash, others);
+        }
         for (name, record) in updates {
             let mut key = repo.to_be_bytes().to_vec();
             key.extend_from_slice(name.as_bytes());
@@ -366,14 +395,85 @@ impl Store {
             })?;
             batch.put_cf(self.cf(CF_REFS), key, value);
         }
+        if let Some(key) = completed {
+            batch.delete_cf(self.cf(CF_PENDING), pending_key(repo, key));
+        }
         self.write_synced(batch)
     }
 
-    /// Forgets every ref record of `repo` (its token was burned).
+    /// The texts of the other certificates that signed the update certificate `hash`
+    /// completed (none for an update one identity signed).
+    pub fn cosigned(&self, hash: &[u8; 32]) -> Result<Vec<Vec<u8>>, Error> {
+        let Some(list) = self.db.get_cf(self.cf(CF_COSIGNED), hash)? else {
+            return Ok(Vec::new());
+        };
+        let corrupt = |detail: String| Error::Corrupt {
+            what: "cosigned",
+            detail,
+        };
+        let (chunks, rest) = list.as_chunks::<32>();
+        if !rest.is_empty() {
+            return Err(corrupt(format!("{} bytes", list.len())));
+        }
+        chunks
+            .iter()
+            .map(|h| {
+                self.cert(h)?
+                    .ok_or_else(|| corrupt(format!("certificate {} missing", hex::encode(h))))
+            })
+            .collect()
+    }
+
+    /// Stores pending update `key` of `repo` as `value`, with the certificate that
+    /// just signed it, in one synced write.
+    pub fn put_pending(
+        &self,
+        repo: u64,
+        key: &[u8; 32],
+        value: &[u8],
+        cert: &[u8],
+    ) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
+        batch.put_cf(self.cf(CF_CERTS), hash, cert);
+        batch.put_cf(self.cf(CF_PENDING), pending_key(repo, key), value);
+        self.write_synced(batch)
+    }
+
+    /// The pending updates of `repo`: key and value.
+    pub fn pending(&self, repo: u64) -> Result<PendingRecords, Error> {
+        let prefix = repo.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_PENDING),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            let Some(rest) = key.strip_prefix(&prefix[..]) else {
+                break;
+            };
+            let key: [u8; 32] = rest.try_into().map_err(|_| Error::Corrupt {
+                what: "pending",
+                detail: format!("key of {} bytes", key.len()),
+            })?;
+            out.push((key, value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Forgets pending update `key` of `repo` (it expired).
+    pub fn remove_pending(&self, repo: u64, key: &[u8; 32]) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_PENDING), pending_key(repo, key));
+        self.write_synced(batch)
+    }
+
+    /// Forgets every ref record and pending update of `repo` (its token was burned).
     pub fn remove_repo(&self, repo: u64) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let (from, to) = (repo.to_be_bytes(), repo.wrapping_add(1).to_be_bytes());
         batch.delete_range_cf(self.cf(CF_REFS), &from[..], &to[..]);
+        batch.delete_range_cf(self.cf(CF_PENDING), &from[..], &to[..]);
         self.write_synced(batch)
     }
 
@@ -442,6 +542,13 @@ impl Store {
         opts.set_sync(true);
         Ok(self.db.write_opt(batch, &opts)?)
     }
+}
+
+fn pending_key(repo: u64, key: &[u8; 32]) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&repo.to_be_bytes());
+    out[8..].copy_from_slice(key);
+    out
 }
 
 /// Checkpoint keys: block number (big-endian, so they sort by number), then block hash.
@@ -631,18 +738,29 @@ mod tests {
         store
             .record_push(
                 1,
-                b"cert",
+                (b"cert", &[]),
                 &[
                     ("refs/heads/a".into(), record(1)),
                     ("refs/heads/b".into(), record(2)),
                 ],
+                None,
             )
             .unwrap();
         store
-            .record_push(2, b"cert", &[("refs/heads/a".into(), record(3))])
+            .record_push(
+                2,
+                (b"cert", &[]),
+                &[("refs/heads/a".into(), record(3))],
+                None,
+            )
             .unwrap();
         store
-            .record_push(1, b"cert", &[("refs/heads/b".into(), record(0))])
+            .record_push(
+                1,
+                (b"cert", &[]),
+                &[("refs/heads/b".into(), record(0))],
+                None,
+            )
             .unwrap();
         assert_eq!(
             store.refs(1).unwrap(),
@@ -658,6 +776,46 @@ mod tests {
         assert_eq!(store.refs(2).unwrap().len(), 1);
         assert!(store.refs(3).unwrap().is_empty());
         assert_eq!(store.cert(&record(1).cert).unwrap().unwrap(), b"cert");
+    }
+
+    #[test]
+    fn pending_updates_end_with_the_push_that_completes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_pending(1, &[7; 32], b"first", b"alice's")
+            .unwrap();
+        store.put_pending(2, &[7; 32], b"other repo", b"x").unwrap();
+        store
+            .put_pending(1, &[7; 32], b"second", b"carol's")
+            .unwrap();
+        assert_eq!(
+            store.pending(1).unwrap(),
+            vec![([7; 32], b"second".to_vec())]
+        );
+        let record = RefRecord {
+            target: [1; 20],
+            cert: sha2::Sha256::digest(b"bob's").into(),
+            identity: 2,
+            handle: "bob".into(),
+            key: "SHA256:b".into(),
+            timestamp: 5,
+        };
+        let others = [b"alice's".to_vec(), b"carol's".to_vec()];
+        store
+            .record_push(
+                1,
+                (b"bob's", &others),
+                &[("refs/heads/main".into(), record.clone())],
+                Some(&[7; 32]),
+            )
+            .unwrap();
+        assert!(store.pending(1).unwrap().is_empty());
+        assert_eq!(store.pending(2).unwrap().len(), 1);
+        assert_eq!(store.cosigned(&record.cert).unwrap(), others);
+        assert!(store.cosigned(&[0; 32]).unwrap().is_empty());
+        store.remove_repo(2).unwrap();
+        assert!(store.pending(2).unwrap().is_empty());
     }
 
     #[test]

@@ -123,7 +123,7 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
 
     // Bob is not a committer yet; the refusal names key, identity and repo.
     let err = snap
-        .may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false)
+        .may_push(&ssh_key(0xb2), &[], "demo", "refs/heads/main", false)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -133,7 +133,7 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
         )
     );
     assert!(
-        snap.may_push(&ssh_key(0xa1), "demo", "refs/heads/main", true)
+        snap.may_push(&ssh_key(0xa1), &[], "demo", "refs/heads/main", true)
             .unwrap()
             .is_owner
     );
@@ -144,11 +144,11 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
         .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     let pusher = snap
-        .may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false)
+        .may_push(&ssh_key(0xb2), &[], "demo", "refs/heads/main", false)
         .unwrap();
     assert_eq!(pusher.handle, "bob");
     assert!(matches!(
-        snap.may_push(&ssh_key(0xb2), "demo", "refs/heads/main", true),
+        snap.may_push(&ssh_key(0xb2), &[], "demo", "refs/heads/main", true),
         Err(Denied::NotOwner { .. })
     ));
 
@@ -158,7 +158,7 @@ async fn identities_keys_and_repo_membership_drive_may_push() {
         .unwrap();
     let snap = node.synced_to(net.confirm().await).await;
     assert!(matches!(
-        snap.may_push(&ssh_key(0xb2), "demo", "refs/heads/main", false),
+        snap.may_push(&ssh_key(0xb2), &[], "demo", "refs/heads/main", false),
         Err(Denied::NotCommitter { .. })
     ));
 

@@ -341,7 +341,7 @@ async fn signed_pushes_are_accepted_and_every_refusal_names_its_reason() {
     let out = bob.git_err(&bwork, &["push", "--signed", "--force", "origin", "main"]);
     assert!(
         out.contains(
-            "only the owner of repo demo may rewrite or delete refs/heads/main; bob is a committer"
+            "only the owner of repo demo may rewrite or delete refs/heads/main (for a ref rule, the owner among its signers); bob is not the owner"
         ),
         "{out}"
     );

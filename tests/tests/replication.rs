@@ -39,10 +39,13 @@ async fn people(net: &Devnet) -> (GitUser, GitUser, GitUser, u64) {
 }
 
 /// The refs `m` holds for demo, the tips it keeps under `refs/superseded/` included
-/// (clients do not see those: [`advertised`]).
+/// (clients do not see those: [`advertised`]), but not the tips of updates waiting
+/// for signatures on this node (`refs/pending/`: they are not replicated).
 fn refs(user: &GitUser, m: &Member) -> Vec<(String, String)> {
     let id = m.node().acl.snapshot().repo("demo").unwrap().0;
-    held(user, &m.repo_dir(id))
+    let mut refs = held(user, &m.repo_dir(id));
+    refs.retain(|(_, name)| !name.starts_with("refs/pending/"));
+    refs
 }
 
 /// `(tip, ref)` of every ref of the bare repo at `dir` (none if it does not exist yet).
@@ -331,6 +334,7 @@ async fn only_staked_nodes_take_part_and_forged_updates_change_nothing() {
             refs: vec![("refs/heads/main".into(), oid(&base), oid(&forged_tip))],
             cert,
             announced_ms: 0,
+            cosigned: Vec::new(),
         };
         b.publish_raw(demo, update.encode()).await;
     }
@@ -446,6 +450,7 @@ async fn certificates_for_another_repo_or_network_are_refused_everywhere() {
         refs: vec![("refs/heads/main".into(), oid(&base), oid(&forged_tip))],
         cert,
         announced_ms: 0,
+        cosigned: Vec::new(),
     };
     let p2p = b.node().p2p.clone().unwrap();
     for cert in refused {
@@ -784,7 +789,7 @@ async fn a_cut_link_heals_and_both_sides_pushes_survive() {
 /// only bob, so the owner cannot push it, and the owner's certificate for main,
 /// relayed by a staked node, moves it nowhere; bob's push moves it everywhere. A tag
 /// rule lets carol, no committer, push release tags and nothing else; a rule asking
-/// two signatures refuses one, naming the signers. Clones from any node check out
+/// two signatures holds one, naming who must still sign. Clones from any node check out
 /// the default branch the chain names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ref_rules_and_the_default_branch_hold_on_every_node() {
@@ -866,6 +871,7 @@ async fn ref_rules_and_the_default_branch_hold_on_every_node() {
         refs: vec![("refs/heads/main".into(), oid(&base), oid(&owners))],
         cert: certificate_for(&alice, &nodes[1], unix_now(), &cmd),
         announced_ms: 0,
+        cosigned: Vec::new(),
     };
     nodes[1]
         .node()
@@ -883,14 +889,14 @@ async fn ref_rules_and_the_default_branch_hold_on_every_node() {
     .await;
     assert_eq!(converged(&alice, &all_of(&nodes)).await, before);
 
-    // Two signatures asked: one is refused, naming whose are needed.
+    // Two signatures asked: one waits, naming whose are still needed.
     alice.git_ok(&work, &["branch", "release-1", &base]);
     let out = alice.git_err(
         &work,
         &["push", "--signed", &nodes[0].url("demo"), "release-1"],
     );
     assert!(
-        out.contains("refs/heads/release-1 of repo demo needs the signatures of 2 of alice, bob (ref rule refs/heads/release-* on chain)"),
+        out.contains("refs/heads/release-1 waits for signatures: 1 of 2 (alice); still to sign: bob (ref rule refs/heads/release-*)"),
         "{out}"
     );
 
@@ -955,4 +961,183 @@ async fn ref_rules_and_the_default_branch_hold_on_every_node() {
             "node {i}"
         );
     }
+}
+
+/// A 2-of-3 rule on main: one signer's push waits (its tip shown under
+/// refs/pending/), a committer whom the rule does not name cannot sign, the same
+/// signer twice counts once, and the second signer's push of the same update moves
+/// main on every node with both certificates recorded everywhere. Replicas check the
+/// signatures themselves: an update relayed with a non-signer's or another update's
+/// certificate as its second signature changes nothing, and the same update with a
+/// real second signer's certificate applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_of_three_signers_move_main_on_every_node() {
+    let net = Devnet::start().await;
+    let (alice, bob, _, demo) = people(&net).await;
+    let dave = GitUser::new("dave");
+    net.identity_for(4, &dave).await;
+    let a = net.client(1).await;
+    a.set_member("demo", "dave", Role::Committer, true)
+        .await
+        .unwrap();
+    let nodes = net.cluster(3, 5).await;
+    let work = alice.init("work");
+    let base = alice.commit(&work, "README", "base");
+    alice.git_ok(&work, &["push", "--signed", &nodes[0].url("demo"), "main"]);
+    converged(&alice, &all_of(&nodes)).await;
+    a.set_ref_rule(
+        "demo",
+        "refs/heads/main",
+        &["alice".into(), "bob".into(), "carol".into()],
+        2,
+    )
+    .await
+    .unwrap();
+    let block = net.confirm().await;
+    for m in &nodes {
+        m.node().synced_to(block).await;
+    }
+
+    // Alice's push waits for a second signature; main stays on every node.
+    let url = nodes[0].url("demo");
+    let proposed = alice.commit(&work, "README", "reviewed change");
+    let pending_ref = format!("refs/pending/{proposed}/heads/main");
+    for _ in 0..2 {
+        let out = alice.git_err(&work, &["push", "--signed", &url, "main"]);
+        for line in [
+            "refs/heads/main waits for signatures: 1 of 2 (alice); still to sign: bob, carol (ref rule refs/heads/main)".to_owned(),
+            format!("git fetch {url} {pending_ref}"),
+            format!("git push --signed {url} {proposed}:refs/heads/main"),
+            "main -> main (pending: 1 of 2 signatures)".to_owned(),
+        ] {
+            assert!(out.contains(&line), "{line:?} not in\n{out}");
+        }
+    }
+    assert_eq!(
+        alice
+            .ls_remote(&url)
+            .iter()
+            .find(|(_, n)| *n == pending_ref),
+        Some(&(proposed.clone(), pending_ref.clone()))
+    );
+    let before = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&before, "refs/heads/main"), Some(base.clone()));
+
+    // Dave commits to demo but is no signer of main's rule: his signature is refused.
+    let daves = dave.init("daves");
+    dave.git_ok(&daves, &["fetch", "-q", &url, &pending_ref]);
+    let out = dave.git_err(
+        &daves,
+        &[
+            "push",
+            "--signed",
+            &url,
+            &format!("{proposed}:refs/heads/main"),
+        ],
+    );
+    assert!(
+        out.contains("dave, who may not move refs/heads/main of repo demo: its ref rule refs/heads/main on chain allows only alice, bob, carol"),
+        "{out}"
+    );
+
+    // Bob reviews what he signs, then pushes the same update: main moves everywhere.
+    let bobs = bob.init("bobs");
+    bob.git_ok(&bobs, &["fetch", "-q", &url, &pending_ref]);
+    assert_eq!(bob.rev(&bobs, "FETCH_HEAD"), proposed);
+    bob.git_ok(
+        &bobs,
+        &[
+            "push",
+            "--signed",
+            &url,
+            &format!("{proposed}:refs/heads/main"),
+        ],
+    );
+    let after = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&after, "refs/heads/main"), Some(proposed.clone()));
+    assert!(
+        !alice
+            .ls_remote(&url)
+            .iter()
+            .any(|(_, n)| n.starts_with("refs/pending/")),
+        "the pending tip is gone once the update moved"
+    );
+    // Every node recorded both certificates: bob's, and alice's with it.
+    for m in &nodes {
+        let data = m.dir.path().to_str().unwrap().to_owned();
+        let env = [("HANZO_DATA_DIR", data.as_str())];
+        let shown: serde_json::Value =
+            serde_json::from_str(&ok(&net.cli(&["repo", "refs", "demo", "--json"], &env))).unwrap();
+        let main = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ref"] == "refs/heads/main")
+            .unwrap();
+        assert_eq!(main["handle"], "bob");
+        let other = main["cosigned"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("{main}"))
+            .to_owned();
+        let text = ok(&net.cli(&["repo", "cert", "demo", &other], &env));
+        assert!(text.contains(&alice.ssh.fingerprint()), "{text}");
+        assert!(
+            text.contains(&format!("{base} {proposed} refs/heads/main")),
+            "{text}"
+        );
+    }
+
+    // Relayed by a staked node: alice's certificate for the next update of main,
+    // its objects on every node (a branch no rule governs), with a second
+    // "signature" that is dave's (no signer), or bob's for another update. A and C
+    // refuse both; with bob's for this very update, both apply it.
+    let next = alice.commit(&work, "README", "relayed");
+    alice.git_ok(&work, &["push", "--signed", &url, "HEAD:refs/heads/side"]);
+    converged(&alice, &all_of(&nodes)).await;
+    let cmd = format!("{proposed} {next} refs/heads/main\n");
+    let other = format!("{proposed} {base} refs/heads/main\n");
+    let relay = async |cosigned: Vec<u8>| {
+        let update = RefUpdate {
+            repo: demo,
+            refs: vec![("refs/heads/main".into(), oid(&proposed), oid(&next))],
+            cert: certificate_for(&alice, &nodes[1], unix_now(), &cmd),
+            announced_ms: 0,
+            cosigned: vec![cosigned],
+        };
+        nodes[1]
+            .node()
+            .p2p
+            .clone()
+            .unwrap()
+            .publish_raw(demo, update.encode())
+            .await;
+    };
+    let refused = async || {
+        [
+            nodes[0].metric("hanzo_p2p_updates_total", "unusable").await
+                + nodes[0].metric("hanzo_p2p_updates_total", "invalid").await,
+            nodes[2].metric("hanzo_p2p_updates_total", "unusable").await
+                + nodes[2].metric("hanzo_p2p_updates_total", "invalid").await,
+        ]
+    };
+    let refused_before = refused().await;
+    relay(certificate_for(&dave, &nodes[1], unix_now(), &cmd)).await;
+    relay(certificate_for(&bob, &nodes[1], unix_now(), &other)).await;
+    eventually(SETTLE, async || {
+        let now = refused().await;
+        (0..2)
+            .all(|n| now[n] >= refused_before[n] + 2.0)
+            .then_some(())
+    })
+    .await;
+    let still = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&still, "refs/heads/main"), Some(proposed.clone()));
+    relay(certificate_for(&bob, &nodes[1], unix_now(), &cmd)).await;
+    eventually(SETTLE, async || {
+        [&nodes[0], &nodes[2]]
+            .iter()
+            .all(|m| tip(&refs(&alice, m), "refs/heads/main") == Some(next.clone()))
+            .then_some(())
+    })
+    .await;
 }

@@ -64,7 +64,7 @@ pub enum Denied {
         repo: String,
     },
     #[error(
-        "only the owner of repo {repo} may rewrite or delete {reference}; {handle} is a committer"
+        "only the owner of repo {repo} may rewrite or delete {reference} (for a ref rule, the owner among its signers); {handle} is not the owner"
     )]
     NotOwner {
         handle: String,
@@ -81,8 +81,8 @@ pub enum Denied {
         ruled: Box<Ruled>,
     },
     #[error(
-        "{} of repo {} needs the signatures of {} of {} (ref rule {} on chain), and this node takes one signature per update; the repo's holder can lower the rule's threshold with `hanzo-node repo rule {} {} --signers … --threshold 1`",
-        .0.reference, .0.repo, .0.threshold, .0.signers, .0.pattern, .0.repo, .0.pattern
+        "{} of repo {} needs the signatures of {} of {} (ref rule {} on chain); signed so far by {}",
+        .0.reference, .0.repo, .0.threshold, .0.signers, .0.pattern, .0.signed
     )]
     NeedsSignatures(Box<Ruled>),
     #[error("stake {stake} is below the minimum {minimum}; deposit at least {missing} more")]
@@ -106,6 +106,12 @@ pub struct Ruled {
     pub threshold: u8,
     /// The signers' handles, comma-separated.
     pub signers: String,
+    /// How many of the signers signed this update.
+    pub have: usize,
+    /// Their handles, comma-separated.
+    pub signed: String,
+    /// The handles of the signers who have not signed it, comma-separated.
+    pub missing: String,
 }
 
 /// What a permitted push may do.
@@ -240,13 +246,19 @@ impl Snapshot {
             .join(", ")
     }
 
-    /// Whether the holder of `key` may move `reference` of repo `repo`; `rewrite` is a
-    /// non-fast-forward update or a deletion. A ref that a rule of the repo governs
-    /// ([`Repo::rule_for`]) may be moved by the rule's signers only (committers or
-    /// not); other refs by committers and the owner. Rewrites need the owner either way.
+    /// Whether the holder of `key` may move `reference` of repo `repo`, with the
+    /// same update also signed by `cosigners`; `rewrite` is a non-fast-forward update
+    /// or a deletion.
+    ///
+    /// A ref that a rule of the repo governs ([`Repo::rule_for`]) may be moved by the
+    /// rule's signers only (committers or not), and only when `threshold` distinct
+    /// signer identities signed the update: `key`'s and the cosigners' (cosigners
+    /// that are not the rule's signers do not count). Other refs may be moved by
+    /// committers and the owner. A rewrite needs the owner among those who signed.
     pub fn may_push(
         &self,
         key: &SshKey,
+        cosigners: &[SshKey],
         repo: &str,
         reference: &str,
         rewrite: bool,
@@ -256,7 +268,14 @@ impl Snapshot {
             .identity_of(&Key::Ssh(*key))
             .ok_or_else(|| Denied::UnknownKey(key.fingerprint()))?;
         let is_owner = r.owner_identity == identity;
+        let mut signed = std::collections::BTreeSet::from([identity]);
         if let Some((pattern, rule)) = r.rule_for(reference) {
+            signed.extend(
+                cosigners
+                    .iter()
+                    .filter_map(|k| self.identity_of(&Key::Ssh(*k)).map(|(id, _)| id))
+                    .filter(|id| rule.signers.contains(id)),
+            );
             let ruled = || {
                 Box::new(Ruled {
                     repo: repo.to_owned(),
@@ -264,6 +283,9 @@ impl Snapshot {
                     pattern: pattern.to_owned(),
                     threshold: rule.threshold,
                     signers: self.handles(&rule.signers),
+                    have: signed.len(),
+                    signed: self.handles(&signed),
+                    missing: self.handles(rule.signers.difference(&signed)),
                 })
             };
             if !rule.signers.contains(&identity) {
@@ -273,7 +295,7 @@ impl Snapshot {
                     ruled: ruled(),
                 });
             }
-            if rule.threshold > 1 {
+            if signed.len() < usize::from(rule.threshold) {
                 return Err(Denied::NeedsSignatures(ruled()));
             }
         } else if !is_owner && !r.committers.contains(&identity) {
@@ -283,7 +305,7 @@ impl Snapshot {
                 repo: repo.to_owned(),
             });
         }
-        if rewrite && !is_owner {
+        if rewrite && !signed.contains(&r.owner_identity) {
             return Err(Denied::NotOwner {
                 handle: who.handle.clone(),
                 repo: repo.to_owned(),

@@ -59,7 +59,7 @@ fn may_push_follows_membership_and_names_the_reason() {
     let mut snap = snapshot();
     let bob = SshKey([0xb2; 32]);
     let err = snap
-        .may_push(&bob, "demo", "refs/heads/main", false)
+        .may_push(&bob, &[], "demo", "refs/heads/main", false)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -74,16 +74,16 @@ fn may_push_follows_membership_and_names_the_reason() {
         role: Member::Committer,
     });
     let pusher = snap
-        .may_push(&bob, "demo", "refs/heads/main", false)
+        .may_push(&bob, &[], "demo", "refs/heads/main", false)
         .unwrap();
     assert_eq!((pusher.handle.as_str(), pusher.is_owner), ("bob", false));
     // Committers cannot rewrite; the owner can.
     assert!(matches!(
-        snap.may_push(&bob, "demo", "refs/heads/main", true),
+        snap.may_push(&bob, &[], "demo", "refs/heads/main", true),
         Err(Denied::NotOwner { .. })
     ));
     assert!(
-        snap.may_push(&SshKey([0xa1; 32]), "demo", "refs/heads/main", true)
+        snap.may_push(&SshKey([0xa1; 32]), &[], "demo", "refs/heads/main", true)
             .unwrap()
             .is_owner
     );
@@ -93,17 +93,17 @@ fn may_push_follows_membership_and_names_the_reason() {
         role: Member::Committer,
     });
     assert!(
-        snap.may_push(&bob, "demo", "refs/heads/main", false)
+        snap.may_push(&bob, &[], "demo", "refs/heads/main", false)
             .is_err()
     );
 
     assert_eq!(
-        snap.may_push(&bob, "nope", "refs/heads/main", false)
+        snap.may_push(&bob, &[], "nope", "refs/heads/main", false)
             .unwrap_err(),
         Denied::UnknownRepo("nope".into())
     );
     assert!(matches!(
-        snap.may_push(&SshKey([9; 32]), "demo", "refs/heads/main", false),
+        snap.may_push(&SshKey([9; 32]), &[], "demo", "refs/heads/main", false),
         Err(Denied::UnknownKey(_))
     ));
 }
@@ -298,10 +298,12 @@ fn a_ref_rule_decides_who_moves_its_refs() {
             rule,
         });
     }
-    let pusher = snap.may_push(&bob, "demo", "refs/tags/v1", false).unwrap();
+    let pusher = snap
+        .may_push(&bob, &[], "demo", "refs/tags/v1", false)
+        .unwrap();
     assert_eq!(pusher.handle, "bob");
     let err = snap
-        .may_push(&alice, "demo", "refs/heads/main", false)
+        .may_push(&alice, &[], "demo", "refs/heads/main", false)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -312,26 +314,85 @@ fn a_ref_rule_decides_who_moves_its_refs() {
     );
     // A rewrite of a ruled ref still needs the owner.
     assert!(matches!(
-        snap.may_push(&bob, "demo", "refs/heads/main", true),
+        snap.may_push(&bob, &[], "demo", "refs/heads/main", true),
         Err(Denied::NotOwner { .. })
     ));
     // Refs no rule matches: committers and the owner, as before.
     assert!(
-        snap.may_push(&alice, "demo", "refs/heads/dev", false)
+        snap.may_push(&alice, &[], "demo", "refs/heads/dev", false)
             .is_ok()
     );
     assert!(matches!(
-        snap.may_push(&bob, "demo", "refs/heads/dev", false),
+        snap.may_push(&bob, &[], "demo", "refs/heads/dev", false),
         Err(Denied::NotCommitter { .. })
     ));
-    // Two signatures are needed: one signer's push alone is refused, naming them.
+    // Two signatures are needed: one signer's alone is not enough, and says whose
+    // are missing; a second key of the same identity, or a non-signer's, adds none.
     let err = snap
-        .may_push(&alice, "demo", "refs/heads/release-1", false)
+        .may_push(&alice, &[], "demo", "refs/heads/release-1", false)
         .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refs/heads/release-1 of repo demo needs the signatures of 2 of alice, bob (ref rule refs/heads/release-* on chain); signed so far by alice"
+    );
+    let Denied::NeedsSignatures(ruled) = err else {
+        unreachable!()
+    };
+    assert_eq!(ruled.missing, "bob");
+    snap.state.apply(Change::KeyAdded {
+        id: 1,
+        key: Key::Ssh(SshKey([0xa2; 32])),
+    });
+    snap.state.apply(Change::IdentityMinted {
+        id: 3,
+        holder: addr(3),
+        handle: "carol".into(),
+    });
+    snap.state.apply(Change::KeyAdded {
+        id: 3,
+        key: Key::Ssh(SshKey([0xc3; 32])),
+    });
+    for others in [
+        &[SshKey([0xa2; 32])][..],
+        &[SshKey([0xc3; 32]), SshKey([9; 32])],
+    ] {
+        assert!(matches!(
+            snap.may_push(&alice, others, "demo", "refs/heads/release-1", false),
+            Err(Denied::NeedsSignatures(_))
+        ));
+    }
+    // Bob's signature completes it, whoever pushes last; a rewrite needs the owner
+    // among them, which alice is.
+    assert_eq!(
+        snap.may_push(&bob, &[alice], "demo", "refs/heads/release-1", true)
+            .unwrap()
+            .handle,
+        "bob"
+    );
+    snap.state.apply(Change::RefRuleSet {
+        repo: 7,
+        pattern: "refs/heads/release-*".into(),
+        rule: rule(&[2, 3], 2),
+    });
+    assert!(matches!(
+        snap.may_push(
+            &bob,
+            &[SshKey([0xc3; 32])],
+            "demo",
+            "refs/heads/release-1",
+            true
+        ),
+        Err(Denied::NotOwner { .. })
+    ));
     assert!(
-        err.to_string()
-            .starts_with("refs/heads/release-1 of repo demo needs the signatures of 2 of alice, bob (ref rule refs/heads/release-* on chain)"),
-        "{err}"
+        snap.may_push(
+            &bob,
+            &[SshKey([0xc3; 32])],
+            "demo",
+            "refs/heads/release-1",
+            false
+        )
+        .is_ok()
     );
     // Removing the rule gives main back to committers and the owner.
     snap.state.apply(Change::RefRuleRemoved {
@@ -339,7 +400,7 @@ fn a_ref_rule_decides_who_moves_its_refs() {
         pattern: "refs/heads/main".into(),
     });
     assert!(
-        snap.may_push(&alice, "demo", "refs/heads/main", false)
+        snap.may_push(&alice, &[], "demo", "refs/heads/main", false)
             .is_ok()
     );
 }

@@ -11,6 +11,7 @@
 //!   recorded with every ref it moved.
 
 pub mod cert;
+pub mod pending;
 pub mod pktline;
 mod receive;
 pub mod register;
@@ -42,6 +43,7 @@ use crate::{
     unix_now,
 };
 use cert::{Command, Nonces, PushCert};
+use pending::Pending;
 use receive::Report;
 use register::{Outcome, Version};
 pub use replica::{Refusal, Update};
@@ -181,8 +183,9 @@ impl Git {
     }
 
     /// At start: creates the repos this node replicates that have none yet,
-    /// reconciles existing ones with their push records (after a crash), and removes
-    /// repos whose token was burned while the node was down.
+    /// reconciles existing ones with their push records (after a crash), drops the
+    /// pending updates that expired, and removes repos whose token was burned while
+    /// the node was down.
     pub async fn sync_repos(&self, snapshot: &Snapshot) -> Result<(), Error> {
         let this = self.clone();
         let ids: Vec<(RepoId, Option<String>)> = snapshot
@@ -201,6 +204,7 @@ impl Git {
         } else {
             Vec::new()
         };
+        let held: Vec<RepoId> = ids.iter().map(|(id, _)| *id).collect();
         blocking(move || {
             for id in burned {
                 this.remove_repo(id)?;
@@ -219,7 +223,13 @@ impl Git {
             }
             Ok(())
         })
-        .await
+        .await?;
+        let now = unix_now();
+        for id in held {
+            self.prune_pending(id, &repos::path(&self.inner.root, id), now)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether this node replicates (and serves) repo `id`, as `p2p.replicate` says.
@@ -447,6 +457,16 @@ impl Git {
                 cmd.name, cmd.name
             )));
         }
+        if let Some(cmd) = request
+            .commands
+            .iter()
+            .find(|c| c.name.starts_with(pending::PREFIX))
+        {
+            return Err(Error::Rejected(format!(
+                "{} shows an update waiting for signatures, and is not pushed: sign the update itself by pushing its tip to the ref it updates",
+                cmd.name
+            )));
+        }
         let snapshot = self.inner.acl.snapshot();
         let dir = dir.to_path_buf(); // moved into blocking tasks
         let cert = request.cert.as_ref().ok_or_else(|| {
@@ -470,10 +490,14 @@ impl Git {
                 cert.timestamp.abs_diff(now)
             )));
         }
+        // Signatures the same update already has, when a ref rule asks for several.
+        let update_key = pending::key(&request.commands);
+        let signed = self.signatures(id, &update_key, now)?;
         for cmd in &request.commands {
-            snapshot
-                .may_push(&key, name, &cmd.name, false)
-                .map_err(|e| Error::Rejected(e.to_string()))?;
+            match snapshot.may_push(&key, &signed.keys(), name, &cmd.name, false) {
+                Ok(_) | Err(acl::Denied::NeedsSignatures(_)) => {}
+                Err(e) => return Err(Error::Rejected(e.to_string())),
+            }
         }
 
         let incoming = if request.commands.iter().all(Command::is_delete) {
@@ -494,15 +518,36 @@ impl Git {
         // The push itself, under the repo's lock.
         let lock = self.push_lock(id);
         let _guard = lock.lock().await;
-        // The ACL may have moved while the pack arrived: ask the newest.
+        // The ACL and the update's other signatures may have moved while the pack
+        // arrived: ask the newest.
         let snapshot = self.inner.acl.snapshot();
+        let signed = self.signatures(id, &update_key, now)?;
         let mut pusher = None;
+        let mut waiting = Vec::new();
         for (cmd, rewrite) in request.commands.iter().zip(&rewrites) {
-            pusher = Some(
-                snapshot
-                    .may_push(&key, name, &cmd.name, *rewrite)
-                    .map_err(|e| Error::Rejected(e.to_string()))?,
-            );
+            match snapshot.may_push(&key, &signed.keys(), name, &cmd.name, *rewrite) {
+                Ok(p) => pusher = Some(p),
+                Err(acl::Denied::NeedsSignatures(ruled)) => waiting.push(*ruled),
+                Err(e) => return Err(Error::Rejected(e.to_string())),
+            }
+        }
+        if !waiting.is_empty() {
+            let signer = snapshot
+                .identity_of(&acl::Key::Ssh(key))
+                .map(|(i, _)| i)
+                .ok_or_else(|| {
+                    Error::Rejected(acl::Denied::UnknownKey(key.fingerprint()).to_string())
+                })?;
+            return self
+                .hold(
+                    (id, &dir),
+                    (cert, signer),
+                    signed,
+                    (update_key, now),
+                    incoming,
+                    &waiting,
+                )
+                .await;
         }
         let Some(pusher) = pusher else {
             return Err(Error::Rejected("no commands".into()));
@@ -600,9 +645,11 @@ impl Git {
             })
             .collect();
         let (store, text) = (self.inner.store.clone(), cert.text.clone());
+        let cosigned = signed.texts();
+        let announced = Update::of_push(id, cert, cosigned.clone());
         let recorded = blocking(move || {
             store
-                .record_push(id, &text, &updates)
+                .record_push(id, (&text, &cosigned), &updates, Some(&update_key))
                 .map_err(|e| Error::Internal(format!("record push: {e}")))
         })
         .await;
@@ -612,8 +659,14 @@ impl Git {
             let _ = blocking(move || repos::reconcile(&dir, &records)).await;
             return Err(e);
         }
+        if !signed.certs.is_empty() {
+            // The update no longer waits: its tips leave refs/pending/.
+            if let Err(e) = self.prune_pending(id, &dir, now).await {
+                warn!(target: TARGET, repo = name, %e, "cannot remove the tips of a completed update from refs/pending/");
+            }
+        }
         // Nobody listening (p2p off) is fine.
-        let _ = self.inner.announce.send(Update::of_push(id, cert));
+        let _ = self.inner.announce.send(announced);
         self.maintain(id, &dir);
         info!(
             target: TARGET,
@@ -632,6 +685,12 @@ impl Git {
                 request.commands.len(),
                 pusher.handle
             ));
+            if !signed.certs.is_empty() {
+                messages.push(format!(
+                    "hanzo: with the signatures of {} given before",
+                    signed.handles(&snapshot).join(", ")
+                ));
+            }
         }
         Ok(Report {
             unpack: Ok(()),
@@ -642,6 +701,184 @@ impl Git {
                 .collect(),
             messages,
         })
+    }
+
+    /// The signatures update `key` of repo `id` already has, from its pending
+    /// record; none when it has none or it expired.
+    fn signatures(&self, id: RepoId, key: &[u8; 32], now: u64) -> Result<Signatures, Error> {
+        let store = &self.inner.store;
+        let internal = |e: String| Error::Internal(format!("pending update: {e}"));
+        let Some((_, value)) = store
+            .pending(id)
+            .map_err(|e| internal(e.to_string()))?
+            .into_iter()
+            .find(|(k, _)| k == key)
+        else {
+            return Ok(Signatures::default());
+        };
+        let pending = Pending::decode(&value).map_err(internal)?;
+        if pending.expired(now, self.inner.config.pending_expiry.as_secs()) {
+            return Ok(Signatures::default());
+        }
+        let mut certs = Vec::with_capacity(pending.certs.len());
+        for hash in &pending.certs {
+            let text = store
+                .cert(hash)
+                .map_err(|e| internal(e.to_string()))?
+                .ok_or_else(|| internal(format!("certificate {} missing", hex::encode(hash))))?;
+            let cert = PushCert::parse(text).map_err(|e| internal(e.to_string()))?;
+            let key = cert.verify().map_err(|e| internal(e.to_string()))?;
+            certs.push(Signed {
+                hash: *hash,
+                key,
+                text: cert.text,
+            });
+        }
+        Ok(Signatures {
+            pending: Some(pending),
+            certs,
+        })
+    }
+
+    /// Keeps a push whose update needs more signatures (`waiting` says which refs and
+    /// whose): its objects enter the repo, each new tip shows under `refs/pending/`,
+    /// and its certificate joins the update's pending record. No ref moves; the pusher
+    /// is told who must still sign, and how.
+    async fn hold(
+        &self,
+        (id, dir): (RepoId, &Path),
+        (cert, signer): (&PushCert, acl::IdentityId),
+        signed: Signatures,
+        (update_key, now): ([u8; 32], u64),
+        incoming: repos::Incoming,
+        waiting: &[acl::Ruled],
+    ) -> Result<Report, Error> {
+        let tips: Vec<(String, Option<gix::ObjectId>)> = cert
+            .commands
+            .iter()
+            .filter(|c| !c.is_delete())
+            .map(|c| (pending::tip_ref(&c.name, c.new), Some(c.new)))
+            .collect();
+        let (tip_dir, shown) = (dir.to_path_buf(), tips.clone());
+        blocking(move || {
+            repos::admit(&tip_dir, incoming)?;
+            repos::force_refs(&repos::open(&tip_dir)?, &shown)
+        })
+        .await?;
+        let snapshot = self.inner.acl.snapshot();
+        let since = signed.pending.as_ref().map_or(now, |p| p.since);
+        let record = signed
+            .pending
+            .clone()
+            .unwrap_or(Pending {
+                certs: Vec::new(),
+                since,
+            })
+            .sign(cert.hash(), signer, |h| signed.identity_of(h, &snapshot));
+        let (store, value, text) = (self.inner.store.clone(), record.encode(), cert.text.clone());
+        blocking(move || {
+            store
+                .put_pending(id, &update_key, &value, &text)
+                .map_err(|e| Error::Internal(format!("record pending update: {e}")))
+        })
+        .await?;
+        if let Err(e) = self.prune_pending(id, dir, now).await {
+            warn!(target: TARGET, repo = id, %e, "cannot drop expired pending updates");
+        }
+        let until = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(since)
+            + self.inner.config.pending_expiry;
+        let mut messages = Vec::new();
+        for r in waiting {
+            info!(target: TARGET, repo = %r.repo, reference = %r.reference, signed = %r.signed, have = r.have, need = r.threshold, "update waits for signatures");
+            messages.push(format!(
+                "hanzo: {} waits for signatures: {} of {} ({}); still to sign: {} (ref rule {})",
+                r.reference, r.have, r.threshold, r.signed, r.missing, r.pattern
+            ));
+        }
+        messages.push(
+            "hanzo: to sign, another signer reviews the update and pushes the same one:".into(),
+        );
+        let url = cert.pushee.trim_end_matches('/');
+        for (tip, _) in &tips {
+            messages.push(format!("hanzo:   git fetch {url} {tip}"));
+        }
+        let refspecs: Vec<String> = cert
+            .commands
+            .iter()
+            .map(|c| {
+                if c.is_delete() {
+                    format!(":{}", c.name)
+                } else {
+                    format!("{}:{}", c.new, c.name)
+                }
+            })
+            .collect();
+        messages.push(format!(
+            "hanzo:   git push --signed {url} {}",
+            refspecs.join(" ")
+        ));
+        messages.push(format!(
+            "hanzo: it waits until {} (git.pending_expiry)",
+            humantime::format_rfc3339_seconds(until)
+        ));
+        let refs = cert
+            .commands
+            .iter()
+            .map(|c| {
+                let why = waiting.iter().find(|r| r.reference == c.name).map_or_else(
+                    || "pending with the rest of this push".to_owned(),
+                    |r| format!("pending: {} of {} signatures", r.have, r.threshold),
+                );
+                (c.name.clone(), Err(why))
+            })
+            .collect();
+        Ok(Report {
+            unpack: Ok(()),
+            refs,
+            messages,
+        })
+    }
+
+    /// Drops repo `id`'s pending updates that expired at `now`, and removes the
+    /// `refs/pending/` tips of updates that no longer wait. The caller holds the
+    /// repo's push lock (or nothing else runs yet).
+    async fn prune_pending(&self, id: RepoId, dir: &Path, now: u64) -> Result<(), Error> {
+        let store = self.inner.store.clone();
+        let expiry = self.inner.config.pending_expiry.as_secs();
+        let dir = dir.to_path_buf();
+        blocking(move || {
+            let internal = |e: String| Error::Internal(format!("pending updates: {e}"));
+            let mut live = HashSet::new();
+            for (key, value) in store.pending(id).map_err(|e| internal(e.to_string()))? {
+                let p = Pending::decode(&value).map_err(internal)?;
+                if p.expired(now, expiry) {
+                    store
+                        .remove_pending(id, &key)
+                        .map_err(|e| internal(e.to_string()))?;
+                    info!(target: TARGET, repo = id, "a pending update expired (git.pending_expiry)");
+                    continue;
+                }
+                // Every certificate of an update has the same commands: one tells
+                // the tips it shows.
+                let text = p.certs.first().and_then(|h| store.cert(h).ok().flatten());
+                if let Some(cert) = text.and_then(|t| PushCert::parse(t).ok()) {
+                    live.extend(
+                        cert.commands
+                            .iter()
+                            .filter(|c| !c.is_delete())
+                            .map(|c| pending::tip_ref(&c.name, c.new)),
+                    );
+                }
+            }
+            let stale: Vec<(String, Option<gix::ObjectId>)> = repos::refs(&dir)?
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(pending::PREFIX) && !live.contains(n))
+                .map(|(n, _)| (n, None))
+                .collect();
+            repos::force_refs(&repos::open(&dir)?, &stale)
+        })
+        .await
     }
 
     async fn receive_pack(
@@ -677,7 +914,51 @@ impl Git {
     }
 }
 
-/// Reads and discards up to `limit` bytes of `body`.
+/// A signature an update already has: its certificate's hash, key and text.
+struct Signed {
+    hash: [u8; 32],
+    key: crate::keys::SshKey,
+    text: Vec<u8>,
+}
+
+/// The signatures a pending update has so far, with its record.
+#[derive(Default)]
+struct Signatures {
+    pending: Option<Pending>,
+    certs: Vec<Signed>,
+}
+
+impl Signatures {
+    fn keys(&self) -> Vec<crate::keys::SshKey> {
+        self.certs.iter().map(|c| c.key).collect()
+    }
+
+    fn texts(&self) -> Vec<Vec<u8>> {
+        self.certs.iter().map(|c| c.text.clone()).collect()
+    }
+
+    /// The identity that signed certificate `hash`, as of `snapshot`.
+    fn identity_of(&self, hash: &[u8; 32], snapshot: &Snapshot) -> Option<acl::IdentityId> {
+        let signed = self.certs.iter().find(|c| c.hash == *hash)?;
+        snapshot
+            .identity_of(&acl::Key::Ssh(signed.key))
+            .map(|(id, _)| id)
+    }
+
+    /// Who signed, by handle (a key no identity holds by its fingerprint).
+    fn handles(&self, snapshot: &Snapshot) -> Vec<String> {
+        self.certs
+            .iter()
+            .map(|c| {
+                snapshot
+                    .identity_of(&acl::Key::Ssh(c.key))
+                    .map_or_else(|| c.key.fingerprint(), |(_, i)| i.handle.clone())
+            })
+            .collect()
+    }
+}
+
+/// Reads and discards up to `limit` bytes of `body`./// Reads and discards up to `limit` bytes of `body`.
 async fn drain(body: &mut BodyReader, limit: u64) {
     use tokio::io::AsyncReadExt;
     let _ = tokio::io::copy(&mut body.take(limit), &mut tokio::io::sink()).await;
@@ -762,22 +1043,33 @@ pub struct RefView {
     pub cert: String,
     /// Certificate time (unix seconds).
     pub timestamp: u64,
+    /// SHA-256 of the certificates of the update's other signers (a ref rule asked
+    /// several).
+    pub cosigned: Vec<String>,
 }
 
 /// The recorded refs of repo `id`.
 pub fn ref_views(store: &Store, id: RepoId) -> Result<Vec<RefView>, crate::store::Error> {
-    Ok(store
+    store
         .refs(id)?
         .into_iter()
         .filter(|(_, r)| !r.is_tombstone())
-        .map(|(name, r)| RefView {
-            name,
-            target: hex::encode(r.target),
-            identity: r.identity,
-            handle: r.handle,
-            key: r.key,
-            cert: hex::encode(r.cert),
-            timestamp: r.timestamp,
+        .map(|(name, r)| {
+            let cosigned = store
+                .cosigned(&r.cert)?
+                .iter()
+                .map(|text| hex::encode(Sha256::digest(text)))
+                .collect();
+            Ok(RefView {
+                name,
+                target: hex::encode(r.target),
+                identity: r.identity,
+                handle: r.handle,
+                key: r.key,
+                cert: hex::encode(r.cert),
+                timestamp: r.timestamp,
+                cosigned,
+            })
         })
-        .collect())
+        .collect()
 }

@@ -38,6 +38,10 @@ pub const MAX_FUTURE: u64 = 300;
 /// Largest certificate a replica accepts, in bytes.
 pub const MAX_CERT_BYTES: usize = 128 << 10;
 
+/// Most certificates of other signers an update carries (a ref rule names at most 32
+/// signers).
+pub const MAX_COSIGNED: usize = 31;
+
 /// Pushes per repo whose packs are remembered for serving as they are.
 pub const PUSH_PACKS_KEPT: usize = 4;
 
@@ -95,6 +99,9 @@ pub struct Update {
     pub cert: Vec<u8>,
     /// The refs it sets.
     pub claims: Vec<Claim>,
+    /// The certificates of the other signers of the same update, when a ref rule
+    /// asked for several signatures; `cert` is the one that completed it.
+    pub cosigned: Vec<Vec<u8>>,
 }
 
 /// A ref and the tip a certificate gives it (all zeros: deleted). The ref is one the
@@ -145,6 +152,8 @@ pub struct Plan {
     cert: PushCert,
     hash: [u8; 32],
     key: SshKey,
+    /// The other certificates that signed the same update, with their keys.
+    cosigned: Vec<(Vec<u8>, SshKey)>,
     /// Claims with the command each derives from.
     claims: Vec<(Claim, Command)>,
     /// Objects to fetch (tips this replica lacks).
@@ -176,10 +185,12 @@ impl Update {
         Sha256::digest(&self.cert).into()
     }
 
-    /// The update a just-accepted push announces: every ref its certificate moved.
-    pub fn of_push(repo: RepoId, cert: &PushCert) -> Self {
+    /// The update a just-accepted push announces: every ref its certificate moved,
+    /// with the certificates of the update's other signers.
+    pub fn of_push(repo: RepoId, cert: &PushCert, cosigned: Vec<Vec<u8>>) -> Self {
         Self {
             repo,
+            cosigned,
             cert: cert.text.clone(),
             claims: cert
                 .commands
@@ -214,6 +225,34 @@ impl Git {
         }
     }
 
+    /// Parses and verifies certificate `text` of a replicated update to repo `repo`
+    /// (id, name): its signature, its binding to the repo and this network, and a
+    /// date not ahead of `now` by more than [`MAX_FUTURE`].
+    fn check_cert(
+        &self,
+        snapshot: &Snapshot,
+        text: Vec<u8>,
+        (repo, name): (RepoId, &str),
+        now: u64,
+    ) -> Result<(PushCert, SshKey), cert::Error> {
+        if text.len() > MAX_CERT_BYTES {
+            return Err(cert::Error::Malformed(format!(
+                "certificate of {} bytes, more than {MAX_CERT_BYTES}",
+                text.len()
+            )));
+        }
+        let cert = PushCert::parse(text)?;
+        let key = cert.verify()?;
+        self.check_bound(snapshot, &cert, repo, name)?;
+        if cert.timestamp > now + MAX_FUTURE {
+            return Err(cert::Error::Malformed(format!(
+                "certificate dated {}s in the future (at most {MAX_FUTURE}s accepted)",
+                cert.timestamp - now
+            )));
+        }
+        Ok((cert, key))
+    }
+
     /// Verifies `update` against this node's ACL and clock and works out what it
     /// would change; `None` when this replica already has all of it.
     pub async fn plan(&self, update: Update) -> Result<Option<Plan>, Refusal> {
@@ -230,23 +269,40 @@ impl Git {
                 repo.name
             )));
         }
-        if update.cert.len() > MAX_CERT_BYTES {
+        if update.cosigned.len() > MAX_COSIGNED {
             return Err(Refusal::Invalid(format!(
-                "certificate of {} bytes, more than {MAX_CERT_BYTES}",
-                update.cert.len()
+                "{} other signers' certificates, more than {MAX_COSIGNED}",
+                update.cosigned.len()
             )));
         }
-        let cert = PushCert::parse(update.cert).map_err(|e| Refusal::Invalid(e.to_string()))?;
-        let key = cert.verify().map_err(|e| Refusal::Invalid(e.to_string()))?;
-        self.check_bound(&snapshot, &cert, update.repo, &repo.name)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let now = unix_now();
-        if cert.timestamp > now + MAX_FUTURE {
-            return Err(Refusal::Invalid(format!(
-                "certificate dated {}s in the future (at most {MAX_FUTURE}s accepted)",
-                cert.timestamp - now
-            )));
+        let (cert, key) = self
+            .check_cert(&snapshot, update.cert, (update.repo, &repo.name), now)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        // Each other signer signed exactly the same update, for this repo on this
+        // network; the ACL counts which of them the ref rule names.
+        let commands = |c: &PushCert| {
+            let mut lines: Vec<String> = c
+                .commands
+                .iter()
+                .map(|c| format!("{} {} {}", c.old, c.new, c.name))
+                .collect();
+            lines.sort_unstable();
+            lines
+        };
+        let mut cosigned = Vec::with_capacity(update.cosigned.len());
+        for text in update.cosigned {
+            let (other, other_key) = self
+                .check_cert(&snapshot, text, (update.repo, &repo.name), now)
+                .map_err(|e| Refusal::Invalid(format!("another signer's certificate: {e}")))?;
+            if commands(&other) != commands(&cert) {
+                return Err(Refusal::Invalid(
+                    "another signer's certificate signs a different update".into(),
+                ));
+            }
+            cosigned.push((other.text, other_key));
         }
+        let cosigners: Vec<SshKey> = cosigned.iter().map(|(_, k)| *k).collect();
         let hash = cert.hash();
         let mut claims = Vec::with_capacity(update.claims.len());
         for claim in update.claims {
@@ -267,7 +323,7 @@ impl Git {
                 return Err(Refusal::Invalid(format!("{} keeps a deletion", claim.name)));
             }
             snapshot
-                .may_push(&key, &repo.name, &reference, false)
+                .may_push(&key, &cosigners, &repo.name, &reference, false)
                 .map_err(|e| Refusal::NotAllowed(e.to_string()))?;
             claims.push((claim, cmd.clone()));
         }
@@ -334,6 +390,7 @@ impl Git {
                 cert,
                 hash,
                 key,
+                cosigned,
                 claims: useful,
                 wants,
                 haves,
@@ -389,11 +446,12 @@ impl Git {
             .get(&plan.repo)
             .map(|r| r.name.clone())
             .ok_or_else(|| Refusal::Unusable(format!("repo {} was burned", plan.repo)))?;
+        let cosigners: Vec<SshKey> = plan.cosigned.iter().map(|(_, k)| *k).collect();
         let mut pusher = None;
         for ((_, cmd), rewrite) in plan.claims.iter().zip(&rewrites) {
             pusher = Some(
                 snapshot
-                    .may_push(&plan.key, &name, &cmd.name, *rewrite)
+                    .may_push(&plan.key, &cosigners, &name, &cmd.name, *rewrite)
                     .map_err(|e| Refusal::NotAllowed(e.to_string()))?,
             );
         }
@@ -503,10 +561,11 @@ impl Git {
             return Ok(Applied { refs: 0, objects });
         }
         let (store, text) = (self.inner.store.clone(), plan.cert.text.clone());
+        let cosigned: Vec<Vec<u8>> = plan.cosigned.into_iter().map(|(t, _)| t).collect();
         let to_record = updates.clone();
         let recorded = blocking(move || {
             store
-                .record_push(plan.repo, &text, &to_record)
+                .record_push(plan.repo, (&text, &cosigned), &to_record, None)
                 .map_err(|e| Error::Internal(format!("record update: {e}")))
         })
         .await;
@@ -654,7 +713,17 @@ impl Git {
                 .ok_or_else(|| {
                     Error::Internal(format!("certificate {} missing", hex::encode(hash)))
                 })?;
-            out.push(Update { repo, cert, claims });
+            let cosigned = self
+                .inner
+                .store
+                .cosigned(&hash)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            out.push(Update {
+                repo,
+                cert,
+                claims,
+                cosigned,
+            });
         }
         Ok(out)
     }

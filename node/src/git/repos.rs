@@ -568,6 +568,10 @@ pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usi
         .collect();
     let mut edits = Vec::new();
     for (name, id) in &actual {
+        // Tips of updates waiting for signatures have no record (`pending` keeps them).
+        if name.starts_with(super::pending::PREFIX) {
+            continue;
+        }
         match recorded.get(name.as_str()) {
             Some(r) if r == id => {}
             other => edits.push((name.clone(), other.copied())),
@@ -579,13 +583,22 @@ pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usi
         }
     }
     let count = edits.len();
-    for (name, target) in edits {
+    for (name, target) in &edits {
         warn!(target: TARGET, repo = %repo_dir.display(), reference = %name, ?target, "ref disagrees with its push record; restoring the recorded tip");
+    }
+    force_refs(&repo, &edits)?;
+    Ok(count)
+}
+
+/// Sets each ref to its tip, or deletes it (`None`), whatever it holds now; names
+/// git would refuse are skipped.
+pub fn force_refs(repo: &Repository, refs: &[(String, Option<ObjectId>)]) -> Result<(), Error> {
+    for (name, target) in refs {
         let change = match target {
             Some(id) => Change::Update {
                 log: LogChange::default(),
                 expected: PreviousValue::Any,
-                new: Target::Object(id),
+                new: Target::Object(*id),
             },
             None => Change::Delete {
                 expected: PreviousValue::Any,
@@ -596,9 +609,9 @@ pub fn reconcile(repo_dir: &Path, records: &[(String, RefRecord)]) -> Result<usi
             continue;
         };
         repo.edit_reference(RefEdit::new(full, change))
-            .map_err(|e| internal("restore ref", e))?;
+            .map_err(|e| internal("set ref", e))?;
     }
-    Ok(count)
+    Ok(())
 }
 
 #[cfg(test)]

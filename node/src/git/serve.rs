@@ -237,7 +237,11 @@ async fn info_refs(
         Some("git-receive-pack") => {
             let refs = match tokio::task::spawn_blocking(move || repos::refs(&dir)).await {
                 Ok(Ok(mut refs)) => {
-                    refs.retain(|(name, _)| !name.starts_with(register::SUPERSEDED_PREFIX));
+                    // Kept and pending tips are fetched, not pushed to.
+                    refs.retain(|(name, _)| {
+                        !name.starts_with(register::SUPERSEDED_PREFIX)
+                            && !name.starts_with(super::pending::PREFIX)
+                    });
                     refs
                 }
                 Ok(Err(e)) => return error_response(&e),

@@ -15,7 +15,7 @@
 //!   gossipsub forwards it: a node announces what it can serve. Invalid updates are
 //!   rejected (the sender is penalized); updates this node cannot use are ignored.
 //! * Catch-up: on every new connection and every `p2p.sync_interval`, a node sends
-//!   each peer its digest per repo on `/hanzo/sync/1`; the peer answers with its
+//!   each peer its digest per repo on `/hanzo/sync/2`; the peer answers with its
 //!   records for the repos that differ, which go through the same core.
 //! * Every stream read and write has a deadline (`p2p.stream_timeout`); a fetch as
 //!   a whole has `p2p.fetch_deadline`.
@@ -72,7 +72,8 @@ use wire::{PackRequest, RefUpdate, SyncRequest, SyncResponse};
 
 const TARGET: &str = "hanzo::p2p";
 const PACK_PROTOCOL: StreamProtocol = StreamProtocol::new("/hanzo/pack/1");
-const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hanzo/sync/1");
+/// 2: updates carry the certificates of an update's other signers.
+const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hanzo/sync/2");
 /// Updates being verified, fetched and applied at once.
 const MAX_REPLICATIONS: usize = 16;
 /// How often the core's clock advances.
@@ -772,6 +773,7 @@ impl Driver {
                 .collect(),
             cert: update.cert,
             announced_ms: unix_ms(),
+            cosigned: update.cosigned,
         });
     }
 
@@ -790,6 +792,7 @@ impl Driver {
             refs,
             cert: update.cert,
             announced_ms: 0,
+            cosigned: update.cosigned,
         });
     }
 

@@ -669,6 +669,7 @@ mod tests {
                     name: "refs/heads/main".into(),
                     target: [hash; 20],
                 }],
+                cosigned: Vec::new(),
             },
             hash: [hash; 32],
             from,

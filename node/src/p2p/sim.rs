@@ -359,6 +359,7 @@ impl Sim {
                 name: p.name.clone(),
                 target: [0; 20],
             }],
+            cosigned: Vec::new(),
         }
     }
 

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::git::Update;
 
 /// Version byte in front of every gossip message.
-const GOSSIP_VERSION: u8 = 1;
+/// 2: updates carry the certificates of an update's other signers.
+const GOSSIP_VERSION: u8 = 2;
 
 /// A ref update as gossiped: the repo, each ref with its old and new tip, the push
 /// certificate, and when the announcing node accepted it.
@@ -22,6 +23,8 @@ pub struct RefUpdate {
     pub cert: Vec<u8>,
     /// Unix milliseconds at which the announcing node accepted the push.
     pub announced_ms: u64,
+    /// The certificates of the update's other signers (a ref rule asked several).
+    pub cosigned: Vec<Vec<u8>>,
 }
 
 /// Why bytes from a peer were refused.
@@ -87,6 +90,7 @@ impl RefUpdate {
         Update {
             repo: self.repo,
             cert: self.cert,
+            cosigned: self.cosigned,
             claims: self
                 .refs
                 .into_iter()
@@ -182,6 +186,7 @@ mod tests {
             refs: vec![("refs/heads/main".into(), [1; 20], [2; 20])],
             cert: b"certificate".to_vec(),
             announced_ms: 5,
+            cosigned: vec![b"other".to_vec()],
         };
         let bytes = m.encode();
         assert_eq!(RefUpdate::decode(&bytes, 1024).unwrap(), m);
@@ -228,6 +233,7 @@ mod tests {
             refs: vec![("refs/heads/main".into(), [1; 20], [2; 20]), ("refs/tags/v1".into(), [0; 20], [3; 20])],
             cert: b"certificate version 0.1".to_vec(),
             announced_ms: 5,
+            cosigned: vec![b"other".to_vec()],
         }.encode())) {
             if let Ok(m) = RefUpdate::decode(&bytes, 1024) {
                 prop_assert_eq!(RefUpdate::decode(&m.encode(), 1024).unwrap(), m);
