@@ -524,6 +524,106 @@ async fn private_repo_clones_need_a_reader_key() {
     w.assert_repo_clean(w.secret);
 }
 
+/// A 2-of-2 rule on main: of two competing updates, the one that reaches both
+/// signatures first moves main, and the other never does; a signature older than
+/// `git.pending_expiry` no longer counts, and the tips of expired updates leave
+/// `refs/pending/`; a restart keeps what is still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pending_updates_compete_and_expire() {
+    let expiry = Duration::from_secs(4);
+    let w = World::start(|c| c.git.pending_expiry = expiry).await;
+    let url = w.url("demo");
+    let work = w.alice.init("demo");
+    let base = w.alice.commit(&work, "README", "base");
+    w.alice.git_ok(&work, &["push", "--signed", &url, "main"]);
+    w.net
+        .client(1)
+        .await
+        .set_ref_rule(
+            "demo",
+            "refs/heads/main",
+            &["alice".into(), "bob".into()],
+            2,
+        )
+        .await
+        .unwrap();
+    w.sync().await;
+    let World {
+        net,
+        node,
+        alice,
+        bob,
+        dave,
+        ..
+    } = w;
+    let tips = |url: &str, prefix: &str| {
+        let mut tips: Vec<String> = dave
+            .ls_remote(url)
+            .into_iter()
+            .filter(|(_, n)| n.starts_with(prefix))
+            .map(|(id, _)| id)
+            .collect();
+        tips.sort();
+        tips
+    };
+    let push = |user: &GitUser, dir: &std::path::Path, url: &str, tip: &str| {
+        let fetch = format!("refs/pending/{tip}/heads/main");
+        if user.rev(dir, "HEAD") != tip {
+            user.git_ok(dir, &["fetch", "-q", url, &fetch]);
+        }
+        git::output_text(&user.git(
+            dir,
+            &["push", "--signed", url, &format!("{tip}:refs/heads/main")],
+        ))
+    };
+
+    // Alice proposes X, bob proposes Y: both wait, both tips shown.
+    let x = alice.commit(&work, "README", "x");
+    let bobs = bob.init("demo");
+    bob.git_ok(&bobs, &["pull", "-q", &url, "main"]);
+    let y = bob.commit(&bobs, "README", "y");
+    assert!(push(&alice, &work, &url, &x).contains("1 of 2 (alice)"));
+    assert!(push(&bob, &bobs, &url, &y).contains("1 of 2 (bob)"));
+    let mut both = vec![x.clone(), y.clone()];
+    both.sort();
+    assert_eq!(tips(&url, "refs/pending/"), both);
+    assert_eq!(tips(&url, "refs/heads/main"), vec![base.clone()]);
+    // Alice signs Y too: Y moves main. X can no longer: the tip it expects is gone.
+    let out = push(&alice, &work, &url, &y);
+    assert!(
+        out.contains(&format!("{}..{}", &base[..7], &y[..7])),
+        "{out}"
+    );
+    assert_eq!(tips(&url, "refs/heads/main"), vec![y.clone()]);
+    let out = push(&bob, &bobs, &url, &x);
+    assert!(out.contains("rejected"), "{out}");
+    assert_eq!(tips(&url, "refs/heads/main"), vec![y.clone()]);
+
+    // Z (on Y) waits through a restart of the node.
+    alice.git_ok(&work, &["reset", "-q", "--hard", &y]);
+    let z = alice.commit(&work, "README", "z");
+    assert!(push(&alice, &work, &url, &z).contains("1 of 2 (alice)"));
+    node.shutdown().await;
+    let mut config = net.config();
+    config.git.pending_expiry = expiry;
+    let node = Node::start(config).await.unwrap();
+    node.synced_to(net.confirm().await).await;
+    let url = format!("http://{}/demo.git", node.http_addr);
+    assert_eq!(tips(&url, "refs/pending/"), {
+        let mut all = vec![x.clone(), z.clone()];
+        all.sort();
+        all
+    });
+    // After the expiry alice's signature no longer counts, and the tips of expired
+    // updates are gone.
+    tokio::time::sleep(expiry + Duration::from_secs(1)).await;
+    let out = push(&bob, &bobs, &url, &z);
+    assert!(out.contains("1 of 2 (bob); still to sign: alice"), "{out}");
+    assert_eq!(tips(&url, "refs/pending/"), vec![z.clone()]);
+    assert_eq!(tips(&url, "refs/heads/main"), vec![y]);
+    node.shutdown().await;
+}
+
 /// `git archive --remote=<url>` as stock git's HTTP server serves it: anyone for a
 /// public repo, readers only for a private one; refs only, as stock git.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
