@@ -97,6 +97,19 @@ impl World {
     }
 }
 
+/// Has git get private-repo read tokens for each of `users` from the node's
+/// credential helper, signed with the user's key.
+fn read_tokens_for(users: &[&GitUser]) {
+    let helper = format!("!{} git-credential --key", node_bin().display());
+    for user in users {
+        user.config(
+            "credential.helper",
+            &format!("{helper} {}", user.key.display()),
+        );
+        user.config("credential.useHttpPath", "true");
+    }
+}
+
 /// The refusal for a key no identity carries.
 fn no_identity(user: &GitUser) -> String {
     format!("key {} belongs to no identity", user.ssh.fingerprint())
@@ -487,14 +500,7 @@ async fn concurrent_pushes_to_one_ref_exactly_one_wins() {
 async fn private_repo_clones_need_a_reader_key() {
     let w = World::start(|_| {}).await;
     let url = w.url("secret");
-    let helper = format!("!{} git-credential --key", node_bin().display());
-    for user in [&w.alice, &w.carol, &w.dave] {
-        user.config(
-            "credential.helper",
-            &format!("{helper} {}", user.key.display()),
-        );
-        user.config("credential.useHttpPath", "true");
-    }
+    read_tokens_for(&[&w.alice, &w.carol, &w.dave]);
     let work = w.alice.init("secret");
     let tip = w.alice.commit(&work, "plans", "secret plans");
     w.alice.git_ok(&work, &["push", "--signed", &url, "main"]);
@@ -629,14 +635,7 @@ async fn pending_updates_compete_and_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn git_archive_remote_is_served_within_read_rights() {
     let w = World::start(|_| {}).await;
-    let helper = format!("!{} git-credential --key", node_bin().display());
-    for user in [&w.alice, &w.carol, &w.dave] {
-        user.config(
-            "credential.helper",
-            &format!("{helper} {}", user.key.display()),
-        );
-        user.config("credential.useHttpPath", "true");
-    }
+    read_tokens_for(&[&w.alice, &w.carol, &w.dave]);
     let work = w.alice.init("both");
     w.alice.commit(&work, "plans", "secret plans");
     w.alice.commit(&work, "notes", "more");

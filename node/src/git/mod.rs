@@ -377,7 +377,10 @@ impl Git {
         let commands = &request.commands;
         match self.try_push((name, id, dir), request, body).await {
             Ok(report) => {
-                self.inner.metrics.pushes_accepted.inc();
+                // A push held for more signatures moved nothing yet.
+                if report.refs.iter().any(|(_, r)| r.is_ok()) {
+                    self.inner.metrics.pushes_accepted.inc();
+                }
                 report
             }
             Err(err) => {
