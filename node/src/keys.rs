@@ -84,6 +84,12 @@ impl NodeKey {
         NodeId(self.0.verifying_key().to_bytes())
     }
 
+    /// An ed25519 signature of `message` (callers put a domain tag first).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.0.sign(message).to_bytes()
+    }
+
     /// Reads the key from `path`.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
@@ -137,6 +143,18 @@ impl NodeId {
     /// As the contracts' `bytes32`.
     pub fn to_b256(self) -> B256 {
         B256::from(self.0)
+    }
+
+    /// Whether `signature` is this key's ed25519 signature of `message` (strict:
+    /// no malleable or small-order forms).
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.0) else {
+            return false;
+        };
+        let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+            return false;
+        };
+        key.verify_strict(message, &signature).is_ok()
     }
 }
 

@@ -111,6 +111,8 @@ pub struct PushCert {
     pub nonce: String,
     /// The ref updates.
     pub commands: Vec<Command>,
+    /// The push options (`git push -o …`), signed with the rest.
+    pub options: Vec<String>,
 }
 
 impl PushCert {
@@ -124,6 +126,7 @@ impl PushCert {
             return Err(malformed("first line is not \"certificate version 0.1\""));
         }
         let (mut pusher, mut pushee, mut nonce) = (None, None, None);
+        let mut options = Vec::new();
         for line in lines.by_ref() {
             let line = line
                 .strip_suffix('\n')
@@ -136,7 +139,8 @@ impl PushCert {
                 "pusher" => pusher = Some(value.to_owned()),
                 "pushee" => pushee = Some(value.to_owned()),
                 "nonce" => nonce = Some(value.to_owned()),
-                _ => {} // push-option and future headers
+                "push-option" => options.push(value.to_owned()),
+                _ => {} // future headers
             }
         }
         let pusher = pusher.ok_or_else(|| malformed("no pusher line"))?;
@@ -161,6 +165,7 @@ impl PushCert {
             pushee: pushee.ok_or_else(|| malformed("no pushee line"))?,
             nonce: nonce.ok_or_else(|| malformed("no nonce line"))?,
             commands,
+            options,
             text,
         })
     }

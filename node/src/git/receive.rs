@@ -10,7 +10,7 @@ use super::{
 };
 
 /// Capabilities the node offers for pushes, besides `push-cert=<nonce>`.
-const CAPABILITIES: &str = "report-status delete-refs side-band-64k quiet atomic ofs-delta object-format=sha1 agent=hanzo-node/";
+const CAPABILITIES: &str = "report-status delete-refs side-band-64k quiet atomic ofs-delta push-options object-format=sha1 agent=hanzo-node/";
 
 /// The ref advertisement for `git-receive-pack`, nonce included.
 pub fn advertise(refs: &[(String, gix::ObjectId)], nonce: &str) -> Vec<u8> {
@@ -49,6 +49,8 @@ pub struct Caps {
     pub report_status: bool,
     /// No progress messages.
     pub quiet: bool,
+    /// Push options follow the commands.
+    pub push_options: bool,
 }
 
 impl Caps {
@@ -59,6 +61,7 @@ impl Caps {
                 b"side-band-64k" | b"side-band" => caps.side_band = true,
                 b"report-status" | b"report-status-v2" => caps.report_status = true,
                 b"quiet" => caps.quiet = true,
+                b"push-options" => caps.push_options = true,
                 _ => {}
             }
         }
@@ -125,6 +128,10 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             ));
         }
         let cert = PushCert::parse(text).map_err(|e| Error::Rejected(e.to_string()))?;
+        // The options are in the certificate too, signed: those are the ones used.
+        if caps.push_options {
+            while next(&mut budget).await?.is_some() {}
+        }
         return Ok(Request {
             commands: cert.commands.clone(),
             cert: Some(cert),
@@ -139,6 +146,10 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     let mut commands = vec![parse_command(command)?];
     while let Some(line) = next(&mut budget).await? {
         commands.push(parse_command(&line)?);
+    }
+    // Unsigned pushes are refused later; their options are read and dropped.
+    if caps.push_options {
+        while next(&mut budget).await?.is_some() {}
     }
     Ok(Request {
         commands,
@@ -255,6 +266,7 @@ mod tests {
             side_band: true,
             report_status: true,
             quiet: false,
+            push_options: false,
         };
         let bytes = report.encode(caps);
         let text = String::from_utf8_lossy(&bytes);
