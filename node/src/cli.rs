@@ -1037,6 +1037,11 @@ async fn repo(config: &Config, cmd: RepoCmd) -> Result<()> {
                         if !r.cosigned.is_empty() {
                             line.push_str(&format!(", with certs {}", r.cosigned.join(", ")));
                         }
+                        if !r.receipts.is_empty() {
+                            let nodes: Vec<String> =
+                                r.receipts.iter().map(|x| x.node.clone()).collect();
+                            line.push_str(&format!(", held by {}", nodes.join(", ")));
+                        }
                         line + "\n"
                     })
                     .collect()

@@ -128,6 +128,14 @@ pub struct GitConfig {
     /// rest after its first signature; then it is dropped. Default: `7d`.
     #[serde(with = "humantime_serde")]
     pub pending_expiry: Duration,
+    /// Pushes to these repos (by name) wait for this many other replicas to hold
+    /// them before their pusher is told `ok`, unless the push asks otherwise (`git
+    /// push -o hanzo.quorum=<n|all>`). Default: none.
+    pub quorum: std::collections::BTreeMap<String, usize>,
+    /// How long a push waits for its quorum; then it is refused and nothing moves.
+    /// Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub quorum_timeout: Duration,
 }
 
 impl Default for GitConfig {
@@ -141,6 +149,8 @@ impl Default for GitConfig {
             nonce_window: Duration::from_secs(300),
             max_token_lifetime: Duration::from_secs(3600),
             pending_expiry: Duration::from_secs(7 * 24 * 3600),
+            quorum: std::collections::BTreeMap::new(),
+            quorum_timeout: Duration::from_secs(30),
         }
     }
 }

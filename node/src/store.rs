@@ -12,6 +12,8 @@
 //! * `certs` — push certificates by SHA-256 of their text.
 //! * `cosigned` — for an update several identities signed (a ref rule asked it): the
 //!   certificate that completed it → the SHA-256 of each other certificate.
+//! * `receipts` — for a push that asked for a quorum: its certificate's SHA-256 → the
+//!   receipts of the replicas that held it, as the `git` module encodes them.
 //! * `pending` — updates waiting for more signatures: key repo id (big-endian) then
 //!   the update's 32-byte key, as the `git` module encodes them.
 //! * `deploy` — deployments by id, as the `deploy` module encodes them (secrets sealed).
@@ -45,7 +47,8 @@ const CF_DEPLOY: &str = "deploy";
 const CF_USAGE: &str = "usage";
 const CF_COSIGNED: &str = "cosigned";
 const CF_PENDING: &str = "pending";
-const COLUMN_FAMILIES: [&str; 8] = [
+const CF_RECEIPTS: &str = "receipts";
+const COLUMN_FAMILIES: [&str; 9] = [
     CF_META,
     CF_ACL,
     CF_REFS,
@@ -54,6 +57,7 @@ const COLUMN_FAMILIES: [&str; 8] = [
     CF_USAGE,
     CF_COSIGNED,
     CF_PENDING,
+    CF_RECEIPTS,
 ];
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
@@ -364,19 +368,23 @@ impl Store {
     }
 
     /// Records an accepted push to `repo` in one synced write: its certificate, the
-    /// certificates of the other signers of the same update (`cosigned`), the new
-    /// record of each ref it moved (a tombstone for a deleted ref), and the end of the
-    /// pending update it completed, if any.
+    /// certificates of the other signers of the same update (`cosigned`), the
+    /// receipts of the replicas that held it (`receipts`, encoded; empty: none), the
+    /// new record of each ref it moved (a tombstone for a deleted ref), and the end of
+    /// the pending update it completed, if any.
     pub fn record_push(
         &self,
         repo: u64,
-        (cert, cosigned): (&[u8], &[Vec<u8>]),
+        (cert, cosigned, receipts): (&[u8], &[Vec<u8>], &[u8]),
         updates: &[(String, RefRecord)],
         completed: Option<&[u8; 32]>,
     ) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
         batch.put_cf(self.cf(CF_CERTS), hash, cert);
+        if !receipts.is_empty() {
+            batch.put_cf(self.cf(CF_RECEIPTS), hash, receipts);
+        }
         if !cosigned.is_empty() {
             let mut others = Vec::with_capacity(32 * cosigned.len());
             for text in cosigned {
@@ -422,6 +430,20 @@ impl Store {
                     .ok_or_else(|| corrupt(format!("certificate {} missing", hex::encode(h))))
             })
             .collect()
+    }
+
+    /// The receipts recorded with the push of certificate `hash` (encoded), if any.
+    pub fn receipts(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(CF_RECEIPTS), hash)?)
+    }
+
+    /// Stores a certificate by its SHA-256 (a replica that holds an update before it
+    /// applies it).
+    pub fn put_cert(&self, cert: &[u8]) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        let hash: [u8; 32] = sha2::Sha256::digest(cert).into();
+        batch.put_cf(self.cf(CF_CERTS), hash, cert);
+        self.write_synced(batch)
     }
 
     /// Stores pending update `key` of `repo` as `value`, with the certificate that
@@ -738,7 +760,7 @@ mod tests {
         store
             .record_push(
                 1,
-                (b"cert", &[]),
+                (b"cert", &[], &[]),
                 &[
                     ("refs/heads/a".into(), record(1)),
                     ("refs/heads/b".into(), record(2)),
@@ -749,7 +771,7 @@ mod tests {
         store
             .record_push(
                 2,
-                (b"cert", &[]),
+                (b"cert", &[], &[]),
                 &[("refs/heads/a".into(), record(3))],
                 None,
             )
@@ -757,7 +779,7 @@ mod tests {
         store
             .record_push(
                 1,
-                (b"cert", &[]),
+                (b"cert", &[], &[]),
                 &[("refs/heads/b".into(), record(0))],
                 None,
             )
@@ -805,7 +827,7 @@ mod tests {
         store
             .record_push(
                 1,
-                (b"bob's", &others),
+                (b"bob's", &others, b"receipts"),
                 &[("refs/heads/main".into(), record.clone())],
                 Some(&[7; 32]),
             )
@@ -813,6 +835,10 @@ mod tests {
         assert!(store.pending(1).unwrap().is_empty());
         assert_eq!(store.pending(2).unwrap().len(), 1);
         assert_eq!(store.cosigned(&record.cert).unwrap(), others);
+        assert_eq!(
+            store.receipts(&record.cert).unwrap().as_deref(),
+            Some(&b"receipts"[..])
+        );
         assert!(store.cosigned(&[0; 32]).unwrap().is_empty());
         store.remove_repo(2).unwrap();
         assert!(store.pending(2).unwrap().is_empty());

@@ -13,6 +13,7 @@
 pub mod cert;
 pub mod pending;
 pub mod pktline;
+pub mod quorum;
 mod receive;
 pub mod register;
 pub mod replica;
@@ -101,6 +102,10 @@ struct Inner {
     announce: tokio::sync::broadcast::Sender<Update>,
     /// The packs of recent pushes, served as they are to peers that want just them.
     pushed: Mutex<HashMap<RepoId, std::collections::VecDeque<replica::PushPack>>>,
+    /// The node key, which signs receipts.
+    key: NodeKey,
+    /// The other replicas, once `p2p` runs: pushes that ask for a quorum go to them.
+    witnesses: std::sync::OnceLock<Arc<dyn quorum::Witnesses>>,
 }
 
 /// Git hosting's metrics (`hanzo_git_*`).
@@ -176,6 +181,8 @@ impl Git {
                 metrics: Metrics::new(registry),
                 seeding,
                 node: node_key.public(),
+                key: NodeKey::from_seed(&node_key.seed()),
+                witnesses: std::sync::OnceLock::new(),
                 announce: tokio::sync::broadcast::channel(1024).0,
                 pushed: Mutex::default(),
             }),
@@ -244,6 +251,26 @@ impl Git {
                 .is_ok_and(|nodes| nodes.contains(&self.inner.node)),
             Replicate::List(names) => names.contains(&repo.name),
         }
+    }
+
+    /// Where pushes that ask for a quorum find the other replicas (`p2p` sets it
+    /// once, at its start).
+    pub fn set_witnesses(&self, witnesses: Arc<dyn quorum::Witnesses>) {
+        let _ = self.inner.witnesses.set(witnesses);
+    }
+
+    /// Whether `receipt` is a valid receipt for `update` by a replica of its repo
+    /// other than this node.
+    pub fn check_receipt(&self, update: &Update, receipt: &quorum::Receipt) -> bool {
+        let snapshot = self.inner.acl.snapshot();
+        let Some(repo) = snapshot.state.repos.get(&update.repo) else {
+            return false;
+        };
+        receipt.node != self.inner.node
+            && snapshot
+                .replicators(&repo.name)
+                .is_ok_and(|nodes| nodes.contains(&receipt.node))
+            && receipt.verifies(&self.inner.network, update)
     }
 
     /// The current ACL.
@@ -614,6 +641,17 @@ impl Git {
                 .collect(),
             before,
         });
+        let cosigned = signed.texts();
+        let announced = Update::of_push(id, cert, cosigned.clone());
+        // A quorum asked: other replicas hold the update before any ref moves.
+        let (incoming, receipts) = match self.quorum_for(name, cert)? {
+            None => (incoming, Vec::new()),
+            Some(q) => {
+                let held = self.gather(&dir, incoming, &announced, q).await?;
+                let dir = dir.clone();
+                (blocking(move || repos::Incoming::none(&dir)).await?, held)
+            }
+        };
         let apply_dir = dir.clone();
         let edits: Vec<repos::Edit> = request
             .commands
@@ -648,11 +686,19 @@ impl Git {
             })
             .collect();
         let (store, text) = (self.inner.store.clone(), cert.text.clone());
-        let cosigned = signed.texts();
-        let announced = Update::of_push(id, cert, cosigned.clone());
+        let encoded = if receipts.is_empty() {
+            Vec::new()
+        } else {
+            quorum::encode(&receipts)
+        };
         let recorded = blocking(move || {
             store
-                .record_push(id, (&text, &cosigned), &updates, Some(&update_key))
+                .record_push(
+                    id,
+                    (&text, &cosigned, &encoded),
+                    &updates,
+                    Some(&update_key),
+                )
                 .map_err(|e| Error::Internal(format!("record push: {e}")))
         })
         .await;
@@ -669,7 +715,15 @@ impl Git {
             }
         }
         // Nobody listening (p2p off) is fine.
-        let _ = self.inner.announce.send(announced);
+        let _ = self.inner.announce.send(announced.clone());
+        if !receipts.is_empty()
+            && let Some(w) = self.inner.witnesses.get()
+        {
+            // The replicas that hold it move their refs before the pusher hears ok.
+            let nodes = receipts.iter().map(|r| r.node).collect();
+            w.commit(announced, nodes, self.inner.config.quorum_timeout)
+                .await;
+        }
         self.maintain(id, &dir);
         info!(
             target: TARGET,
@@ -695,6 +749,21 @@ impl Git {
                 ));
             }
         }
+        if !receipts.is_empty() {
+            messages.push(format!(
+                "hanzo: held by {} other replica(s) before it moved, each with a signed receipt:",
+                receipts.len()
+            ));
+            for r in &receipts {
+                messages.push(format!(
+                    "hanzo:   {} {}",
+                    r.node,
+                    snapshot
+                        .endpoint_of(&r.node)
+                        .unwrap_or("(no endpoint on chain)")
+                ));
+            }
+        }
         Ok(Report {
             unpack: Ok(()),
             refs: request
@@ -704,6 +773,63 @@ impl Git {
                 .collect(),
             messages,
         })
+    }
+
+    /// The quorum a push to repo `name` asks for: its certificate's push option, else
+    /// the repo's default in `git.quorum`.
+    fn quorum_for(&self, name: &str, cert: &PushCert) -> Result<Option<quorum::Quorum>, Error> {
+        let asked = quorum::requested(&cert.options).map_err(Error::Rejected)?;
+        let default = || {
+            self.inner
+                .config
+                .quorum
+                .get(name)
+                .filter(|n| **n > 0)
+                .map(|n| quorum::Quorum::Count(*n))
+        };
+        Ok(asked.or_else(default))
+    }
+
+    /// Has the other replicas hold `update` (whose objects arrive in `incoming`):
+    /// the objects enter the repo (no ref moves), so replicas can fetch them, and
+    /// the receipts of `q` replicas are returned. Fewer within `git.quorum_timeout`:
+    /// refused, and nothing moves anywhere.
+    async fn gather(
+        &self,
+        dir: &Path,
+        incoming: repos::Incoming,
+        update: &Update,
+        q: quorum::Quorum,
+    ) -> Result<Vec<quorum::Receipt>, Error> {
+        let witnesses = self.inner.witnesses.get().cloned().ok_or_else(|| {
+            Error::Rejected(
+                "this node replicates to no one (p2p is off), so no quorum can hold the push; push without -o hanzo.quorum".into(),
+            )
+        })?;
+        let admit_dir = dir.to_path_buf();
+        blocking(move || repos::admit(&admit_dir, incoming)).await?;
+        let want = match q {
+            quorum::Quorum::Count(n) => Some(n),
+            quorum::Quorum::All => None,
+        };
+        let timeout = self.inner.config.quorum_timeout;
+        let started = std::time::Instant::now();
+        let gathered = witnesses.gather(update.clone(), want, timeout).await;
+        let needed = want.unwrap_or(gathered.asked).max(1);
+        let got = gathered.receipts.len();
+        info!(target: TARGET, repo = update.repo, got, needed, asked = gathered.asked, took = ?started.elapsed(), "quorum gathered");
+        if got >= needed {
+            return Ok(gathered.receipts);
+        }
+        let mut why = format!(
+            "quorum not reached: {got} of the {needed} other replicas asked for held the push within {} (git.quorum_timeout; {} replicas asked); nothing moved, push again",
+            humantime::format_duration(timeout),
+            gathered.asked
+        );
+        for (node, reason) in &gathered.refused {
+            why.push_str(&format!("; {node} refused: {reason}"));
+        }
+        Err(Error::Rejected(why))
     }
 
     /// The signatures update `key` of repo `id` already has, from its pending
@@ -1049,6 +1175,20 @@ pub struct RefView {
     /// SHA-256 of the certificates of the update's other signers (a ref rule asked
     /// several).
     pub cosigned: Vec<String>,
+    /// The receipts of the replicas that held the push before it moved (it asked for
+    /// a quorum).
+    pub receipts: Vec<ReceiptView>,
+}
+
+/// A replica's receipt as `hanzo-node repo refs` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ReceiptView {
+    /// The replica's node key.
+    pub node: String,
+    /// When it stored the push (unix seconds).
+    pub time: u64,
+    /// Its ed25519 signature (hex) of the receipt message (`git::quorum`).
+    pub signature: String,
 }
 
 /// The recorded refs of repo `id`.
@@ -1063,6 +1203,21 @@ pub fn ref_views(store: &Store, id: RepoId) -> Result<Vec<RefView>, crate::store
                 .iter()
                 .map(|text| hex::encode(Sha256::digest(text)))
                 .collect();
+            let receipts = match store.receipts(&r.cert)? {
+                Some(bytes) => quorum::decode(&bytes)
+                    .map_err(|detail| crate::store::Error::Corrupt {
+                        what: "receipts",
+                        detail,
+                    })?
+                    .into_iter()
+                    .map(|x| ReceiptView {
+                        node: x.node.to_string(),
+                        time: x.time,
+                        signature: hex::encode(x.signature),
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
             Ok(RefView {
                 name,
                 target: hex::encode(r.target),
@@ -1072,6 +1227,7 @@ pub fn ref_views(store: &Store, id: RepoId) -> Result<Vec<RefView>, crate::store
                 cert: hex::encode(r.cert),
                 timestamp: r.timestamp,
                 cosigned,
+                receipts,
             })
         })
         .collect()

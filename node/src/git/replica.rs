@@ -414,47 +414,12 @@ impl Git {
     /// records as they are then.
     pub async fn commit(&self, plan: Plan, incoming: Option<Incoming>) -> Result<Applied, Refusal> {
         let dir = plan.dir.clone();
-        let received = incoming.is_some();
-        let incoming = match incoming {
-            Some(i) => i,
-            None => {
-                let dir = dir.clone();
-                blocking(move || Incoming::none(&dir)).await?
-            }
-        };
+        let (incoming, rewrites) = self.checked(&plan, incoming).await?;
         let objects = incoming.object_count();
-        let commands: Vec<Command> = plan.claims.iter().map(|(_, c)| c.clone()).collect();
-        let check_dir = dir.clone();
-        // Every object refers only to objects that exist; every tip is present; and
-        // which commands rewrite history (they need the repo's owner).
-        let (incoming, rewrites) = blocking(move || {
-            let rewrites = incoming.check(&check_dir, &commands)?;
-            Ok((incoming, rewrites))
-        })
-        .await
-        .map_err(|e| match e {
-            Error::Rejected(why) if received => Refusal::BadObjects(why),
-            e => e.into(),
-        })?;
-
         let lock = self.push_lock(plan.repo);
         let _guard = lock.lock().await;
         let snapshot = self.inner.acl.snapshot();
-        let name = snapshot
-            .state
-            .repos
-            .get(&plan.repo)
-            .map(|r| r.name.clone())
-            .ok_or_else(|| Refusal::Unusable(format!("repo {} was burned", plan.repo)))?;
-        let cosigners: Vec<SshKey> = plan.cosigned.iter().map(|(_, k)| *k).collect();
-        let mut pusher = None;
-        for ((_, cmd), rewrite) in plan.claims.iter().zip(&rewrites) {
-            pusher = Some(
-                snapshot
-                    .may_push(&plan.key, &cosigners, &name, &cmd.name, *rewrite)
-                    .map_err(|e| Refusal::NotAllowed(e.to_string()))?,
-            );
-        }
+        let (name, pusher) = permitted(&snapshot, &plan, &rewrites)?;
         let Some(pusher) = pusher else {
             return Ok(Applied::default());
         };
@@ -565,7 +530,7 @@ impl Git {
         let to_record = updates.clone();
         let recorded = blocking(move || {
             store
-                .record_push(plan.repo, (&text, &cosigned), &to_record, None)
+                .record_push(plan.repo, (&text, &cosigned, &[]), &to_record, None)
                 .map_err(|e| Error::Internal(format!("record update: {e}")))
         })
         .await;
@@ -588,6 +553,71 @@ impl Git {
             refs: updates.len(),
             objects,
         })
+    }
+
+    /// Checks the objects of `plan` (received in `incoming`, or all present): every
+    /// object refers only to objects that exist and every tip is present. Returns
+    /// them with which commands rewrite history (they need the repo's owner).
+    async fn checked(
+        &self,
+        plan: &Plan,
+        incoming: Option<Incoming>,
+    ) -> Result<(Incoming, Vec<bool>), Refusal> {
+        let received = incoming.is_some();
+        let incoming = match incoming {
+            Some(i) => i,
+            None => {
+                let dir = plan.dir.clone();
+                blocking(move || Incoming::none(&dir)).await?
+            }
+        };
+        let commands: Vec<Command> = plan.claims.iter().map(|(_, c)| c.clone()).collect();
+        let check_dir = plan.dir.clone();
+        blocking(move || {
+            let rewrites = incoming.check(&check_dir, &commands)?;
+            Ok((incoming, rewrites))
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Rejected(why) if received => Refusal::BadObjects(why),
+            e => e.into(),
+        })
+    }
+
+    /// Holds `plan`'s update for an origin gathering a quorum ([`super::quorum`]):
+    /// checks its objects (received in `incoming`, or all present) and the signers'
+    /// rights, moves the objects into the repo and stores the certificates, moving
+    /// no ref, and signs a receipt for `update`: from now on this node can serve it.
+    pub async fn hold_replica(
+        &self,
+        plan: Plan,
+        incoming: Option<Incoming>,
+        update: &Update,
+    ) -> Result<super::quorum::Receipt, Refusal> {
+        // No push lock: no ref moves, and a node gathering its own quorum for this
+        // repo holds that lock while it waits for others (which may be waiting for
+        // this answer).
+        let (incoming, rewrites) = self.checked(&plan, incoming).await?;
+        permitted(&self.inner.acl.snapshot(), &plan, &rewrites)?;
+        let (dir, store) = (plan.dir.clone(), self.inner.store.clone());
+        let mut certs = vec![plan.cert.text];
+        certs.extend(plan.cosigned.into_iter().map(|(t, _)| t));
+        blocking(move || {
+            repos::admit(&dir, incoming)?;
+            for cert in &certs {
+                store
+                    .put_cert(cert)
+                    .map_err(|e| Error::Internal(format!("store certificate: {e}")))?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(self.receipt(update))
+    }
+
+    /// This node's receipt for `update`, which it holds.
+    pub fn receipt(&self, update: &Update) -> super::quorum::Receipt {
+        super::quorum::Receipt::sign(&self.inner.key, &self.inner.network, update, unix_now())
     }
 
     /// The pack for a peer that wants `wants` and has `haves` of repo `repo`. When
@@ -727,6 +757,31 @@ impl Git {
         }
         Ok(out)
     }
+}
+
+/// Whether `plan`'s signers may make its updates (`rewrites` says which rewrite
+/// history) as of `snapshot`: the repo's name, and the pusher (`None`: no claims).
+fn permitted(
+    snapshot: &Snapshot,
+    plan: &Plan,
+    rewrites: &[bool],
+) -> Result<(String, Option<crate::acl::Pusher>), Refusal> {
+    let name = snapshot
+        .state
+        .repos
+        .get(&plan.repo)
+        .map(|r| r.name.clone())
+        .ok_or_else(|| Refusal::Unusable(format!("repo {} was burned", plan.repo)))?;
+    let cosigners: Vec<SshKey> = plan.cosigned.iter().map(|(_, k)| *k).collect();
+    let mut pusher = None;
+    for ((_, cmd), rewrite) in plan.claims.iter().zip(rewrites) {
+        pusher = Some(
+            snapshot
+                .may_push(&plan.key, &cosigners, &name, &cmd.name, *rewrite)
+                .map_err(|e| Refusal::NotAllowed(e.to_string()))?,
+        );
+    }
+    Ok((name, pusher))
 }
 
 /// Where record `r` stands in the register's order (history left 0).

@@ -26,6 +26,7 @@ pub mod replicator;
 #[cfg(test)]
 mod sim;
 pub mod wire;
+mod witness;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -367,6 +368,10 @@ impl P2p {
             stream_timeout: config.stream_timeout,
             tasks: tasks.clone(),
         });
+        shared.git.set_witnesses(Arc::new(witness::Witnessing {
+            shared: Arc::downgrade(&shared),
+            node: key.public(),
+        }));
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             swarm,
@@ -492,10 +497,14 @@ impl Driver {
         }
         let mut control = self.shared.control.clone();
         let mut serving = tokio::task::JoinSet::new();
-        for (protocol, pack) in [(PACK_PROTOCOL, true), (SYNC_PROTOCOL, false)] {
+        for (protocol, which) in [
+            (PACK_PROTOCOL, Inbound::Pack),
+            (SYNC_PROTOCOL, Inbound::Sync),
+            (witness::PROTOCOL, Inbound::Witness),
+        ] {
             match control.accept(protocol) {
                 Ok(incoming) => {
-                    serving.spawn(serve(self.shared.clone(), incoming, pack));
+                    serving.spawn(serve(self.shared.clone(), incoming, which));
                 }
                 Err(e) => warn!(target: TARGET, %e, "cannot accept streams"),
             }
@@ -1179,18 +1188,26 @@ async fn catch_up(shared: &Shared, peer: PeerId) -> Result<Vec<Update>, String> 
     Ok(news)
 }
 
-/// Serves inbound streams of the pack (`pack`) or sync protocol.
-async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams, pack: bool) {
+/// The protocols peers open streams on.
+#[derive(Debug, Clone, Copy)]
+enum Inbound {
+    Pack,
+    Sync,
+    Witness,
+}
+
+/// Serves inbound streams of one protocol.
+async fn serve(shared: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams, which: Inbound) {
     while let Some((peer, stream)) = incoming.next().await {
         let shared = shared.clone();
         shared.tasks.clone().spawn(async move {
-            let result = if pack {
-                serve_pack(&shared, peer, stream).await
-            } else {
-                serve_sync(&shared, stream).await
+            let result = match which {
+                Inbound::Pack => serve_pack(&shared, peer, stream).await,
+                Inbound::Sync => serve_sync(&shared, stream).await,
+                Inbound::Witness => witness::serve(&shared, peer, stream).await,
             };
             if let Err(why) = result {
-                debug!(target: TARGET, %peer, %why, pack, "serving a peer failed");
+                debug!(target: TARGET, %peer, %why, ?which, "serving a peer failed");
             }
         });
     }
