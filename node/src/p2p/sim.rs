@@ -2,6 +2,10 @@
 //! with latency, loss, duplicates, reordering, partitions, crashes, a node that
 //! stalls mid-fetch and a node that lies. Git is modelled by the register's rule
 //! ([`register::decide`]): each node holds refs and the tips it keeps as superseded.
+//! Some pushes ask for a quorum ([`crate::git::quorum`]): the origin has other
+//! nodes hold the update (objects, no ref) for a receipt, applies it once it has
+//! enough, has the holders apply it, and only then counts it acknowledged; with too
+//! few receipts in time it is refused, and no node may ever apply it.
 //!
 //! Every run is seeded. A failing run names its seed; replay it with
 //! `HANZO_SIM_SEED=<seed> cargo test -p hanzo-node p2p::sim`. `HANZO_SIM_SEEDS`
@@ -82,13 +86,44 @@ enum Msg {
     SyncAnswer {
         updates: Vec<usize>,
     },
+    /// The origin of a quorum push asks a replica to hold the update.
+    Hold {
+        update: usize,
+    },
+    /// The replica holds it: its receipt.
+    Receipt {
+        update: usize,
+    },
+    /// The origin applied it: apply it too.
+    ApplyHeld {
+        update: usize,
+    },
+    /// Applied.
+    AppliedHeld {
+        update: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Event {
-    Deliver { to: Node, from: Node, msg: Msg },
+    Deliver {
+        to: Node,
+        from: Node,
+        msg: Msg,
+    },
     Tick(Node),
-    Push { node: Node, repo: u64, name: String },
+    Push {
+        node: Node,
+        repo: u64,
+        name: String,
+    },
+    QuorumPush {
+        node: Node,
+        repo: u64,
+        name: String,
+        quorum: usize,
+    },
+    QuorumTimeout(usize),
     Forge(Node),
     Crash(Node),
     Restart(Node),
@@ -140,6 +175,8 @@ struct SimNode {
     refs: BTreeMap<(u64, String), usize>,
     /// Updates whose tips are kept under `refs/superseded/`.
     kept: BTreeSet<usize>,
+    /// Updates it holds for a quorum push: objects stored, no ref moved.
+    held: BTreeSet<usize>,
     seen: HashSet<Message>,
     forwarded: HashSet<Message>,
     neighbours: Vec<Node>,
@@ -150,6 +187,12 @@ struct SimNode {
 impl SimNode {
     /// Updates whose objects this node holds.
     fn holds(&self, u: usize) -> bool {
+        self.kept.contains(&u) || self.held.contains(&u) || self.refs.values().any(|v| *v == u)
+    }
+
+    /// Whether update `u` moved a ref here or is kept: what a refused quorum push
+    /// must never do anywhere.
+    fn applied(&self, u: usize) -> bool {
         self.kept.contains(&u) || self.refs.values().any(|v| *v == u)
     }
 
@@ -191,6 +234,22 @@ pub struct Stats {
     pub slowest_spread: Duration,
     /// Bans given.
     pub bans: usize,
+    /// Quorum pushes acknowledged.
+    pub quorum_acknowledged: usize,
+    /// Quorum pushes refused.
+    pub quorum_refused: usize,
+}
+
+/// A quorum push in flight at its origin.
+#[derive(Debug, Clone)]
+struct Gathering {
+    origin: Node,
+    quorum: usize,
+    receipts: BTreeSet<Node>,
+    /// Applied at the origin; the holders asked to apply.
+    applied: bool,
+    /// Holders that answered the apply.
+    answered: BTreeSet<Node>,
 }
 
 struct Sim {
@@ -214,6 +273,12 @@ struct Sim {
     /// Each gossip message's update and author.
     gossip: HashMap<Message, (usize, Node)>,
     invalid_applied: Vec<(Node, usize)>,
+    /// Quorum pushes not yet acknowledged or refused.
+    gathering: HashMap<usize, Gathering>,
+    /// Quorum pushes refused: no node may apply them.
+    refused: Vec<usize>,
+    /// A quorum push acknowledged while a holder did not hold it.
+    broken_receipts: Vec<(usize, Node)>,
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -254,6 +319,7 @@ impl Sim {
                 up: true,
                 refs: BTreeMap::new(),
                 kept: BTreeSet::new(),
+                held: BTreeSet::new(),
                 seen: HashSet::new(),
                 forwarded: HashSet::new(),
                 neighbours: l.into_iter().collect(),
@@ -280,6 +346,9 @@ impl Sim {
             next_message: 0,
             gossip: HashMap::new(),
             invalid_applied: Vec::new(),
+            gathering: HashMap::new(),
+            refused: Vec::new(),
+            broken_receipts: Vec::new(),
         };
         for i in 0..count {
             let offset = sim.rng.millis(0, 249);
@@ -390,6 +459,112 @@ impl Sim {
         changed
     }
 
+    /// Node `n` takes a push asking for `quorum` receipts: it asks every other node
+    /// to hold it, and decides when enough answered or the time is up.
+    fn quorum_push(&mut self, n: Node, repo: u64, name: String, quorum: usize) {
+        let u = self.updates.len();
+        let version = Version {
+            timestamp: self.now.as_secs(),
+            history: 0,
+            cert: Self::hash_of(u),
+        };
+        self.updates.push(Pushed {
+            repo,
+            name: name.clone(),
+            version,
+            valid: true,
+        });
+        self.by_hash.insert(Self::hash_of(u), u);
+        let current = self.nodes[n as usize].refs.get(&(repo, name)).copied();
+        if register::decide(current.map(|c| self.updates[c].version), version)
+            != register::Outcome::Wins
+        {
+            return;
+        }
+        self.nodes[n as usize].held.insert(u);
+        self.gathering.insert(
+            u,
+            Gathering {
+                origin: n,
+                quorum,
+                receipts: BTreeSet::new(),
+                applied: false,
+                answered: BTreeSet::new(),
+            },
+        );
+        let count = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        for j in (0..count).filter(|j| *j != n) {
+            self.send(n, j, Msg::Hold { update: u });
+        }
+        self.at(Duration::from_secs(5), Event::QuorumTimeout(u));
+    }
+
+    /// The origin of quorum push `u` got what it waits for: it applies the update
+    /// and asks the holders to, once it has enough receipts; it acknowledges it once
+    /// every holder applied it.
+    fn advance(&mut self, u: usize) {
+        let Some(g) = self.gathering.get(&u).cloned() else {
+            return;
+        };
+        let origin = g.origin;
+        if !self.nodes[origin as usize].up {
+            return; // a crashed origin answers nobody
+        }
+        if !g.applied && g.receipts.len() >= g.quorum {
+            // Applied under the push lock: it must still win (or nothing moves).
+            let p = self.updates[u].clone();
+            let current = self.nodes[origin as usize]
+                .refs
+                .get(&(p.repo, p.name.clone()))
+                .copied();
+            if register::decide(current.map(|c| self.updates[c].version), p.version)
+                != register::Outcome::Wins
+            {
+                self.gathering.remove(&u);
+                self.refused.push(u);
+                self.stats.quorum_refused += 1;
+                return;
+            }
+            self.apply(origin, u);
+            if let Some(g) = self.gathering.get_mut(&u) {
+                g.applied = true;
+            }
+            // Announced as any push, while the holders are told to apply it.
+            let id = self.next_message;
+            self.next_message += 1;
+            self.gossip.insert(id, (u, origin));
+            self.nodes[origin as usize].seen.insert(id);
+            self.forward(origin, id);
+            for h in g.receipts.clone() {
+                self.send(origin, h, Msg::ApplyHeld { update: u });
+            }
+            return;
+        }
+        if g.applied && g.answered.len() == g.receipts.len() {
+            self.acknowledge(u);
+        }
+    }
+
+    /// The pusher hears ok: every holder holds `u` now, and replication takes over.
+    fn acknowledge(&mut self, u: usize) {
+        let Some(g) = self.gathering.remove(&u) else {
+            return;
+        };
+        for h in &g.receipts {
+            if !self.nodes[*h as usize].holds(u) {
+                self.broken_receipts.push((u, *h));
+            }
+        }
+        for h in &g.answered {
+            if !self.nodes[*h as usize].applied(u) {
+                self.broken_receipts.push((u, *h));
+            }
+        }
+        self.accepted.push((u, self.now));
+        self.stats.pushes += 1;
+        self.stats.quorum_acknowledged += 1;
+    }
+
     fn push(&mut self, n: Node, repo: u64, name: String, valid: bool) {
         let u = self.updates.len();
         let version = Version {
@@ -444,6 +619,20 @@ impl Sim {
             match command {
                 Command::Fetch { key, peer, .. } => {
                     let u = self.by_hash[&key.1];
+                    if self.nodes[n as usize].held.contains(&u) && self.updates[u].valid {
+                        // The objects are here (held for a quorum push): no fetch,
+                        // the update applies as the register says.
+                        let attempt = if self.apply(n, u) {
+                            Attempt::Applied
+                        } else {
+                            Attempt::Have
+                        };
+                        self.nodes[n as usize]
+                            .core
+                            .attempted(self.now, key, peer, attempt);
+                        self.perform(n);
+                        continue;
+                    }
                     if self.nodes[n as usize].holds(u) || !self.updates[u].valid {
                         // Decided locally: verification fails, or nothing to fetch.
                         let attempt = if self.updates[u].valid {
@@ -573,6 +762,32 @@ impl Sim {
                     self.send(to, from, Msg::SyncAnswer { updates });
                 }
             }
+            Msg::Hold { update } => {
+                let node = &mut self.nodes[to as usize];
+                if !node.staller && !node.liar {
+                    node.held.insert(update);
+                    self.send(to, from, Msg::Receipt { update });
+                }
+            }
+            Msg::Receipt { update } => {
+                if let Some(g) = self.gathering.get_mut(&update)
+                    && g.origin == to
+                    && !g.applied
+                {
+                    g.receipts.insert(from);
+                    self.advance(update);
+                }
+            }
+            Msg::ApplyHeld { update } => {
+                self.apply(to, update);
+                self.send(to, from, Msg::AppliedHeld { update });
+            }
+            Msg::AppliedHeld { update } => {
+                if let Some(g) = self.gathering.get_mut(&update) {
+                    g.answered.insert(from);
+                    self.advance(update);
+                }
+            }
             Msg::SyncAnswer { updates } => {
                 for u in updates {
                     let offer = Offer {
@@ -605,6 +820,36 @@ impl Sim {
                 if self.nodes[node as usize].up {
                     self.push(node, repo, name, true);
                     self.perform(node);
+                }
+            }
+            Event::QuorumPush {
+                node,
+                repo,
+                name,
+                quorum,
+            } => {
+                if self.nodes[node as usize].up {
+                    self.quorum_push(node, repo, name, quorum);
+                    self.perform(node);
+                }
+            }
+            Event::QuorumTimeout(u) => {
+                if let Some(g) = self.gathering.get(&u) {
+                    if !self.nodes[g.origin as usize].up {
+                        // The pusher heard nothing; if the origin applied it before
+                        // it crashed, replication carries it on.
+                        if !g.applied {
+                            self.refused.push(u);
+                        }
+                        self.gathering.remove(&u);
+                    } else if g.applied {
+                        // The holders that did not answer get it by gossip.
+                        self.acknowledge(u);
+                    } else {
+                        self.gathering.remove(&u);
+                        self.refused.push(u);
+                        self.stats.quorum_refused += 1;
+                    }
                 }
             }
             Event::Forge(n) => {
@@ -682,6 +927,18 @@ impl Sim {
         if let Some((n, u)) = self.invalid_applied.first() {
             return Err(format!("node {n} applied invalid update {u}"));
         }
+        if let Some((u, h)) = self.broken_receipts.first() {
+            return Err(format!(
+                "quorum push {u} was acknowledged while node {h}, which gave a receipt, did not hold it"
+            ));
+        }
+        for u in &self.refused {
+            if let Some(i) = self.nodes.iter().position(|n| n.applied(*u)) {
+                return Err(format!(
+                    "node {i} applied quorum push {u}, which was refused"
+                ));
+            }
+        }
         let honest: Vec<(usize, &SimNode)> = self
             .nodes
             .iter()
@@ -697,7 +954,7 @@ impl Sim {
                 ));
             }
             for (u, _) in &self.accepted {
-                if !node.holds(*u) {
+                if !node.applied(*u) {
                     return Err(format!("node {i} lost update {u} ({:?})", self.updates[*u]));
                 }
             }
@@ -729,7 +986,21 @@ fn run(seed: u64, n: usize, degree: usize, pushes: usize, faults: Faults) -> Res
             "refs/heads/{}",
             if sim.rng.below(2) == 0 { "main" } else { "dev" }
         );
-        sim.at(at, Event::Push { node, repo, name });
+        // A quarter of the pushes ask for a quorum of one or two other nodes.
+        if sim.rng.chance(0.25) {
+            let quorum = 1 + usize::try_from(sim.rng.below(2)).unwrap_or(0);
+            sim.at(
+                at,
+                Event::QuorumPush {
+                    node,
+                    repo,
+                    name,
+                    quorum,
+                },
+            );
+        } else {
+            sim.at(at, Event::Push { node, repo, name });
+        }
     }
     let mut quiet_from = Duration::from_millis(minute);
     if faults.liar {
@@ -783,20 +1054,23 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn under_every_fault_nodes_converge_and_lose_nothing() {
-    let mut catchup = 0;
+    let (mut catchup, mut acknowledged) = (0, 0);
     for seed in seeds() {
         match run(seed, 8, 4, 20, Faults::all()) {
             Ok(stats) => {
                 assert!(stats.bans > 0, "seed {seed}: the liar was never banned");
                 catchup += stats.via_catchup;
+                acknowledged += stats.quorum_acknowledged;
             }
             Err(e) => {
                 panic!("{e}\nreplay: HANZO_SIM_SEED={seed} cargo test -p hanzo-node p2p::sim")
             }
         }
     }
-    // Partitions and crashes need catch-up: the test must exercise it.
+    // Partitions and crashes need catch-up: the test must exercise it, and quorum
+    // pushes that were acknowledged.
     assert!(catchup > 0, "no update ever came by catch-up");
+    assert!(acknowledged > 0, "no quorum push was ever acknowledged");
 }
 
 #[test]
