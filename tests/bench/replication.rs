@@ -13,6 +13,11 @@
 //!   of B and C fetched against the pack's size (amplification), and the time until
 //!   both advertise every ref against a local `git fetch` of all refs.
 //!
+//! * Quorum pushes: `--quorum-pushes` rounds of one signed push each without a quorum
+//!   and with `-o hanzo.quorum=1`, `=2` and `=all` (with three nodes, 2 and all are
+//!   both other nodes), in turn; the median time `git push` takes for each, against
+//!   the plain push in the same run.
+//!
 //! Ends with `key=value` lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is the failure report
 
@@ -121,6 +126,26 @@ async fn main() {
     let p50 = percentile(&mut lat, 0.5);
     let p95 = percentile(&mut lat, 0.95);
 
+    let rounds = arg("--quorum-pushes", 20);
+    eprintln!("{rounds} rounds of plain and quorum pushes …");
+    let modes: [(&str, &[&str]); 4] = [
+        ("plain", &[]),
+        ("quorum1", &["-o", "hanzo.quorum=1"]),
+        ("quorum2", &["-o", "hanzo.quorum=2"]),
+        ("quorum_all", &["-o", "hanzo.quorum=all"]),
+    ];
+    let mut took: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for i in 0..rounds {
+        for (m, (name, options)) in modes.iter().enumerate() {
+            alice.commit(&work, "README", &format!("{name} {i}"));
+            let args = [&["push", "-q", "--signed"][..], options, &[&url, "main"]].concat();
+            let t = Instant::now();
+            alice.git_ok(&work, &args);
+            took[m].push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let took: Vec<f64> = took.into_iter().map(median).collect();
+
     eprintln!("generating {commits} commits, ~{mb} MB …");
     let big = alice.init("big");
     generate(&alice, &big, commits, bytes);
@@ -164,6 +189,15 @@ async fn main() {
         large_first / baseline
     );
     println!("peak RSS of the three nodes: {rss:.0} MB");
+    println!(
+        "push latency (median of {rounds}): plain {:.0} ms, quorum 1 {:.0} ms, quorum 2 {:.0} ms, quorum all {:.0} ms",
+        took[0], took[1], took[2], took[3]
+    );
+    println!("plain_push_ms={:.0}", took[0]);
+    for (m, name) in ["quorum1", "quorum2", "quorum_all"].iter().enumerate() {
+        println!("{name}_push_ms={:.0}", took[m + 1]);
+        println!("{name}_push_ratio={:.2}", took[m + 1] / took[0]);
+    }
     println!("small_p50_ms={p50:.0}");
     println!("small_p95_ms={p95:.0}");
     println!("large_s={large:.3}");

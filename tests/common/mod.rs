@@ -205,6 +205,8 @@ impl Devnet {
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
         config.p2p.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
         config.p2p.sync_interval = Duration::from_secs(1);
+        // A push asking for a quorum of replicas that are away is refused sooner.
+        config.git.quorum_timeout = Duration::from_secs(5);
         config.rpc.listen = "127.0.0.1:0".parse().expect("addr");
         config.dns.bootstrap = self.dht.bootstrap.clone();
         config.dns.bind = Some(std::net::Ipv4Addr::LOCALHOST);

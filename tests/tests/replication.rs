@@ -1141,3 +1141,112 @@ async fn two_of_three_signers_move_main_on_every_node() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quorum_push_returns_once_replicas_hold_it() {
+    let net = Devnet::start().await;
+    let (alice, _, _, _) = people(&net).await;
+    let mut nodes = net.cluster(4, 5).await;
+    let keys: Vec<String> = nodes.iter().map(|m| m.key().public().to_string()).collect();
+    let work = alice.init("work");
+    let url = nodes[0].url("demo");
+    alice.commit(&work, "README", "base");
+    alice.git_ok(&work, &["push", "--signed", &url, "main"]);
+    converged(&alice, &all_of(&nodes)).await;
+
+    // Quorum 2: the push answers ok once two other replicas hold it, and says which.
+    let first = alice.commit(&work, "README", "held by two");
+    let quorum = [
+        "push",
+        "--signed",
+        "-o",
+        "hanzo.quorum=2",
+        url.as_str(),
+        "main",
+    ];
+    let out = alice.git_ok(&work, &quorum);
+    assert!(
+        out.contains(
+            "hanzo: held by 2 other replica(s) before it moved, each with a signed receipt:"
+        ),
+        "{out}"
+    );
+    let data = nodes[0].dir.path().to_str().unwrap().to_owned();
+    let shown: serde_json::Value = serde_json::from_str(&ok(&net.cli(
+        &["repo", "refs", "demo", "--json"],
+        &[("HANZO_DATA_DIR", data.as_str())],
+    )))
+    .unwrap();
+    let main = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ref"] == "refs/heads/main")
+        .unwrap();
+    let holders: Vec<String> = main["receipts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{main}"))
+        .iter()
+        .map(|r| r["node"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(holders.len(), 2, "{main}");
+    assert!(!holders.contains(&keys[0]), "{main}");
+    for h in &holders {
+        assert!(keys.contains(h), "{h} is none of the nodes");
+        assert!(out.contains(h.as_str()), "{h} not named in:\n{out}");
+        // A holder has main at the new tip the moment the push returns: were the
+        // origin killed now, the push is on the quorum replicas.
+        let m = &nodes[keys.iter().position(|k| k == h).unwrap()];
+        assert_eq!(
+            tip(&refs(&alice, m), "refs/heads/main"),
+            Some(first.clone())
+        );
+    }
+
+    // One replica away: two others still hold the push.
+    nodes[3].stop().await;
+    let second = alice.commit(&work, "README", "one away");
+    let out = alice.git_ok(&work, &quorum);
+    assert!(out.contains("hanzo: held by 2 other replica(s)"), "{out}");
+    let settled = converged(&alice, &[&nodes[0], &nodes[1], &nodes[2]]).await;
+    assert_eq!(tip(&settled, "refs/heads/main"), Some(second.clone()));
+
+    // Two away: one other replica cannot make a quorum of two; refused, nothing moves.
+    nodes[2].stop().await;
+    alice.commit(&work, "README", "two away");
+    let out = alice.git_err(&work, &quorum);
+    assert!(
+        out.contains("quorum not reached: 1 of the 2 other replicas asked for held the push"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in &nodes[..2] {
+        assert_eq!(
+            tip(&refs(&alice, m), "refs/heads/main"),
+            Some(second.clone())
+        );
+    }
+
+    // Back: every node agrees on the second push.
+    nodes[2].restart(&net).await;
+    nodes[3].restart(&net).await;
+    let after = converged(&alice, &all_of(&nodes)).await;
+    assert_eq!(tip(&after, "refs/heads/main"), Some(second));
+
+    // The origin killed right after ok: the push is on the replicas that held it.
+    let third = alice.commit(&work, "README", "origin dies");
+    let out = alice.git_ok(&work, &quorum);
+    nodes[0].stop().await;
+    let held: Vec<_> = nodes[1..]
+        .iter()
+        .zip(&keys[1..])
+        .filter(|(_, k)| out.contains(k.as_str()))
+        .collect();
+    assert_eq!(held.len(), 2, "{out}");
+    for (m, _) in held {
+        assert_eq!(
+            tip(&advertised(&alice, m), "refs/heads/main"),
+            Some(third.clone())
+        );
+    }
+}
