@@ -65,6 +65,21 @@ fn advertised(user: &GitUser, m: &Member) -> Vec<(String, String)> {
     user.ls_remote(&m.url("demo"))
 }
 
+/// demo's `refs/heads/main` record as `hanzo-node repo refs --json` shows it on `m`.
+fn shown_main(net: &Devnet, m: &Member) -> serde_json::Value {
+    let data = m.dir.path().to_str().unwrap().to_owned();
+    let env = [("HANZO_DATA_DIR", data.as_str())];
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&net.cli(&["repo", "refs", "demo", "--json"], &env))).unwrap();
+    shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ref"] == "refs/heads/main")
+        .unwrap_or_else(|| panic!("no main in {shown}"))
+        .clone()
+}
+
 async fn converged(user: &GitUser, members: &[&Member]) -> Vec<(String, String)> {
     eventually(SETTLE, async || {
         let first = refs(user, members[0]);
@@ -1064,21 +1079,14 @@ async fn two_of_three_signers_move_main_on_every_node() {
     );
     // Every node recorded both certificates: bob's, and alice's with it.
     for m in &nodes {
-        let data = m.dir.path().to_str().unwrap().to_owned();
-        let env = [("HANZO_DATA_DIR", data.as_str())];
-        let shown: serde_json::Value =
-            serde_json::from_str(&ok(&net.cli(&["repo", "refs", "demo", "--json"], &env))).unwrap();
-        let main = shown
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["ref"] == "refs/heads/main")
-            .unwrap();
+        let main = shown_main(&net, m);
         assert_eq!(main["handle"], "bob");
         let other = main["cosigned"][0]
             .as_str()
             .unwrap_or_else(|| panic!("{main}"))
             .to_owned();
+        let data = m.dir.path().to_str().unwrap().to_owned();
+        let env = [("HANZO_DATA_DIR", data.as_str())];
         let text = ok(&net.cli(&["repo", "cert", "demo", &other], &env));
         assert!(text.contains(&alice.ssh.fingerprint()), "{text}");
         assert!(
@@ -1171,18 +1179,7 @@ async fn a_quorum_push_returns_once_replicas_hold_it() {
         ),
         "{out}"
     );
-    let data = nodes[0].dir.path().to_str().unwrap().to_owned();
-    let shown: serde_json::Value = serde_json::from_str(&ok(&net.cli(
-        &["repo", "refs", "demo", "--json"],
-        &[("HANZO_DATA_DIR", data.as_str())],
-    )))
-    .unwrap();
-    let main = shown
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["ref"] == "refs/heads/main")
-        .unwrap();
+    let main = shown_main(&net, &nodes[0]);
     let holders: Vec<String> = main["receipts"]
         .as_array()
         .unwrap_or_else(|| panic!("{main}"))

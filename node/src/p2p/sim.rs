@@ -462,19 +462,7 @@ impl Sim {
     /// Node `n` takes a push asking for `quorum` receipts: it asks every other node
     /// to hold it, and decides when enough answered or the time is up.
     fn quorum_push(&mut self, n: Node, repo: u64, name: String, quorum: usize) {
-        let u = self.updates.len();
-        let version = Version {
-            timestamp: self.now.as_secs(),
-            history: 0,
-            cert: Self::hash_of(u),
-        };
-        self.updates.push(Pushed {
-            repo,
-            name: name.clone(),
-            version,
-            valid: true,
-        });
-        self.by_hash.insert(Self::hash_of(u), u);
+        let (u, version) = self.new_update(repo, &name, true);
         let current = self.nodes[n as usize].refs.get(&(repo, name)).copied();
         if register::decide(current.map(|c| self.updates[c].version), version)
             != register::Outcome::Wins
@@ -565,7 +553,8 @@ impl Sim {
         self.stats.quorum_acknowledged += 1;
     }
 
-    fn push(&mut self, n: Node, repo: u64, name: String, valid: bool) {
+    /// A new update of `repo`'s ref `name`, signed now: its index and version.
+    fn new_update(&mut self, repo: u64, name: &str, valid: bool) -> (usize, Version) {
         let u = self.updates.len();
         let version = Version {
             timestamp: self.now.as_secs(),
@@ -574,11 +563,16 @@ impl Sim {
         };
         self.updates.push(Pushed {
             repo,
-            name: name.clone(),
+            name: name.to_owned(),
             version,
             valid,
         });
         self.by_hash.insert(Self::hash_of(u), u);
+        (u, version)
+    }
+
+    fn push(&mut self, n: Node, repo: u64, name: String, valid: bool) {
+        let (u, version) = self.new_update(repo, &name, valid);
         if valid {
             // The origin refuses a push that would not win there.
             let current = self.nodes[n as usize].refs.get(&(repo, name)).copied();
