@@ -273,6 +273,11 @@ impl Git {
             && receipt.verifies(&self.inner.network, update)
     }
 
+    /// This node's receipt for `update`, which it holds.
+    pub fn receipt(&self, update: &Update) -> quorum::Receipt {
+        quorum::Receipt::sign(&self.inner.key, &self.inner.network, update, unix_now())
+    }
+
     /// The current ACL.
     pub fn acl_snapshot(&self) -> Arc<Snapshot> {
         self.inner.acl.snapshot()

@@ -584,16 +584,15 @@ impl Git {
         })
     }
 
-    /// Holds `plan`'s update for an origin gathering a quorum ([`super::quorum`]):
-    /// checks its objects (received in `incoming`, or all present) and the signers'
-    /// rights, moves the objects into the repo and stores the certificates, moving
-    /// no ref, and signs a receipt for `update`: from now on this node can serve it.
+    /// Holds `plan`'s update for an origin gathering a quorum: checks its objects
+    /// (received in `incoming`, or all present) and the signers' rights, moves the
+    /// objects into the repo and stores the certificates, moving no ref. From then
+    /// on this node can serve it (and signs a receipt saying so: [`Git::receipt`]).
     pub async fn hold_replica(
         &self,
         plan: Plan,
         incoming: Option<Incoming>,
-        update: &Update,
-    ) -> Result<super::quorum::Receipt, Refusal> {
+    ) -> Result<(), Refusal> {
         // No push lock: no ref moves, and a node gathering its own quorum for this
         // repo holds that lock while it waits for others (which may be waiting for
         // this answer).
@@ -612,12 +611,7 @@ impl Git {
             Ok(())
         })
         .await?;
-        Ok(self.receipt(update))
-    }
-
-    /// This node's receipt for `update`, which it holds.
-    pub fn receipt(&self, update: &Update) -> super::quorum::Receipt {
-        super::quorum::Receipt::sign(&self.inner.key, &self.inner.network, update, unix_now())
+        Ok(())
     }
 
     /// The pack for a peer that wants `wants` and has `haves` of repo `repo`. When

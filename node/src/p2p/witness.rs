@@ -220,9 +220,9 @@ async fn act(shared: &Shared, peer: PeerId, request: Request) -> Result<Answer, 
     match request.phase {
         Phase::Hold => shared
             .git
-            .hold_replica(plan, incoming, &update)
+            .hold_replica(plan, incoming)
             .await
-            .map(Answer::Receipt)
+            .map(|()| Answer::Receipt(shared.git.receipt(&update)))
             .map_err(|e| e.to_string()),
         Phase::Apply => shared
             .git
