@@ -224,6 +224,40 @@ pub struct DnsConfig {
     /// How often the packet is published again. Default: `1h`.
     #[serde(with = "humantime_serde")]
     pub republish_interval: Duration,
+    /// The DNS server answering for pkarr names (`[dns.server]`).
+    pub server: DnsServerConfig,
+}
+
+/// The DNS server: plain DNS over UDP and TCP, and DNS-over-HTTPS on the HTTP
+/// listener, for names under the pkarr zone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsServerConfig {
+    /// Whether the node answers DNS. Default: false (the devnet turns it on).
+    pub enabled: bool,
+    /// UDP and TCP address. Default: `127.0.0.1:8653` (port 53 needs root or
+    /// `CAP_NET_BIND_SERVICE`).
+    pub listen: SocketAddr,
+    /// The zone under which names are `<z-base-32 key>.<origin>`. Default: `""`
+    /// (the key is the top-level label, as pkarr names are).
+    pub origin: String,
+    /// Whether keys that are no active operator's node key resolve too. Default: false.
+    pub any_key: bool,
+    /// Queries per second one client address may send (UDP, TCP and
+    /// DNS-over-HTTPS together); more are dropped. Default: 200.
+    pub rate_limit: u32,
+}
+
+impl Default for DnsServerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8653)),
+            origin: String::new(),
+            any_key: false,
+            rate_limit: 200,
+        }
+    }
 }
 
 impl Default for DnsConfig {
@@ -238,6 +272,7 @@ impl Default for DnsConfig {
             git_url: None,
             grpc_url: None,
             republish_interval: Duration::from_secs(3600),
+            server: DnsServerConfig::default(),
         }
     }
 }

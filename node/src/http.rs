@@ -57,9 +57,13 @@ pub async fn serve(
         axum::serve::ListenerExt::tap_io(listener, |conn: &mut tokio::net::TcpStream| {
             let _ = conn.set_nodelay(true);
         });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    // The peer's address reaches handlers (DNS-over-HTTPS limits each client's rate).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.cancelled_owned())
+    .await
 }
 
 async fn liveness(State(s): State<Sources>) -> impl IntoResponse {

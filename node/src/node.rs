@@ -45,6 +45,8 @@ pub enum Error {
     #[error(transparent)]
     Dns(#[from] crate::dns::Error),
     #[error(transparent)]
+    DnsServer(#[from] crate::dns::server::Error),
+    #[error(transparent)]
     Rpc(#[from] crate::rpc::Error),
     #[error(transparent)]
     Deploy(#[from] crate::deploy::Error),
@@ -73,6 +75,8 @@ pub struct Node {
     pub rpc: Option<rpc::Context>,
     /// The DNS publisher, unless `dns.enabled` is off.
     pub dns: Option<dns::Publisher>,
+    /// Where the DNS server answers (UDP and TCP), when `dns.server.enabled`.
+    pub dns_addr: Option<SocketAddr>,
     /// Resolves other nodes' keys to endpoints over the DHT.
     pub resolver: dns::Resolver,
     /// Workloads, unless `deploy.enabled` is off.
@@ -234,6 +238,20 @@ impl Node {
             },
             &registry,
         );
+        // The DNS server answers from the same DHT client (and its cache).
+        let (dns_server, dns_addr) = if config.dns.server.enabled {
+            let server =
+                dns::server::Server::new(&config.dns.server, dht.clone(), acl.clone(), &registry)?;
+            let (addr, task) = server
+                .bind(config.dns.server.listen, cancel.child_token())
+                .await?;
+            tasks.spawn_critical("dns server", async move {
+                task.await.map_err(|e| e.to_string())
+            });
+            (Some(server), Some(addr))
+        } else {
+            (None, None)
+        };
         let resolver = dns::Resolver::new(dht);
         if let Some(d) = deployer.clone() {
             let (mut acl, node, cancel) = (acl.clone(), key.public(), cancel.child_token());
@@ -301,10 +319,13 @@ impl Node {
             chain_id: deployment.chain_id,
             node: key.public().to_string(),
         });
-        let extra = match openai {
+        let mut extra = match openai {
             Some(openai) => openai.merge(dashboard),
             None => dashboard,
         };
+        if let Some(server) = dns_server {
+            extra = extra.merge(dns::server::router(server));
+        }
         let sources = http::Sources {
             acl: acl.clone(),
             health,
@@ -334,6 +355,7 @@ impl Node {
             rpc_addr,
             rpc: rpc_context,
             dns,
+            dns_addr,
             resolver,
             deployer,
             store,

@@ -18,6 +18,9 @@
 //! and republished after a restart. [`Resolver`] answers "where is this node", after
 //! checking on chain that the key is an active operator's.
 
+pub mod server;
+pub mod zone;
+
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::Arc,
