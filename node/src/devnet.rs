@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8545)]
     pub chain_port: u16,
     /// Node i listens on base + 10·i (git over HTTP, health, metrics), base + 10·i + 1
-    /// (p2p) and base + 10·i + 2 (gRPC).
+    /// (p2p), base + 10·i + 2 (gRPC) and base + 10·i + 3 (DNS, UDP and TCP).
     #[arg(long, default_value_t = 8680)]
     pub base_port: u16,
     /// The anvil binary [default: `anvil` on PATH, as `scripts/setup` installs it].
@@ -80,6 +80,7 @@ struct Ports {
     http: SocketAddr,
     p2p: String,
     rpc: SocketAddr,
+    dns: SocketAddr,
 }
 
 impl Args {
@@ -93,6 +94,7 @@ impl Args {
             http: (Ipv4Addr::LOCALHOST, port(0)?).into(),
             p2p: format!("/ip4/127.0.0.1/tcp/{}", port(1)?),
             rpc: (Ipv4Addr::LOCALHOST, port(2)?).into(),
+            dns: (Ipv4Addr::LOCALHOST, port(3)?).into(),
         })
     }
 
@@ -513,6 +515,8 @@ fn node_config(dir: &Path, deployment: &Path, url: &str, ports: &Ports) -> Confi
     c.rpc.origins = vec!["*".into()];
     c.dns.bind = Some(Ipv4Addr::LOCALHOST);
     c.dns.request_timeout = DHT_TIMEOUT;
+    c.dns.server.enabled = true;
+    c.dns.server.listen = ports.dns;
     c
 }
 
@@ -701,6 +705,19 @@ impl Summary<'_> {
             "  curl -sf http://{0}/dashboard/config.json    # the dashboard: open http://{0}/dashboard/ in a browser with a wallet",
             self.nodes[0].http_addr
         )?;
+        if let Some(dns) = self.nodes[0].dns_addr {
+            let key = NodeKey::load(&node_dir(self.root, 0).join(NODE_KEY_FILE))?.public();
+            let z32 = crate::dns::public_key(&key)
+                .map(|k| k.to_z32())
+                .unwrap_or_default();
+            writeln!(
+                s,
+                "  dig @{} -p {} _git.{z32} TXT +short    # node 0's records, by its key; DNS-over-HTTPS at http://{}/dns-query",
+                dns.ip(),
+                dns.port(),
+                self.nodes[0].http_addr
+            )?;
+        }
         writeln!(
             s,
             "  HANZO_DATA_DIR={} hanzo-node acl show; curl -s http://{}/readiness",

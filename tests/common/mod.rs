@@ -211,6 +211,8 @@ impl Devnet {
         config.dns.bootstrap = self.dht.bootstrap.clone();
         config.dns.bind = Some(std::net::Ipv4Addr::LOCALHOST);
         config.dns.request_timeout = DHT_TIMEOUT;
+        config.dns.server.enabled = true;
+        config.dns.server.listen = "127.0.0.1:0".parse().expect("addr");
         config
     }
 

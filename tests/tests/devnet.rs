@@ -15,7 +15,7 @@ use std::{
 
 use hanzo_e2e::*;
 
-/// A free base port with the 23 ports three nodes use above it free too.
+/// A free base port with the 24 ports three nodes use above it free too.
 fn free_base() -> u16 {
     loop {
         let base = std::net::TcpListener::bind("127.0.0.1:0")
@@ -24,7 +24,7 @@ fn free_base() -> u16 {
             .unwrap()
             .port();
         if base < 65000
-            && (base..base + 23).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            && (base..base + 24).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         {
             return base;
         }
@@ -219,7 +219,7 @@ fn devnet_comes_up_its_printed_commands_work_and_it_resumes_after_a_stop_or_a_ki
     // Free now, and not the chain's port: both are only probed, not held.
     let base_port = loop {
         let base = free_base();
-        if !(base..base + 23).contains(&chain_port) {
+        if !(base..base + 24).contains(&chain_port) {
             break base;
         }
     };
@@ -243,6 +243,11 @@ fn devnet_comes_up_its_printed_commands_work_and_it_resumes_after_a_stop_or_a_ki
     let node0 = keys[0].split_whitespace().last().unwrap();
     assert!(out.contains(&format!("\"nodeKey\": \"{node0}\"")), "{out}");
     assert!(out.contains("ready: ACL at block"), "{out}");
+    // dig: node 0's git URL, from its DNS server, by its key.
+    assert!(
+        out.contains(&format!("\"url=http://127.0.0.1:{base_port}\"")),
+        "{out}"
+    );
     // The embeddings call: the real model, served by node 0.
     assert!(
         out.contains(r#""object":"embedding""#) && out.contains(r#""model":"all-MiniLM-L6-v2""#),

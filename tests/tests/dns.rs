@@ -2,15 +2,21 @@
 //! endpoints, a separate client resolves them (and follows a restart on a new port),
 //! packets not signed by a node's key are never taken for it, and `hanzo://` clones
 //! and signed pushes go through the chain and the DHT, failing over when a node is
-//! down.
+//! down; the DNS server answers `dig` and DNS-over-HTTPS for operators' keys, and
+//! refuses, drops or rate-limits the rest.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hanzo_e2e::{cluster::Member, git::GitUser, *};
 use hanzo_node::{
     acl::Member as Role,
     dns::{self, Endpoints, Resolver},
+};
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{Name, RData, RecordType},
 };
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -241,4 +247,225 @@ async fn hanzo_urls_clone_and_push_signed_with_the_first_choice_node_down() {
     // The helper remembers the failure: the next run tries the live node first.
     let again = bob.git_ok(&clone, &["fetch", "origin"]);
     assert!(!again.contains("is unavailable"), "{again}");
+}
+
+/// `dig`'s output for `args` against the DNS server at `addr`.
+fn dig(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let out = std::process::Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=5", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig runs: install bind9-dnsutils (scripts/setup does)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A DNS query for `name` of type `kind`, on the wire.
+fn query(name: &str, kind: RecordType) -> Vec<u8> {
+    let mut m = Message::new(77, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+    m.to_vec().unwrap()
+}
+
+/// The TXT strings of `answer`'s records.
+fn texts(answer: &[u8]) -> Vec<String> {
+    let m = Message::from_vec(answer).unwrap();
+    assert_eq!(m.metadata.id, 77);
+    m.answers
+        .iter()
+        .filter_map(|rr| match &rr.data {
+            RData::TXT(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `curl`'s body for `args`.
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dig_and_doh_answer_for_operators_keys_and_bad_input_is_answered_or_dropped() {
+    let net = Devnet::start().await;
+    let nodes = net.cluster(2, 5).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    published(a).await;
+    published(b).await;
+    let server = a.node().dns_addr.expect("dns.server on in tests");
+    let http = a.node().http_addr;
+    let z32 = |m: &Member| dns::public_key(&m.key().public()).unwrap().to_z32();
+
+    // Its own _git record, and its peer's (from the DHT), over UDP and TCP.
+    for (m, tcp) in [(a, false), (b, false), (b, true)] {
+        let name = format!("_git.{}", z32(m));
+        let mut args = vec![name.as_str(), "TXT", "+short"];
+        if tcp {
+            args.push("+tcp");
+        }
+        let out = dig(server, &args);
+        let url = format!("\"url=http://{}\"", m.node().http_addr);
+        assert_eq!(out.trim(), url, "dig {args:?}");
+    }
+    let full = dig(server, &[&format!("_git.{}", z32(a)), "TXT"]);
+    assert!(
+        full.contains("status: NOERROR") && full.contains(" aa"),
+        "{full}"
+    );
+    let ttl: u32 = full
+        .lines()
+        .find(|l| l.starts_with("_git.") && l.contains("TXT"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{full}"));
+    assert!(ttl <= dns::TTL, "TTL {ttl} over the packet's {}", dns::TTL);
+
+    // Not an operator's key, another zone, a name the packet lacks.
+    let stranger = dns::public_key(&hanzo_node::keys::NodeKey::generate().public())
+        .unwrap()
+        .to_z32();
+    let out = dig(server, &[&format!("_git.{stranger}"), "TXT"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+    let out = dig(server, &["example.com", "A"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+    let out = dig(server, &[&format!("_nothing.{}", z32(a)), "TXT"]);
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+
+    // DNS-over-HTTPS, GET and POST, as curl sends them.
+    let q = query(&format!("_git.{}.", z32(b)), RecordType::TXT);
+    let url = format!("http://{http}/dns-query?dns={}", URL_SAFE_NO_PAD.encode(&q));
+    let want = vec![format!("url=http://{}", b.node().http_addr)];
+    assert_eq!(
+        texts(&curl(&["-H", "accept: application/dns-message", &url])),
+        want
+    );
+    let body = a.dir.path().join("query.bin");
+    std::fs::write(&body, &q).unwrap();
+    let posted = curl(&[
+        "-H",
+        "content-type: application/dns-message",
+        "--data-binary",
+        &format!("@{}", body.display()),
+        &format!("http://{http}/dns-query"),
+    ]);
+    assert_eq!(texts(&posted), want);
+    let refused = curl(&[
+        "-w",
+        "%{http_code}",
+        "-o",
+        "/dev/null",
+        &format!("http://{http}/dns-query?dns=!!"),
+    ]);
+    assert_eq!(refused, b"400");
+
+    // The pkarr relay: b's packet as pkarr clients fetch it; a forged one and an
+    // older one refused, a newer one signed by b's key taken.
+    let relay = format!("http://{http}/pkarr/{}", z32(b));
+    let payload = curl(&[&relay]);
+    let b_key = dns::public_key(&b.key().public()).unwrap();
+    let got = pkarr::SignedPacket::from_relay_payload(&b_key, &payload.clone().into()).unwrap();
+    assert_eq!(
+        dns::endpoints_of(&got).unwrap().git,
+        Some(format!("http://{}", b.node().http_addr))
+    );
+    let put = |body: &[u8]| -> String {
+        let file = a.dir.path().join("payload.bin");
+        std::fs::write(&file, body).unwrap();
+        let out = curl(&[
+            "-X",
+            "PUT",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &relay,
+        ]);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut forged = payload.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let out = put(&forged);
+    assert!(
+        out.ends_with("400") && out.contains("no packet signed by"),
+        "{out}"
+    );
+    let keypair = dns::keypair(&b.key());
+    let endpoints = dns::endpoints_of(&got).unwrap();
+    let older = pkarr::Timestamp::from(got.timestamp().as_u64() - 1_000_000);
+    let (old, _) = dns::packet(&keypair, &endpoints, older).unwrap();
+    let out = put(&old.to_relay_payload());
+    assert!(
+        out.ends_with("409") && out.contains("a newer packet"),
+        "{out}"
+    );
+    let newer = pkarr::Timestamp::from(got.timestamp().as_u64() + 1);
+    let (new, _) = dns::packet(&keypair, &endpoints, newer).unwrap();
+    assert!(put(&new.to_relay_payload()).ends_with("204"));
+    let fetched = curl(&[&relay]);
+    let fetched = pkarr::SignedPacket::from_relay_payload(&b_key, &fetched.into()).unwrap();
+    assert_eq!(fetched.timestamp(), newer);
+    let out = String::from_utf8_lossy(&curl(&[
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{http}/pkarr/{stranger}"),
+    ]))
+    .into_owned();
+    assert!(
+        out.ends_with("403") && out.contains("not an active operator"),
+        "{out}"
+    );
+
+    // Garbage, an oversized datagram, a response: no answer or FORMERR, no crash.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut oversized = q.clone();
+    oversized.resize(6000, 0xff);
+    for junk in [&b"\x00\x01"[..], &[0xffu8; 40][..], &oversized[..]] {
+        socket.send_to(junk, server).unwrap();
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        }
+    }
+    // A flood from one address: most dropped (200 a second), the rest answered.
+    let flood = 1000;
+    for _ in 0..flood {
+        socket.send_to(&q, server).unwrap();
+    }
+    let mut answered = 0;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while socket.recv_from(&mut buf).is_ok() {
+        answered += 1;
+    }
+    assert!(
+        answered > 0 && answered < flood,
+        "{answered} of {flood} answered"
+    );
+    let metrics = http_get(http, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hanzo_dns_dropped_total{reason=\"rate_limited\"}")),
+        "{metrics}"
+    );
+    // The server keeps serving once the flood stops.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = dig(server, &[&format!("_git.{}", z32(a)), "TXT", "+short"]);
+    assert!(out.contains("url=http://"), "{out}");
 }
