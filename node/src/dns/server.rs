@@ -236,9 +236,17 @@ impl Server {
         cancel: CancellationToken,
     ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
         let listen = |source| Error::Listen { addr, source };
-        let udp = UdpSocket::bind(addr).await.map_err(listen)?;
-        let bound = udp.local_addr().map_err(listen)?;
-        let tcp = TcpListener::bind(bound).await.map_err(listen)?;
+        let mut tries = 0;
+        let (udp, tcp, bound) = loop {
+            let udp = UdpSocket::bind(addr).await.map_err(listen)?;
+            let bound = udp.local_addr().map_err(listen)?;
+            match TcpListener::bind(bound).await {
+                Ok(tcp) => break (udp, tcp, bound),
+                // Port 0: the port picked for UDP may be taken for TCP; pick another.
+                Err(_) if addr.port() == 0 && tries < 32 => tries += 1,
+                Err(e) => return Err(listen(e)),
+            }
+        };
         info!(target: TARGET, %bound, "DNS server listening (UDP and TCP)");
         let (a, b) = (self.clone(), self.clone());
         let task = tokio::spawn(async move {
