@@ -85,10 +85,10 @@ pub fn parse(zone: &Zone, bytes: &[u8]) -> Parsed {
         return Parsed::Drop;
     }
     if bytes.len() > MAX_QUERY {
-        return Parsed::Answer(error(id, OpCode::Query, ResponseCode::FormErr));
+        return Parsed::Answer(formerr(id));
     }
     let Ok(request) = Message::from_vec(bytes) else {
-        return Parsed::Answer(error(id, OpCode::Query, ResponseCode::FormErr));
+        return Parsed::Answer(formerr(id));
     };
     if request.metadata.message_type != MessageType::Query {
         return Parsed::Drop;
@@ -200,8 +200,12 @@ fn reply(request: &Message, code: ResponseCode) -> Vec<u8> {
     encode(&response(request, code), usize::from(u16::MAX))
 }
 
-fn error(id: u16, op_code: OpCode, code: ResponseCode) -> Vec<u8> {
-    encode(&Message::error_msg(id, op_code, code), CLASSIC_UDP)
+/// FORMERR for query `id`, when not even its question can be read.
+fn formerr(id: u16) -> Vec<u8> {
+    encode(
+        &Message::error_msg(id, OpCode::Query, ResponseCode::FormErr),
+        CLASSIC_UDP,
+    )
 }
 
 /// `m` on the wire; over `limit`, its truncated form (header, question, TC set).
