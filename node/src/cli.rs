@@ -607,7 +607,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Resolve { target, read } => {
             let acl = client(&config, None).await?.snapshot().await?;
-            let resolver = crate::dns::Resolver::new(crate::dns::client(&config.dns)?);
+            let resolver = crate::dns::Resolver::new(crate::dns::client(&config.dns)?)
+                .with_relays(&config.dns.relays);
             let r = resolver.resolve(&acl, &target).await?;
             print(read.json, &r, || {
                 let e = &r.endpoints;

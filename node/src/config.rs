@@ -224,6 +224,14 @@ pub struct DnsConfig {
     /// How often the packet is published again. Default: `1h`.
     #[serde(with = "humantime_serde")]
     pub republish_interval: Duration,
+    /// Base URLs of nodes (their HTTP listener, e.g. `https://node.example.org`)
+    /// whose pkarr relay (`/pkarr/<key>`) `hanzo-node resolve` asks when the DHT
+    /// has no packet. Default: none.
+    pub relays: Vec<String>,
+    /// How often the other active operators' packets are looked up, kept and put on
+    /// the DHT again, so they stay resolvable while their nodes are down. Default: `1h`.
+    #[serde(with = "humantime_serde")]
+    pub keep_interval: Duration,
     /// The DNS server answering for pkarr names (`[dns.server]`).
     pub server: DnsServerConfig,
 }
@@ -272,6 +280,8 @@ impl Default for DnsConfig {
             git_url: None,
             grpc_url: None,
             republish_interval: Duration::from_secs(3600),
+            keep_interval: Duration::from_secs(3600),
+            relays: Vec::new(),
             server: DnsServerConfig::default(),
         }
     }
@@ -699,6 +709,15 @@ pub struct Overrides {
         value_delimiter = ','
     )]
     pub dns_bootstrap: Option<Vec<String>>,
+    /// pkarr relays (nodes' HTTP base URLs) to ask when the DHT has no packet,
+    /// comma-separated.
+    #[arg(
+        long = "dns.relays",
+        env = "HANZO_DNS_RELAYS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub dns_relays: Option<Vec<String>>,
     /// DHT request timeout, e.g. `100ms`.
     #[arg(long = "dns.request-timeout", env = "HANZO_DNS_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
     pub dns_request_timeout: Option<Duration>,
@@ -770,6 +789,9 @@ impl Config {
         if let Some(v) = o.dns_request_timeout {
             config.dns.request_timeout = v;
         }
+        if let Some(v) = o.dns_relays {
+            config.dns.relays = v;
+        }
         if let Some(v) = o.log {
             config.log.filter = v;
         }
@@ -830,9 +852,12 @@ impl Config {
                 reason: "set both or neither".into(),
             });
         }
-        if self.dns.request_timeout.is_zero() || self.dns.republish_interval.is_zero() {
+        if self.dns.request_timeout.is_zero()
+            || self.dns.republish_interval.is_zero()
+            || self.dns.keep_interval.is_zero()
+        {
             return Err(Error::Invalid {
-                setting: "dns.request_timeout / dns.republish_interval",
+                setting: "dns.request_timeout / dns.republish_interval / dns.keep_interval",
                 reason: "must be above zero".into(),
             });
         }

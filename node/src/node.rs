@@ -157,6 +157,9 @@ impl Node {
             None
         };
         let dht = dns::client(&config.dns)?;
+        // Other operators' packets, kept alive on the DHT (when publishing) and
+        // answered from when the DHT has lost them (the DNS server).
+        let keeper = dns::keep::Keeper::open(key.public(), acl.clone(), store.clone(), &registry);
         let dns = if config.dns.enabled {
             let sources = dns::Sources {
                 keypair: dns::keypair(&key),
@@ -180,6 +183,15 @@ impl Node {
                 cancel.child_token(),
             );
             tasks.spawn_critical("dns publisher", async move {
+                task.await.map_err(|e| e.to_string())
+            });
+            let task = keeper.spawn(
+                dht.clone(),
+                dns::keep::probe(&config.dns)?,
+                config.dns.keep_interval,
+                cancel.child_token(),
+            );
+            tasks.spawn_critical("dns keeper", async move {
                 task.await.map_err(|e| e.to_string())
             });
             Some(publisher)
@@ -240,8 +252,12 @@ impl Node {
         );
         // The DNS server answers from the same DHT client (and its cache).
         let (dns_server, dns_addr) = if config.dns.server.enabled {
-            let server =
-                dns::server::Server::new(&config.dns.server, dht.clone(), acl.clone(), &registry)?;
+            let server = dns::server::Server::new(
+                &config.dns.server,
+                (dht.clone(), keeper),
+                acl.clone(),
+                &registry,
+            )?;
             let (addr, task) = server
                 .bind(config.dns.server.listen, cancel.child_token())
                 .await?;

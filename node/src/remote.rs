@@ -12,7 +12,9 @@
 //! (`HANZO_CHAIN_RPC_URL`, `hanzo.rpcUrl`), the deployment file
 //! (`HANZO_CHAIN_DEPLOYMENT`, `hanzo.deployment`), and optionally the DHT bootstrap
 //! (`HANZO_DNS_BOOTSTRAP`, `hanzo.dhtBootstrap`; default: the public Mainline DHT)
-//! and request timeout (`HANZO_DNS_REQUEST_TIMEOUT`, `hanzo.dhtTimeout`).
+//! and request timeout (`HANZO_DNS_REQUEST_TIMEOUT`, `hanzo.dhtTimeout`), and pkarr
+//! relays to ask when the DHT has no packet (`HANZO_DNS_RELAYS`, `hanzo.dnsRelays`:
+//! nodes' HTTP base URLs, comma-separated).
 
 use std::{
     collections::HashMap,
@@ -55,7 +57,7 @@ pub async fn run(args: &[String]) -> Result<ExitCode> {
     if nodes.is_empty() {
         bail!("repo {repo} has no active operator's node to serve it");
     }
-    let resolver = Resolver::new(dns::client(&settings.dns)?);
+    let resolver = Resolver::new(dns::client(&settings.dns)?).with_relays(&settings.dns.relays);
     let resolved =
         futures_util::future::join_all(nodes.iter().map(|n| resolver.endpoints(n))).await;
 
@@ -157,6 +159,9 @@ impl Settings {
         let mut dns = DnsConfig::default();
         if let Some(b) = get("HANZO_DNS_BOOTSTRAP", "hanzo.dhtBootstrap") {
             dns.bootstrap = b.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(r) = get("HANZO_DNS_RELAYS", "hanzo.dnsRelays") {
+            dns.relays = r.split(',').map(|s| s.trim().to_owned()).collect();
         }
         if let Some(t) = get("HANZO_DNS_REQUEST_TIMEOUT", "hanzo.dhtTimeout") {
             dns.request_timeout = humantime::parse_duration(&t)

@@ -48,7 +48,8 @@ const CF_USAGE: &str = "usage";
 const CF_COSIGNED: &str = "cosigned";
 const CF_PENDING: &str = "pending";
 const CF_RECEIPTS: &str = "receipts";
-const COLUMN_FAMILIES: [&str; 9] = [
+const CF_DNS_KEPT: &str = "dns_kept";
+const COLUMN_FAMILIES: [&str; 10] = [
     CF_META,
     CF_ACL,
     CF_REFS,
@@ -58,6 +59,7 @@ const COLUMN_FAMILIES: [&str; 9] = [
     CF_COSIGNED,
     CF_PENDING,
     CF_RECEIPTS,
+    CF_DNS_KEPT,
 ];
 /// 2: checkpoint keys are block number and hash.
 const SCHEMA_VERSION: &[u8] = b"2";
@@ -76,6 +78,9 @@ const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 /// Pending updates of a repo: each one's key and record.
 pub type PendingRecords = Vec<([u8; 32], Vec<u8>)>;
+
+/// Kept DNS packets: node key bytes and relay payload, as stored.
+pub type KeptPackets = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Why a ref has its tip: the accepted push that set it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -274,6 +279,32 @@ impl Store {
     pub fn put_dns_packet(&self, packet: &[u8]) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), KEY_DNS_PACKET, packet);
+        self.write_synced(batch)
+    }
+
+    /// The other operators' DNS packets this node keeps alive: node key and relay
+    /// payload (signature, timestamp, packet), unverified.
+    pub fn kept_dns_packets(&self) -> Result<KeptPackets, Error> {
+        self.db
+            .iterator_cf(self.cf(CF_DNS_KEPT), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.into_vec(), v.into_vec()))
+            })
+            .collect()
+    }
+
+    /// Keeps `payload` as node key `key`'s DNS packet (synced).
+    pub fn put_kept_dns_packet(&self, key: &[u8; 32], payload: &[u8]) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_DNS_KEPT), key, payload);
+        self.write_synced(batch)
+    }
+
+    /// Forgets node key `key`'s kept DNS packet (synced).
+    pub fn remove_kept_dns_packet(&self, key: &[u8]) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_DNS_KEPT), key);
         self.write_synced(batch)
     }
 

@@ -94,6 +94,36 @@ const DHT_NODES: usize = 5;
 /// DHT request timeout on loopback.
 const DHT_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// `count` DHT nodes on loopback, each holding at most `values` mutable records,
+/// each bootstrapped from the ones before it. (`mainline::Testnet` holds the
+/// blocking handles, so their blocking calls are used here, as its own builder does.)
+#[allow(deprecated)]
+fn small_dht(count: usize, values: usize) -> mainline::Testnet {
+    let mut nodes = Vec::new();
+    let mut bootstrap: Vec<String> = Vec::new();
+    for _ in 0..count {
+        let mut builder = mainline::Dht::builder();
+        builder
+            .server_mode()
+            .server_settings(mainline::ServerSettings {
+                max_mutable_values: values,
+                ..Default::default()
+            })
+            .bind_address(std::net::Ipv4Addr::LOCALHOST)
+            .request_timeout(DHT_TIMEOUT);
+        if bootstrap.is_empty() {
+            builder.no_bootstrap();
+        } else {
+            builder.bootstrap(&bootstrap);
+        }
+        let node = builder.build().expect("DHT node on loopback");
+        node.bootstrapped();
+        bootstrap.push(node.info().local_addr().to_string());
+        nodes.push(node);
+    }
+    mainline::Testnet { bootstrap, nodes }
+}
+
 /// A local chain with the contracts deployed (min operator stake 1 ETH, min caller
 /// stake 0.1 ETH, unbonding 60 s), and a data dir holding a node key and the
 /// deployment file.
@@ -108,11 +138,32 @@ pub struct Devnet {
     pub dir: tempfile::TempDir,
     /// A Mainline DHT of its own on loopback, for the nodes' DNS packets.
     pub dht: mainline::Testnet,
+    /// How often nodes keep other operators' packets alive (`dns.keep_interval`);
+    /// the node default unless set.
+    pub keep_interval: Option<Duration>,
 }
 
 impl Devnet {
     /// Starts anvil and deploys with dev account 0 as admin.
     pub async fn start() -> Self {
+        let dht = tokio::task::spawn_blocking(|| mainline::Testnet::builder(DHT_NODES).build())
+            .await
+            .expect("dht task")
+            .expect("local DHT on loopback");
+        Self::start_on(dht).await
+    }
+
+    /// [`Devnet::start`] on a DHT whose nodes each hold at most `values` records: a
+    /// record nobody puts again is pushed out by newer ones, which is how records
+    /// expire on this DHT implementation (it has no clock-based expiry).
+    pub async fn start_with_small_dht(values: usize) -> Self {
+        let dht = tokio::task::spawn_blocking(move || small_dht(DHT_NODES, values))
+            .await
+            .expect("dht task");
+        Self::start_on(dht).await
+    }
+
+    async fn start_on(dht: mainline::Testnet) -> Self {
         init_logs();
         let anvil = Anvil::new()
             .path(anvil_bin())
@@ -140,16 +191,13 @@ impl Devnet {
         let provider = chain::connect(&anvil.endpoint(), None)
             .await
             .expect("connect");
-        let dht = tokio::task::spawn_blocking(|| mainline::Testnet::builder(DHT_NODES).build())
-            .await
-            .expect("dht task")
-            .expect("local DHT on loopback");
         Self {
             anvil,
             deployment,
             provider,
             dir,
             dht,
+            keep_interval: None,
         }
     }
 
@@ -213,6 +261,9 @@ impl Devnet {
         config.dns.request_timeout = DHT_TIMEOUT;
         config.dns.server.enabled = true;
         config.dns.server.listen = "127.0.0.1:0".parse().expect("addr");
+        if let Some(every) = self.keep_interval {
+            config.dns.keep_interval = every;
+        }
         config
     }
 

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures_util::StreamExt as _;
 use hanzo_e2e::{cluster::Member, git::GitUser, *};
 use hanzo_node::{
     acl::Member as Role,
@@ -468,4 +469,141 @@ async fn dig_and_doh_answer_for_operators_keys_and_bad_input_is_answered_or_drop
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let out = dig(server, &[&format!("_git.{}", z32(a)), "TXT", "+short"]);
     assert!(out.contains("url=http://"), "{out}");
+}
+
+/// A fresh DHT client's view of `key`'s packet (no cache of an earlier lookup).
+async fn on_dht(net: &Devnet, key: &pkarr::PublicKey) -> Option<pkarr::SignedPacket> {
+    net.dht_client()
+        .resolve(key, pkarr::ResolvePolicy::NetworkOnly)
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_nodes_records_outlive_the_dht_through_its_peers_until_it_leaves() {
+    // Each DHT node holds 16 records; the flood below puts 48 others.
+    let mut net = Devnet::start_with_small_dht(16).await;
+    net.keep_interval = Some(Duration::from_secs(1));
+    let mut nodes = net.cluster(3, 5).await;
+    for m in &nodes {
+        published(m).await;
+    }
+    let c_key = dns::public_key(&nodes[2].key().public()).unwrap();
+    let c_z32 = c_key.to_z32();
+    let c_http = nodes[2].node().http_addr;
+    let last = on_dht(&net, &c_key).await.expect("c's packet on the DHT");
+    // A record nobody keeps: the control.
+    let control = pkarr::Keypair::random();
+    let (control_packet, _) =
+        dns::packet(&control, &Endpoints::default(), pkarr::Timestamp::now()).unwrap();
+    net.dht_client().publish(&control_packet).await.unwrap();
+    assert!(on_dht(&net, &control.public_key()).await.is_some());
+
+    // a and b keep c's packet and count the DHT nodes holding it.
+    let coverage = format!("node=\"{c_z32}\"");
+    for m in &nodes[..2] {
+        eventually(SETTLE, async || {
+            (m.metric("hanzo_dns_kept_coverage", &coverage).await >= 1.0).then_some(())
+        })
+        .await;
+    }
+
+    // c stops; then the DHT's nodes fill up with 48 other records.
+    nodes[2].stop().await;
+    let mut flooder = mainline::Dht::builder();
+    flooder
+        .bootstrap(&net.dht.bootstrap)
+        .bind_address(std::net::Ipv4Addr::LOCALHOST)
+        .request_timeout(Duration::from_millis(100));
+    let flooder = flooder.build().unwrap().as_async();
+    assert!(flooder.bootstrapped().await, "the flooder joins the DHT");
+    let puts = (0..48u8).map(|i| {
+        let item = mainline::MutableItem::new(
+            mainline::SigningKey::from_bytes(&[i.wrapping_add(1); 32]),
+            b"filler",
+            1,
+            None,
+        );
+        flooder.put_mutable(item, None)
+    });
+    let stored: Vec<_> = futures_util::stream::iter(puts)
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for put in stored {
+        put.expect("a filler record is stored");
+    }
+
+    // The record nobody put again is gone from every DHT node; c's, put again by
+    // its peers, still resolves from a client that never saw it, unchanged.
+    assert!(
+        on_dht(&net, &control.public_key()).await.is_none(),
+        "the control record outlived the flood: the DHT did not drop unkept records"
+    );
+    let kept = eventually(SETTLE, async || on_dht(&net, &c_key).await).await;
+    assert!(kept.is_same_as(&last));
+    assert_eq!(
+        dns::endpoints_of(&kept).unwrap().git,
+        Some(format!("http://{c_http}"))
+    );
+    // Both peers answer dig for it.
+    for m in &nodes[..2] {
+        let server = m.node().dns_addr.unwrap();
+        let out = dig(server, &[&format!("_git.{c_z32}"), "TXT", "+short"]);
+        assert_eq!(out.trim(), format!("\"url=http://{c_http}\""));
+    }
+
+    // A client that cannot reach the DHT resolves c through a peer's pkarr relay.
+    let relay = format!("http://{}", nodes[0].node().http_addr);
+    let no_dht = [("HANZO_DNS_BOOTSTRAP", "127.0.0.1:9")];
+    let c_hex = nodes[2].key().public().to_string();
+    let json = ok(&net.cli(
+        &["resolve", &c_hex, "--json"],
+        &[no_dht[0], ("HANZO_DNS_RELAYS", relay.as_str())],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["git"], format!("http://{c_http}"));
+    let err = fails(&net.cli(&["resolve", &c_hex], &no_dht));
+    assert!(err.contains("dns.relays"), "{err}");
+
+    // c comes back on another port: its new packet replaces the copies everywhere.
+    nodes[2].restart(&net).await;
+    let moved = nodes[2].node().http_addr;
+    assert_ne!(moved, c_http);
+    let url = format!("\"url=http://{moved}\"");
+    for m in &nodes[..2] {
+        let server = m.node().dns_addr.unwrap();
+        let relay = format!("http://{}/pkarr/{c_z32}", m.node().http_addr);
+        eventually(SETTLE, async || {
+            let out = dig(server, &[&format!("_git.{c_z32}"), "TXT", "+short"]);
+            let payload = curl(&[&relay]);
+            let fetched = pkarr::SignedPacket::from_relay_payload(&c_key, &payload.into()).ok()?;
+            (out.trim() == url && fetched.timestamp() > last.timestamp()).then_some(())
+        })
+        .await;
+    }
+
+    // c's operator unstakes below the minimum: a and b stop keeping its packet and
+    // refuse its name.
+    nodes[2].stop().await;
+    net.client(7)
+        .await
+        .request_unstake(hanzo_node::acl::StakeRole::Operator, milli(1500))
+        .await
+        .unwrap();
+    let block = net.confirm().await;
+    for m in &nodes[..2] {
+        m.node().synced_to(block).await;
+        eventually(SETTLE, async || {
+            let left = m.metric("hanzo_dns_kept_coverage", &coverage).await == 0.0
+                && m.metric("hanzo_dns_kept_packets", "").await == 1.0;
+            left.then_some(())
+        })
+        .await;
+        let out = dig(
+            m.node().dns_addr.unwrap(),
+            &[&format!("_git.{c_z32}"), "TXT"],
+        );
+        assert!(out.contains("status: REFUSED"), "{out}");
+    }
 }

@@ -18,6 +18,7 @@
 //! and republished after a restart. [`Resolver`] answers "where is this node", after
 //! checking on chain that the key is an active operator's.
 
+pub mod keep;
 pub mod server;
 pub mod zone;
 
@@ -65,7 +66,7 @@ pub enum Error {
     #[error("DHT publish failed: {0}")]
     Publish(#[from] pkarr::errors::PublishError),
     #[error(
-        "no DNS packet for node key {0} on the DHT: is that node running with dns.enabled, and does this side reach the same DHT (dns.bootstrap)?"
+        "no DNS packet for node key {0} on the DHT or at any relay: is that node running with dns.enabled, and does this side reach the same DHT (dns.bootstrap) or a node's relay (dns.relays)?"
     )]
     NotFound(NodeId),
     #[error("cannot build the DNS packet: {0}")]
@@ -253,28 +254,85 @@ pub struct Resolved {
     pub published_us: u64,
 }
 
-/// Resolves node keys to endpoints over the DHT.
+/// The largest pkarr relay payload: a signature, a timestamp and the DHT's 1000 bytes.
+pub const MAX_RELAY_PAYLOAD: usize = 64 + 8 + 1000;
+/// How long a relay may take to answer.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves node keys to endpoints over the DHT, and else through pkarr relays.
 #[derive(Clone, Debug)]
 pub struct Resolver {
     client: pkarr::Client,
+    relays: Vec<String>,
+    http: reqwest::Client,
 }
 
 impl Resolver {
     /// A resolver on `client`.
     pub fn new(client: pkarr::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            relays: Vec::new(),
+            http: reqwest::Client::new(),
+        }
     }
 
-    /// The newest packet of `node` on the DHT (pkarr checks its signature by the
-    /// key), and its endpoints.
+    /// The same, asking the pkarr relays at base URLs `relays` (nodes' HTTP
+    /// listeners) in turn when the DHT has no packet.
+    pub fn with_relays(mut self, relays: &[String]) -> Self {
+        self.relays = relays
+            .iter()
+            .map(|r| r.trim_end_matches('/').to_owned())
+            .collect();
+        self
+    }
+
+    /// The newest packet of `node` on the DHT, else from the first relay that has
+    /// one (pkarr checks its signature by the key either way), and its endpoints.
     pub async fn endpoints(&self, node: &NodeId) -> Result<(Endpoints, Timestamp), Error> {
         let key = public_key(node)?;
-        let packet = self
+        let packet = match self
             .client
             .resolve(&key, pkarr::ResolvePolicy::NetworkOnly)
             .await
-            .map_err(|_| Error::NotFound(*node))?;
+        {
+            Ok(p) => p,
+            Err(_) => self.ask_relays(&key).await.ok_or(Error::NotFound(*node))?,
+        };
         Ok((endpoints_of(&packet)?, packet.timestamp()))
+    }
+
+    async fn ask_relays(&self, key: &PublicKey) -> Option<SignedPacket> {
+        for relay in &self.relays {
+            match self.ask_relay(relay, key).await {
+                Ok(p) => return Some(p),
+                Err(why) => warn!(target: TARGET, relay, %why, "the pkarr relay gave no packet"),
+            }
+        }
+        None
+    }
+
+    async fn ask_relay(&self, relay: &str, key: &PublicKey) -> Result<SignedPacket, String> {
+        let url = format!("{relay}/pkarr/{}", key.to_z32());
+        let mut response = self
+            .http
+            .get(&url)
+            .timeout(RELAY_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {} from {url}", response.status()));
+        }
+        let mut payload = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            if payload.len() + chunk.len() > MAX_RELAY_PAYLOAD {
+                return Err(format!("{url} sent over {MAX_RELAY_PAYLOAD} bytes"));
+            }
+            payload.extend_from_slice(&chunk);
+        }
+        SignedPacket::from_relay_payload(key, &payload.into())
+            .map_err(|e| format!("{url} sent no packet signed by the key: {e}"))
     }
 
     /// Resolves `target` (a node key as 0x-hex or z-base-32, or an operator's 0x

@@ -1,7 +1,8 @@
 //! The DNS server (`[dns.server]`): plain DNS over UDP and TCP on `dns.server.listen`,
 //! and DNS-over-HTTPS (RFC 8484, `GET`/`POST /dns-query`) on the HTTP listener, for
 //! names under the pkarr zone ([`super::zone`] decides the answers). A key's packet
-//! comes from the DHT client's cache, else the DHT. Only active operators' node keys
+//! is the newer of the DHT's (the client's cache, else a lookup) and the one the
+//! [`Keeper`] keeps, so an operator that is down still resolves. Only active operators' node keys
 //! resolve unless `dns.server.any_key`; each client address is held to
 //! `dns.server.rate_limit` queries per second (more are dropped, or `429` over HTTP).
 //! The HTTP side also speaks the pkarr relay protocol (`GET`/`PUT /pkarr/<key>`), so
@@ -33,7 +34,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::zone::{self, Parsed, Zone};
+use super::{
+    MAX_RELAY_PAYLOAD,
+    keep::Keeper,
+    zone::{self, Parsed, Zone},
+};
 use crate::{acl::Acl, bucket::Bucket, config::DnsServerConfig, keys::NodeId, lock, metrics};
 
 const TARGET: &str = "hanzo::dns::server";
@@ -75,6 +80,7 @@ pub struct Server {
 struct Inner {
     zone: Zone,
     client: pkarr::Client,
+    keeper: Keeper,
     acl: Acl,
     any_key: bool,
     rate: f64,
@@ -92,6 +98,10 @@ enum Dropped {
     Malformed,
 }
 
+/// The DHT did not answer within [`LOOKUP`] and no packet is kept.
+#[derive(Debug)]
+struct LookupTimedOut;
+
 /// What carried a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -100,11 +110,11 @@ enum Transport {
 }
 
 impl Server {
-    /// A server answering from `client` (the node's DHT client) for the operators
-    /// `acl` names, as `config` says.
+    /// A server answering from `client` (the node's DHT client) and `keeper` for the
+    /// operators `acl` names, as `config` says.
     pub fn new(
         config: &DnsServerConfig,
-        client: pkarr::Client,
+        (client, keeper): (pkarr::Client, Keeper),
         acl: Acl,
         registry: &metrics::Registry,
     ) -> Result<Self, Error> {
@@ -112,6 +122,7 @@ impl Server {
         let inner = Inner {
             zone,
             client,
+            keeper,
             acl,
             any_key: config.any_key,
             rate: f64::from(config.rate_limit.max(1)),
@@ -184,20 +195,44 @@ impl Server {
                         Transport::Udp => zone::udp_limit(&q),
                         Transport::Stream => usize::from(u16::MAX),
                     };
-                    let lookup = self
-                        .inner
-                        .client
-                        .resolve(&q.key, pkarr::ResolvePolicy::CacheFirst);
-                    match tokio::time::timeout(LOOKUP, lookup).await {
-                        Ok(Ok(packet)) => zone::answer(&q, Some(&packet), packet.elapsed(), limit),
-                        Ok(Err(_)) => zone::answer(&q, None, 0, limit),
-                        Err(_) => zone::refuse(&q, ResponseCode::ServFail),
+                    match self.lookup(&q.key).await {
+                        Ok(Some(packet)) => {
+                            zone::answer(&q, Some(&packet), packet.elapsed(), limit)
+                        }
+                        Ok(None) => zone::answer(&q, None, 0, limit),
+                        Err(LookupTimedOut) => zone::refuse(&q, ResponseCode::ServFail),
                     }
                 }
             }
         };
         self.count(&answer);
         Ok(answer)
+    }
+
+    /// The newest packet of `key`: the DHT's (the cache, else a lookup) or the
+    /// keeper's, whichever is newer; the DHT's is offered to the keeper.
+    async fn lookup(
+        &self,
+        key: &pkarr::PublicKey,
+    ) -> Result<Option<pkarr::SignedPacket>, LookupTimedOut> {
+        let found = self
+            .inner
+            .client
+            .resolve(key, pkarr::ResolvePolicy::CacheFirst);
+        let found = tokio::time::timeout(LOOKUP, found).await;
+        let kept = self.inner.keeper.get(key);
+        match (found, kept) {
+            (Ok(Ok(p)), kept) => {
+                self.inner.keeper.offer(&p);
+                Ok(Some(match kept {
+                    Some(k) if k.more_recent_than(&p) => k,
+                    _ => p,
+                }))
+            }
+            (_, Some(k)) => Ok(Some(k)),
+            (Ok(Err(_)), None) => Ok(None),
+            (Err(_), None) => Err(LookupTimedOut),
+        }
     }
 
     /// Whether `key`'s records are served: an active operator's node key, or any
@@ -423,8 +458,6 @@ async fn doh(server: &Server, from: IpAddr, query: &[u8]) -> Response {
 
 /// The relay's media type: `<64-byte signature><8-byte timestamp><DNS packet>`.
 const RELAY_PAYLOAD: &str = "application/pkarr.org/relays#payload";
-/// The largest relay payload: a signature, a timestamp and the DHT's 1000 bytes.
-const MAX_PAYLOAD: usize = 64 + 8 + 1000;
 
 /// The key a relay path names, if this node serves it; else the status and why.
 fn relay_key(
@@ -450,7 +483,7 @@ fn relay_key(
     Ok(key)
 }
 
-/// `GET /pkarr/<key>`: the key's newest packet (the cache, else the DHT).
+/// `GET /pkarr/<key>`: the key's newest packet (the DHT's or the kept one).
 async fn relay_get(
     State(server): State<Server>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
@@ -460,22 +493,18 @@ async fn relay_get(
         Ok(k) => k,
         Err(refused) => return refused.into_response(),
     };
-    let lookup = server
-        .inner
-        .client
-        .resolve(&key, pkarr::ResolvePolicy::CacheFirst);
-    match tokio::time::timeout(LOOKUP, lookup).await {
-        Ok(Ok(packet)) => (
+    match server.lookup(&key).await {
+        Ok(Some(packet)) => (
             [(header::CONTENT_TYPE, RELAY_PAYLOAD)],
             packet.to_relay_payload(),
         )
             .into_response(),
-        Ok(Err(_)) => (
+        Ok(None) => (
             StatusCode::NOT_FOUND,
             format!("no packet for {z32} on the DHT\n"),
         )
             .into_response(),
-        Err(_) => (
+        Err(LookupTimedOut) => (
             StatusCode::GATEWAY_TIMEOUT,
             format!("the DHT did not answer for {z32} within {LOOKUP:?}\n"),
         )
@@ -495,10 +524,10 @@ async fn relay_put(
         Ok(k) => k,
         Err(refused) => return refused.into_response(),
     };
-    if body.len() > MAX_PAYLOAD {
+    if body.len() > MAX_RELAY_PAYLOAD {
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a relay payload is at most {MAX_PAYLOAD} bytes\n"),
+            format!("a relay payload is at most {MAX_RELAY_PAYLOAD} bytes\n"),
         )
             .into_response();
     }
@@ -506,16 +535,28 @@ async fn relay_put(
         Ok(p) => p,
         Err(e) => return bad(&format!("the payload is no packet signed by {z32}: {e}")),
     };
+    let newer = |known: &str| {
+        (
+            StatusCode::CONFLICT,
+            format!("a newer packet for {z32} is {known}; sign one dated after it\n"),
+        )
+            .into_response()
+    };
+    if server
+        .inner
+        .keeper
+        .get(&key)
+        .is_some_and(|k| !packet.more_recent_than(&k) && !packet.is_same_as(&k))
+    {
+        return newer("kept here");
+    }
     match server.inner.client.publish(&packet).await {
         Ok(_) => {
+            server.inner.keeper.offer(&packet);
             info!(target: TARGET, %from, key = %z32, "relayed a packet to the DHT");
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(pkarr::errors::PublishError::NotMostRecent) => (
-            StatusCode::CONFLICT,
-            format!("a newer packet for {z32} is known; sign one dated after it\n"),
-        )
-            .into_response(),
+        Err(pkarr::errors::PublishError::NotMostRecent) => newer("known"),
         Err(e) => (
             StatusCode::BAD_GATEWAY,
             format!("the DHT did not take the packet: {e}\n"),
