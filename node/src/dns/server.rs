@@ -222,12 +222,10 @@ impl Server {
         let found = tokio::time::timeout(LOOKUP, found).await;
         let kept = self.inner.keeper.get(key);
         match (found, kept) {
-            (Ok(Ok(p)), kept) => {
+            (Ok(Ok(p)), Some(k)) if k.is_same_as(&p) || k.more_recent_than(&p) => Ok(Some(k)),
+            (Ok(Ok(p)), _) => {
                 self.inner.keeper.offer(&p);
-                Ok(Some(match kept {
-                    Some(k) if k.more_recent_than(&p) => k,
-                    _ => p,
-                }))
+                Ok(Some(p))
             }
             (_, Some(k)) => Ok(Some(k)),
             (Ok(Err(_)), None) => Ok(None),
