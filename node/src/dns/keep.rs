@@ -165,10 +165,13 @@ impl Keeper {
             return Offered::NotKept;
         }
         let mut kept = lock(&self.inner.kept);
-        if kept
-            .get(&node)
-            .is_some_and(|k| !packet.more_recent_than(&k.packet))
+        if let Some(k) = kept.get_mut(&node)
+            && !packet.more_recent_than(&k.packet)
         {
+            // Seen again: answers from it count its age from now.
+            if packet.is_same_as(&k.packet) && packet.last_seen() > k.packet.last_seen() {
+                k.packet.set_last_seen(packet.last_seen());
+            }
             return Offered::NotNewer;
         }
         // Written before it is served from memory: a crash keeps what was answered.
@@ -426,6 +429,12 @@ mod tests {
         let kept = |k: &Keeper| k.get(&peer.public_key()).map(|p| p.timestamp().as_u64());
         assert_eq!(kept(&keeper), Some(3_000));
         assert!(keeper.get(&stranger.public_key()).is_none());
+        // Seen again on the DHT: the kept copy's age counts from then.
+        let mut again = signed(&peer, 3_000);
+        let later = Timestamp::now() + 5_000_000;
+        again.set_last_seen(&later);
+        assert_eq!(keeper.offer(&again), Offered::NotNewer);
+        assert_eq!(*keeper.get(&peer.public_key()).unwrap().last_seen(), later);
         let text = registry.encode().unwrap();
         assert!(text.contains("hanzo_dns_kept_packets 1"), "{text}");
         keeper.set_coverage(&peer_id, 3_000, 4);

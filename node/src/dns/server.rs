@@ -210,7 +210,7 @@ impl Server {
     }
 
     /// The newest packet of `key`: the DHT's (the cache, else a lookup) or the
-    /// keeper's, whichever is newer; the DHT's is offered to the keeper.
+    /// keeper's, whichever is newer; a DHT packet the keeper lacks is offered to it.
     async fn lookup(
         &self,
         key: &pkarr::PublicKey,
@@ -222,7 +222,8 @@ impl Server {
         let found = tokio::time::timeout(LOOKUP, found).await;
         let kept = self.inner.keeper.get(key);
         match (found, kept) {
-            (Ok(Ok(p)), Some(k)) if k.is_same_as(&p) || k.more_recent_than(&p) => Ok(Some(k)),
+            (Ok(Ok(p)), Some(k)) if k.more_recent_than(&p) => Ok(Some(k)),
+            (Ok(Ok(p)), Some(k)) if k.is_same_as(&p) => Ok(Some(p)),
             (Ok(Ok(p)), _) => {
                 self.inner.keeper.offer(&p);
                 Ok(Some(p))
