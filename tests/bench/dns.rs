@@ -125,7 +125,7 @@ async fn main() {
     let key = Keypair::random();
     let (packet, _) = dns::packet(&key, &endpoints(), Timestamp::now()).unwrap();
     publisher.publish(&packet).await.unwrap();
-    let ours = dns_server(&config).await;
+    let ours = dns_server(&config, &key).await;
     let theirs = dnsmasq(&packet);
     let name = format!("_git.{}.", key.public_key().to_z32());
     let (a, b) = (ask(ours.0, &name).await, ask(theirs.1, &name).await);
@@ -147,23 +147,36 @@ async fn main() {
     println!("dns_qps_ratio={:.2}", nq / dq);
 }
 
-/// The node's DNS server on `config`'s DHT, for any key, with no rate limit worth
-/// the name; its address (and what keeps it running).
+/// The node's DNS server on `config`'s DHT, as a node runs it (only active
+/// operators' keys: `key` is one), with no rate limit worth the name; its address
+/// (and what keeps it running).
 async fn dns_server(
     config: &DnsConfig,
+    key: &Keypair,
 ) -> (
     std::net::SocketAddr,
     (tempfile::TempDir, tokio_util::sync::CancellationToken),
 ) {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(hanzo_node::store::Store::open(dir.path()).unwrap());
-    let (acl, _) = hanzo_node::acl::Acl::new(hanzo_node::acl::Snapshot::default());
+    let mut snapshot = hanzo_node::acl::Snapshot::default();
+    let operator = alloy::primitives::Address::repeat_byte(7);
+    let node = hanzo_node::keys::NodeId(key.public_key().to_bytes());
+    snapshot.state.operators.insert(
+        operator,
+        hanzo_node::acl::Operator {
+            node_key: node,
+            endpoint: String::new(),
+            balance: hanzo_node::acl::Balance::default(),
+        },
+    );
+    snapshot.state.node_keys.insert(node, operator);
+    let (acl, _) = hanzo_node::acl::Acl::new(snapshot);
     let registry = hanzo_node::metrics::Registry::default();
     let keeper =
         dns::keep::Keeper::open(NodeKey::generate().public(), acl.clone(), store, &registry);
     let server_config = hanzo_node::config::DnsServerConfig {
         enabled: true,
-        any_key: true,
         rate_limit: u32::MAX,
         ..Default::default()
     };

@@ -157,6 +157,15 @@ impl Keeper {
             .map(|k| k.packet.clone())
     }
 
+    /// The packet kept for `key` if it was seen (fetched, or confirmed on the DHT)
+    /// within its TTL: as fresh as a cached one, so the DHT need not be asked.
+    pub fn fresh(&self, key: &PublicKey) -> Option<SignedPacket> {
+        lock(&self.inner.kept)
+            .get(&NodeId(key.to_bytes()))
+            .filter(|k| !k.packet.is_expired(0, u32::MAX))
+            .map(|k| k.packet.clone())
+    }
+
     /// Keeps `packet` if it is an active operator's (not this node's) and newer than
     /// the one kept.
     pub fn offer(&self, packet: &SignedPacket) -> Offered {

@@ -209,12 +209,17 @@ impl Server {
         Ok(answer)
     }
 
-    /// The newest packet of `key`: the DHT's (the cache, else a lookup) or the
-    /// keeper's, whichever is newer; a DHT packet the keeper lacks is offered to it.
+    /// The newest packet of `key`: the keeper's while it is fresh (seen within its
+    /// TTL), else the newer of the DHT's (the cache, else a lookup) and the keeper's;
+    /// what the DHT gave is offered to the keeper (a newer packet is kept, the same
+    /// one counts as seen again).
     async fn lookup(
         &self,
         key: &pkarr::PublicKey,
     ) -> Result<Option<pkarr::SignedPacket>, LookupTimedOut> {
+        if let Some(kept) = self.inner.keeper.fresh(key) {
+            return Ok(Some(kept));
+        }
         let found = self
             .inner
             .client
@@ -223,7 +228,6 @@ impl Server {
         let kept = self.inner.keeper.get(key);
         match (found, kept) {
             (Ok(Ok(p)), Some(k)) if k.more_recent_than(&p) => Ok(Some(k)),
-            (Ok(Ok(p)), Some(k)) if k.is_same_as(&p) => Ok(Some(p)),
             (Ok(Ok(p)), _) => {
                 self.inner.keeper.offer(&p);
                 Ok(Some(p))

@@ -7,6 +7,8 @@
 //! the question's name, with TTLs no longer than the packet gives them (less the time
 //! since the packet was fetched). Queries for other zones are refused, never recursed.
 
+use std::{collections::HashMap, sync::Mutex};
+
 use hickory_proto::{
     op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
@@ -20,10 +22,16 @@ pub const MAX_UDP: u16 = 1232;
 /// Largest UDP answer without EDNS (RFC 1035).
 const CLASSIC_UDP: usize = 512;
 
+/// Keys remembered by their label (a key's curve point is decompressed when it is
+/// read, which would otherwise be most of the work of an answer); past this many the
+/// memo starts over.
+const KEYS_REMEMBERED: usize = 4096;
+
 /// The zone a node answers for.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Zone {
     origin: Name,
+    keys: Mutex<HashMap<Vec<u8>, PublicKey>>,
 }
 
 impl Zone {
@@ -38,7 +46,24 @@ impl Zone {
             name.set_fqdn(true);
             name.to_lowercase()
         };
-        Ok(Self { origin })
+        Ok(Self {
+            origin,
+            keys: Mutex::default(),
+        })
+    }
+
+    /// The key a name label spells in z-base-32, if it is one.
+    fn key_of(&self, label: &[u8]) -> Option<PublicKey> {
+        let mut keys = crate::lock(&self.keys);
+        if let Some(key) = keys.get(label) {
+            return Some(key.clone());
+        }
+        let key = PublicKey::try_from(std::str::from_utf8(label).ok()?).ok()?;
+        if keys.len() >= KEYS_REMEMBERED {
+            keys.clear();
+        }
+        keys.insert(label.to_vec(), key.clone());
+        Some(key)
     }
 
     /// The name of `key`'s records under this zone (`<z32>.<origin>.`).
@@ -110,8 +135,7 @@ pub fn parse(zone: &Zone, bytes: &[u8]) -> Parsed {
     let key = name
         .iter()
         .nth(relative - 1)
-        .and_then(|label| std::str::from_utf8(label).ok())
-        .and_then(|z32| PublicKey::try_from(z32).ok());
+        .and_then(|label| zone.key_of(label));
     let Some(key) = key else {
         // Under a named origin the name is ours and does not exist; under the root it
         // is another top-level domain.
@@ -278,6 +302,21 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn keys_are_remembered_by_label_and_the_memo_stays_bounded() {
+        let zone = Zone::new("").unwrap();
+        let key = Keypair::random().public_key();
+        let label = key.to_z32().into_bytes();
+        assert_eq!(zone.key_of(&label), Some(key.clone()));
+        assert_eq!(zone.key_of(&label), Some(key));
+        assert_eq!(zone.key_of(b"not-a-key"), None);
+        assert_eq!(crate::lock(&zone.keys).len(), 1);
+        for _ in 0..KEYS_REMEMBERED + 10 {
+            zone.key_of(Keypair::random().public_key().to_z32().as_bytes());
+        }
+        assert!(crate::lock(&zone.keys).len() <= KEYS_REMEMBERED);
     }
 
     #[test]
