@@ -79,9 +79,6 @@ pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 /// Pending updates of a repo: each one's key and record.
 pub type PendingRecords = Vec<([u8; 32], Vec<u8>)>;
 
-/// Kept DNS packets: node key bytes and relay payload, as stored.
-pub type KeptPackets = Vec<(Vec<u8>, Vec<u8>)>;
-
 /// Why a ref has its tip: the accepted push that set it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RefRecord {
@@ -284,14 +281,8 @@ impl Store {
 
     /// The other operators' DNS packets this node keeps alive: node key and relay
     /// payload (signature, timestamp, packet), unverified.
-    pub fn kept_dns_packets(&self) -> Result<KeptPackets, Error> {
-        self.db
-            .iterator_cf(self.cf(CF_DNS_KEPT), IteratorMode::Start)
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((k.into_vec(), v.into_vec()))
-            })
-            .collect()
+    pub fn kept_dns_packets(&self) -> Result<Records, Error> {
+        self.all(CF_DNS_KEPT)
     }
 
     /// Keeps `payload` as node key `key`'s DNS packet (synced).
@@ -573,8 +564,13 @@ impl Store {
 
     /// Every inference usage record: key and value.
     pub fn usage(&self) -> Result<Records, Error> {
+        self.all(CF_USAGE)
+    }
+
+    /// Every key and value of column family `cf`, in key order.
+    fn all(&self, cf: &str) -> Result<Records, Error> {
         self.db
-            .iterator_cf(self.cf(CF_USAGE), IteratorMode::Start)
+            .iterator_cf(self.cf(cf), IteratorMode::Start)
             .map(|item| {
                 let (k, v) = item?;
                 Ok((k.into_vec(), v.into_vec()))

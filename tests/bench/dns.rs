@@ -196,8 +196,8 @@ async fn dns_server(
 }
 
 /// dnsmasq answering the TXT records of `packet` (and nothing else: no upstream, no
-/// hosts file); the process and its address.
-fn dnsmasq(packet: &SignedPacket) -> (Killed, std::net::SocketAddr) {
+/// hosts file); the process (with its config's directory) and its address.
+fn dnsmasq(packet: &SignedPacket) -> ((Killed, tempfile::TempDir), std::net::SocketAddr) {
     let addr = free_addr();
     let zone = packet.public_key().to_z32();
     let mut conf = String::new();
@@ -218,7 +218,8 @@ fn dnsmasq(packet: &SignedPacket) -> (Killed, std::net::SocketAddr) {
             conf.push_str(&format!("txt-record={label}{zone},{}\n", text.join(",")));
         }
     }
-    let file = std::env::temp_dir().join(format!("bench-dns-{}.conf", addr.port()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dnsmasq.conf");
     std::fs::write(&file, conf).unwrap();
     let child = std::process::Command::new("dnsmasq")
         .args([
@@ -236,7 +237,7 @@ fn dnsmasq(packet: &SignedPacket) -> (Killed, std::net::SocketAddr) {
         .spawn()
         .expect("dnsmasq runs: install dnsmasq-base (scripts/setup does)");
     std::thread::sleep(Duration::from_millis(300));
-    (Killed(child), addr)
+    ((Killed(child), dir), addr)
 }
 
 /// A TXT query for `name`, id `id`.

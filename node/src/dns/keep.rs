@@ -92,9 +92,8 @@ impl Keeper {
                 for (key, payload) in rows {
                     match verified(&key, payload) {
                         Some(packet) => {
-                            let node = NodeId(packet.public_key().to_bytes());
                             kept.insert(
-                                node,
+                                signer(&packet),
                                 Kept {
                                     packet,
                                     coverage: None,
@@ -134,7 +133,7 @@ impl Keeper {
             "Other operators' DNS packets this node keeps alive on the DHT",
             kept.len() as f64,
         )];
-        for (node, k) in kept.iter() {
+        for k in kept.values() {
             if let Some(n) = k.coverage {
                 out.push(
                     Reading::new(
@@ -142,8 +141,7 @@ impl Keeper {
                         "DHT nodes holding a kept packet (or a newer one) at the last probe, by node key (z-base-32)",
                         f64::from(n),
                     )
-                    .label("node", k.packet.public_key().to_z32())
-                    .label("node_hex", node.to_string()),
+                    .label("node", k.packet.public_key().to_z32()),
                 );
             }
         }
